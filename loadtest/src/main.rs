@@ -1,0 +1,2 @@
+//! pgpilot-loadtest: placeholder until the load generator lands.
+fn main() {}

@@ -1,0 +1,456 @@
+//! Decides from SQL text whether a statement is provably read-only. Anything not proven
+//! read-only goes to the primary; the daemon's router applies session and pool state.
+//!
+//! The lexer skips comments (nested `/* */`, `--`), strings (`'…'`, `E'…'`), quoted
+//! identifiers and dollar quotes without copying, so keywords inside them never count.
+
+use memchr::{memchr, memchr2, memmem};
+
+/// Where a statement may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Only the primary is safe.
+    Primary,
+    /// Any replica is safe (and so is the primary).
+    Replica,
+}
+
+/// The rule that decided a route: logged and counted so that operators can see why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// SELECT / VALUES / TABLE / WITH of reads only.
+    PlainRead,
+    /// SHOW.
+    Show,
+    /// EXPLAIN without ANALYZE.
+    Explain,
+    /// COMMIT / ROLLBACK / END / ABORT: harmless wherever they run.
+    TransactionEnd,
+    /// BEGIN / START TRANSACTION READ ONLY.
+    ReadOnlyTransaction,
+    /// FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE.
+    LockingClause,
+    /// SELECT … INTO creates a table.
+    SelectInto,
+    /// A WITH whose sub-statement modifies data.
+    WriteCte,
+    /// A call to a function that may write (nextval, advisory locks, …).
+    WriteFunction,
+    /// A statement that writes, or whose kind is not known to be a read.
+    Write,
+    /// Nothing but comments and whitespace.
+    Empty,
+    /// Text the lexer could not follow (unterminated string or comment).
+    Unparsed,
+}
+
+impl Reason {
+    /// The rule's name as logs and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PlainRead => "plain_read",
+            Reason::Show => "show",
+            Reason::Explain => "explain",
+            Reason::TransactionEnd => "transaction_end",
+            Reason::ReadOnlyTransaction => "read_only_transaction",
+            Reason::LockingClause => "locking_clause",
+            Reason::SelectInto => "select_into",
+            Reason::WriteCte => "write_cte",
+            Reason::WriteFunction => "write_function",
+            Reason::Write => "write",
+            Reason::Empty => "empty",
+            Reason::Unparsed => "unparsed",
+        }
+    }
+}
+
+/// A routing decision and the rule behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Where the statement may run.
+    pub target: Target,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Route {
+    const fn primary(reason: Reason) -> Route {
+        Route { target: Target::Primary, reason }
+    }
+    const fn replica(reason: Reason) -> Route {
+        Route { target: Target::Replica, reason }
+    }
+}
+
+/// One lexical token; strings and comments are skipped, not returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token<'a> {
+    /// An unquoted identifier or keyword.
+    Word(&'a [u8]),
+    /// A double-quoted identifier's contents.
+    Quoted(&'a [u8]),
+    /// A literal: string, number, `$n` parameter.
+    Literal,
+    Semi,
+    LParen,
+    RParen,
+    Dot,
+    /// Any other operator character.
+    Op,
+}
+
+struct Lexer<'a> {
+    sql: &'a [u8],
+    pos: usize,
+    /// Set when the text ends inside a string, comment or identifier.
+    broken: bool,
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+impl<'a> Lexer<'a> {
+    fn new(sql: &'a [u8]) -> Self {
+        Lexer { sql, pos: 0, broken: false }
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        self.sql.get(self.pos + i).copied()
+    }
+
+    /// Moves past the end of the text, marking it unparsable.
+    fn give_up(&mut self) {
+        self.pos = self.sql.len();
+        self.broken = true;
+    }
+
+    fn skip_block_comment(&mut self) {
+        let mut depth = 0usize;
+        while let Some(i) = memchr2(b'*', b'/', &self.sql[self.pos..]) {
+            let at = self.pos + i;
+            match (self.sql[at], self.sql.get(at + 1)) {
+                (b'/', Some(b'*')) => {
+                    depth += 1;
+                    self.pos = at + 2;
+                }
+                (b'*', Some(b'/')) => {
+                    depth -= 1;
+                    self.pos = at + 2;
+                    if depth == 0 {
+                        return;
+                    }
+                }
+                _ => self.pos = at + 1,
+            }
+        }
+        self.give_up();
+    }
+
+    /// Skips a quoted run that ends at `quote`, where a doubled quote is an escaped one and,
+    /// for E'' strings, a backslash escapes the next byte.
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        self.pos += 1;
+        loop {
+            let rest = &self.sql[self.pos..];
+            let found = if backslash { memchr2(quote, b'\\', rest) } else { memchr(quote, rest) };
+            let Some(i) = found else { return self.give_up() };
+            let at = self.pos + i;
+            if self.sql[at] == b'\\' {
+                self.pos = at + 2;
+            } else if self.sql.get(at + 1) == Some(&quote) {
+                self.pos = at + 2;
+            } else {
+                self.pos = at + 1;
+                return;
+            }
+            if self.pos > self.sql.len() {
+                return self.give_up();
+            }
+        }
+    }
+
+    /// `$tag$ … $tag$`; returns false when the `$` does not start a dollar quote.
+    fn skip_dollar_quote(&mut self) -> bool {
+        let start = self.pos;
+        let mut end = start + 1;
+        if self.sql.get(end).is_some_and(|&b| is_ident_start(b)) {
+            while self.sql.get(end).is_some_and(|&b| is_ident_char(b) && b != b'$') {
+                end += 1;
+            }
+        }
+        if self.sql.get(end) != Some(&b'$') {
+            return false;
+        }
+        let tag = &self.sql[start..=end];
+        match memmem::find(&self.sql[end + 1..], tag) {
+            Some(i) => self.pos = end + 1 + i + tag.len(),
+            None => self.give_up(),
+        }
+        true
+    }
+
+    fn next_token(&mut self) -> Option<Token<'a>> {
+        loop {
+            let b = self.at(0)?;
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos += 1,
+                b'-' if self.at(1) == Some(b'-') => match memchr(b'\n', &self.sql[self.pos..]) {
+                    Some(i) => self.pos += i + 1,
+                    None => self.pos = self.sql.len(),
+                },
+                b'/' if self.at(1) == Some(b'*') => self.skip_block_comment(),
+                b'\'' => {
+                    self.skip_quoted(b'\'', false);
+                    return Some(Token::Literal);
+                }
+                b'"' => {
+                    let start = self.pos + 1;
+                    self.skip_quoted(b'"', false);
+                    let end = self.pos.saturating_sub(1).max(start);
+                    return Some(Token::Quoted(&self.sql[start..end]));
+                }
+                b'$' if self.at(1).is_some_and(|c| c.is_ascii_digit()) => {
+                    self.pos += 1;
+                    while self.at(0).is_some_and(|c| c.is_ascii_digit()) {
+                        self.pos += 1;
+                    }
+                    return Some(Token::Literal);
+                }
+                b'$' => {
+                    if !self.skip_dollar_quote() {
+                        self.pos += 1;
+                        return Some(Token::Op);
+                    }
+                    return Some(Token::Literal);
+                }
+                b if is_ident_start(b) => return Some(self.word()),
+                b if b.is_ascii_digit() => {
+                    while self.at(0).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_') {
+                        self.pos += 1;
+                    }
+                    return Some(Token::Literal);
+                }
+                _ => {
+                    self.pos += 1;
+                    return Some(match b {
+                        b';' => Token::Semi,
+                        b'(' => Token::LParen,
+                        b')' => Token::RParen,
+                        b'.' => Token::Dot,
+                        _ => Token::Op,
+                    });
+                }
+            }
+        }
+    }
+
+    fn word(&mut self) -> Token<'a> {
+        let start = self.pos;
+        while self.at(0).is_some_and(is_ident_char) {
+            self.pos += 1;
+        }
+        let word = &self.sql[start..self.pos];
+        // String constants with a prefix: E'…' (backslash escapes), B'…', X'…', N'…', U&'…'.
+        if self.at(0) == Some(b'\'') && word.len() == 1 {
+            let escapes = word[0].eq_ignore_ascii_case(&b'e');
+            if escapes || b"bBxXnN".contains(&word[0]) {
+                self.skip_quoted(b'\'', escapes);
+                return Token::Literal;
+            }
+        }
+        if word.eq_ignore_ascii_case(b"u") && self.at(0) == Some(b'&') && matches!(self.at(1), Some(b'\'' | b'"')) {
+            self.pos += 1;
+            let quote = self.sql[self.pos];
+            self.skip_quoted(quote, false);
+            return Token::Literal;
+        }
+        Token::Word(word)
+    }
+}
+
+fn is_kw(tok: Option<&Token<'_>>, kw: &str) -> bool {
+    matches!(tok, Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()))
+}
+
+/// Built-in functions that write or take locks: a SELECT calling one must run on the primary.
+const WRITE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "set_config",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_notify",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "dblink_exec",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+];
+
+fn is_write_function(name: &[u8]) -> bool {
+    let lower = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    lower("pg_advisory") || lower("pg_try_advisory") || WRITE_FUNCTIONS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+/// Classifies the SQL text of a Query or Parse: every statement in it must be a read for
+/// the whole to go to a replica.
+pub fn classify(sql: &[u8]) -> Route {
+    let mut lexer = Lexer::new(sql);
+    let mut tokens = Vec::with_capacity(32);
+    let mut overall: Option<Route> = None;
+    loop {
+        tokens.clear();
+        let mut ended = true;
+        while let Some(t) = lexer.next_token() {
+            if t == Token::Semi {
+                ended = false;
+                break;
+            }
+            tokens.push(t);
+        }
+        if lexer.broken {
+            return Route::primary(Reason::Unparsed);
+        }
+        if !tokens.is_empty() {
+            let route = statement(&tokens);
+            if route.target == Target::Primary {
+                return route;
+            }
+            if overall.is_none_or(|r| r.reason == Reason::TransactionEnd) {
+                overall = Some(route);
+            }
+        }
+        if ended {
+            return overall.unwrap_or(Route::primary(Reason::Empty));
+        }
+    }
+}
+
+/// Classifies one statement's tokens.
+fn statement(tokens: &[Token<'_>]) -> Route {
+    let first = tokens.first();
+    if is_kw(first, "select") || is_kw(first, "values") || is_kw(first, "table") || is_kw(first, "with") {
+        return query(tokens);
+    }
+    if is_kw(first, "show") {
+        return Route::replica(Reason::Show);
+    }
+    if is_kw(first, "explain") {
+        return explain(&tokens[1..]);
+    }
+    if is_kw(first, "begin") || is_kw(first, "start") {
+        return begin(&tokens[1..]);
+    }
+    if ["commit", "end", "rollback", "abort"].iter().any(|k| is_kw(first, k)) {
+        if tokens.iter().skip(1).any(|t| is_kw(Some(t), "prepared")) {
+            return Route::primary(Reason::Write);
+        }
+        return Route::replica(Reason::TransactionEnd);
+    }
+    if first == Some(&Token::LParen) {
+        // A parenthesised query: `(SELECT 1) UNION (SELECT 2)`.
+        let inner = &tokens[1..];
+        if is_kw(inner.first(), "select") || is_kw(inner.first(), "values") || is_kw(inner.first(), "with") {
+            return query(inner);
+        }
+    }
+    Route::primary(Reason::Write)
+}
+
+/// SELECT, VALUES, TABLE and WITH: a read unless something inside writes or locks.
+fn query(tokens: &[Token<'_>]) -> Route {
+    let is_with = is_kw(tokens.first(), "with");
+    for (i, tok) in tokens.iter().enumerate() {
+        let Token::Word(w) = tok else {
+            if let (Token::Quoted(name), Some(Token::LParen)) = (tok, tokens.get(i + 1)) {
+                if is_write_function(name) {
+                    return Route::primary(Reason::WriteFunction);
+                }
+            }
+            continue;
+        };
+        let prev = i.checked_sub(1).and_then(|p| tokens.get(p));
+        let kw = |k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+        if kw("update") || kw("share") {
+            let locking = is_kw(prev, "for") || is_kw(prev, "key");
+            if locking || !is_with {
+                return Route::primary(Reason::LockingClause);
+            }
+            return Route::primary(Reason::WriteCte);
+        }
+        if kw("insert") || kw("delete") || kw("merge") {
+            return Route::primary(if is_with { Reason::WriteCte } else { Reason::Write });
+        }
+        if kw("into") {
+            return Route::primary(Reason::SelectInto);
+        }
+        if tokens.get(i + 1) == Some(&Token::LParen) && is_write_function(w) {
+            return Route::primary(Reason::WriteFunction);
+        }
+    }
+    Route::replica(Reason::PlainRead)
+}
+
+/// EXPLAIN [ ( options ) | ANALYZE VERBOSE … ] statement: only EXPLAIN ANALYZE runs it.
+fn explain(tokens: &[Token<'_>]) -> Route {
+    let mut analyze = false;
+    let mut rest = tokens;
+    if rest.first() == Some(&Token::LParen) {
+        let close = rest.iter().position(|t| *t == Token::RParen).unwrap_or(rest.len());
+        analyze = rest[..close].iter().any(|t| is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse"));
+        rest = rest.get(close + 1..).unwrap_or_default();
+    } else {
+        while let Some(t) = rest.first() {
+            if is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse") {
+                analyze = true;
+            } else if !is_kw(Some(t), "verbose") {
+                break;
+            }
+            rest = &rest[1..];
+        }
+    }
+    if !analyze {
+        return Route::replica(Reason::Explain);
+    }
+    match statement(rest) {
+        r if r.target == Target::Primary => r,
+        _ => Route::replica(Reason::Explain),
+    }
+}
+
+/// BEGIN / START TRANSACTION: a replica may take a READ ONLY block, unless it is SERIALIZABLE
+/// (which a hot standby refuses).
+fn begin(tokens: &[Token<'_>]) -> Route {
+    let mut read_only = false;
+    for (i, t) in tokens.iter().enumerate() {
+        let next = tokens.get(i + 1);
+        if is_kw(Some(t), "read") && is_kw(next, "only") {
+            read_only = true;
+        }
+        if is_kw(Some(t), "read") && is_kw(next, "write") || is_kw(Some(t), "serializable") {
+            return Route::primary(Reason::Write);
+        }
+    }
+    if read_only {
+        Route::replica(Reason::ReadOnlyTransaction)
+    } else {
+        Route::primary(Reason::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests;

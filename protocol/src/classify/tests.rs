@@ -1,0 +1,118 @@
+use super::*;
+
+fn check(sql: &str, target: Target, reason: Reason) {
+    assert_eq!(classify(sql.as_bytes()), Route { target, reason }, "{sql}");
+}
+
+use Reason::*;
+use Target::*;
+
+#[test]
+fn plain_reads_go_to_replicas() {
+    for sql in [
+        "SELECT 1",
+        "select * from t where a = 1",
+        "  SeLeCt abalance FROM pgbench_accounts WHERE aid = $1",
+        "VALUES (1), (2)",
+        "TABLE t",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "(SELECT 1) UNION (SELECT 2)",
+        "SELECT 'update t set a = 1' AS s",
+        "SELECT $$ insert into t $$",
+        "SELECT $tag$ delete $x$ $tag$",
+        "SELECT /* for update */ 1",
+        "SELECT /* nested /* for update */ still */ 1",
+        "SELECT 1 -- for update\n",
+        "SELECT E'it\\'s for update'",
+        "SELECT \"update\" FROM t",
+        "SELECT 1; SELECT 2",
+        "SELECT pg_is_in_recovery()",
+        "SELECT count(*) FROM t",
+    ] {
+        check(sql, Replica, PlainRead);
+    }
+    check("SHOW search_path", Replica, Show);
+    check("EXPLAIN SELECT 1", Replica, Explain);
+    check("EXPLAIN UPDATE t SET a = 1", Replica, Explain);
+    check("EXPLAIN ANALYZE SELECT 1", Replica, Explain);
+    check("COMMIT", Replica, TransactionEnd);
+}
+
+#[test]
+fn writes_and_locks_go_to_the_primary() {
+    check("SELECT * FROM t FOR UPDATE", Primary, LockingClause);
+    check("SELECT * FROM t FOR NO KEY UPDATE", Primary, LockingClause);
+    check("select * from t for share", Primary, LockingClause);
+    check("SELECT * FROM t FOR KEY SHARE", Primary, LockingClause);
+    check("SELECT * INTO t2 FROM t", Primary, SelectInto);
+    check("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Primary, WriteCte);
+    check("WITH a AS (WITH b AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1) SELECT 1", Primary, WriteCte);
+    check("WITH u AS (UPDATE t SET a = 1 RETURNING 1) SELECT 1", Primary, WriteCte);
+    check("SELECT nextval('s')", Primary, WriteFunction);
+    check("SELECT public.nextval('s')", Primary, WriteFunction);
+    check("SELECT \"nextval\"('s')", Primary, WriteFunction);
+    check("SELECT pg_advisory_lock(1)", Primary, WriteFunction);
+    check("SELECT PG_TRY_ADVISORY_XACT_LOCK(1)", Primary, WriteFunction);
+    check("SELECT set_config('a.b', '1', false)", Primary, WriteFunction);
+    check("UPDATE t SET a = 1", Primary, Write);
+    check("insert into t values (1)", Primary, Write);
+    check("CREATE TABLE t (a int)", Primary, Write);
+    check("SELECT 1; UPDATE t SET a = 1", Primary, Write);
+    check("EXPLAIN ANALYZE UPDATE t SET a = 1", Primary, Write);
+    check("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t", Primary, Write);
+    check("SET search_path TO x", Primary, Write);
+    check("LOCK t", Primary, Write);
+    check("COMMIT PREPARED 'x'", Primary, Write);
+    check("", Primary, Empty);
+    check(" -- only a comment", Primary, Empty);
+    check("SELECT 'unterminated", Primary, Unparsed);
+    check("SELECT /* unterminated", Primary, Unparsed);
+    check("SELECT $a$ unterminated", Primary, Unparsed);
+}
+
+#[test]
+fn transactions() {
+    check("BEGIN", Primary, Write);
+    check("BEGIN READ ONLY", Replica, ReadOnlyTransaction);
+    check("START TRANSACTION READ ONLY", Replica, ReadOnlyTransaction);
+    check("begin transaction isolation level repeatable read read only", Replica, ReadOnlyTransaction);
+    check("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Primary, Write);
+    check("BEGIN READ WRITE", Primary, Write);
+    check("BEGIN READ ONLY; SELECT 1", Replica, ReadOnlyTransaction);
+}
+
+#[test]
+fn wrapping_a_write_never_makes_it_a_read() {
+    let writes = ["UPDATE t SET a = 1", "SELECT nextval('s')", "SELECT * FROM t FOR UPDATE", "DELETE FROM t"];
+    for w in writes {
+        for wrapped in [
+            format!("/* SELECT */ {w}"),
+            format!("-- SELECT\n{w}"),
+            format!("  \n\t{}", w.to_lowercase()),
+            format!("SELECT 1; {w}"),
+            format!("{w}; SELECT 1"),
+            format!("/* a /* b */ c */{w}"),
+        ] {
+            assert_eq!(classify(wrapped.as_bytes()).target, Primary, "{wrapped}");
+        }
+    }
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let alphabet = b"sSeElLcCtT '\"$-/*;()\\\nEx1_.";
+    for len in 0..64 {
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let _ = classify(&bytes);
+        }
+    }
+}

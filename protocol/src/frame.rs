@@ -1,0 +1,186 @@
+//! Cuts a byte stream into whole tagged PostgreSQL messages without copying them.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::ProtocolError;
+
+/// The tag and length word that start every tagged message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The message type byte.
+    pub tag: u8,
+    /// The length word: counts itself and the body, not the tag.
+    pub msg_len: u32,
+}
+
+impl Header {
+    /// `Ok(None)` until five bytes are buffered; lengths are checked before anyone allocates.
+    pub fn peek(buf: &[u8], max_len: u32) -> Result<Option<Header>, ProtocolError> {
+        let Some(&[tag, a, b, c, d]) = buf.first_chunk::<5>() else {
+            return Ok(None);
+        };
+        match u32::from_be_bytes([a, b, c, d]) {
+            msg_len @ 0..=3 => Err(ProtocolError::BadLength { tag, msg_len }),
+            msg_len if msg_len > max_len => Err(ProtocolError::TooLarge { tag, msg_len }),
+            msg_len => Ok(Some(Header { tag, msg_len })),
+        }
+    }
+
+    /// Bytes on the wire: tag + length word + body.
+    pub fn frame_len(self) -> usize {
+        1 + self.msg_len as usize
+    }
+
+    /// Bytes of the body alone.
+    pub fn body_len(self) -> usize {
+        self.msg_len as usize - 4
+    }
+}
+
+/// One whole message cut off a read buffer; `bytes` holds tag, length word and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The message type byte.
+    pub tag: u8,
+    /// The whole message as received, shared with the read buffer it came from.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// The body after the tag and length word.
+    pub fn body(&self) -> &[u8] {
+        self.bytes.get(5..).unwrap_or_default()
+    }
+}
+
+/// Cuts the next whole message off `buf`. `Ok(None)` means more bytes are needed; in that
+/// case `buf` has been reserved up to the announced frame length so the next read can fill it.
+pub fn split_frame(buf: &mut BytesMut, max_len: u32) -> Result<Option<Frame>, ProtocolError> {
+    let Some(header) = Header::peek(buf, max_len)? else {
+        return Ok(None);
+    };
+    let frame_len = header.frame_len();
+    if buf.len() < frame_len {
+        buf.reserve(frame_len - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(Frame {
+        tag: header.tag,
+        bytes: buf.split_to(frame_len).freeze(),
+    }))
+}
+
+/// Walks the whole messages at the front of a buffer without cutting them.
+///
+/// Yields `(offset, header)` for each complete message; stops at the first incomplete one.
+/// [`FrameScan::error`] tells whether it stopped on a bad length.
+pub struct FrameScan<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    max_len: u32,
+    error: Option<ProtocolError>,
+}
+
+impl<'a> FrameScan<'a> {
+    /// Scans `buf` from its start.
+    pub fn new(buf: &'a [u8], max_len: u32) -> Self {
+        FrameScan { buf, pos: 0, max_len, error: None }
+    }
+
+    /// Where the first message not yet yielded starts.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The protocol error that stopped the scan, if any.
+    pub fn error(&self) -> Option<ProtocolError> {
+        self.error
+    }
+}
+
+impl Iterator for FrameScan<'_> {
+    type Item = (usize, Header);
+
+    fn next(&mut self) -> Option<(usize, Header)> {
+        let rest = self.buf.get(self.pos..)?;
+        match Header::peek(rest, self.max_len) {
+            Ok(Some(h)) if rest.len() >= h.frame_len() => {
+                let at = self.pos;
+                self.pos += h.frame_len();
+                Some((at, h))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u32 = 1 << 20;
+
+    #[test]
+    fn header_waits_for_five_bytes_then_reports_the_frame() {
+        let wire = [b'Q', 0, 0, 0, 8, b'S', b'E', b'L', 0];
+        for cut in 0..5 {
+            assert_eq!(Header::peek(&wire[..cut], MAX), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(Header::peek(&wire, MAX).unwrap().unwrap().frame_len(), wire.len());
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_allocation() {
+        assert_eq!(
+            Header::peek(&[b'Q', 0, 0, 0, 3], MAX),
+            Err(ProtocolError::BadLength { tag: b'Q', msg_len: 3 })
+        );
+        assert_eq!(
+            Header::peek(&[b'Q', 0x7f, 0xff, 0xff, 0xff], MAX),
+            Err(ProtocolError::TooLarge { tag: b'Q', msg_len: 0x7fff_ffff })
+        );
+        let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(split_frame(&mut buf, MAX).is_err());
+        assert!(buf.capacity() < 1024, "nothing was reserved for a rejected length");
+    }
+
+    #[test]
+    fn split_at_every_offset_yields_the_same_frames() {
+        let wire: Vec<u8> = [
+            &[b'P', 0, 0, 0, 6, b'x', 0][..],
+            &[b'S', 0, 0, 0, 4][..],
+            &[b'Q', 0, 0, 0, 5, 0][..],
+        ]
+        .concat();
+        for cut in 0..=wire.len() {
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = split_frame(&mut buf, MAX).unwrap() {
+                got.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = split_frame(&mut buf, MAX).unwrap() {
+                got.push(f);
+            }
+            let tags: Vec<u8> = got.iter().map(|f| f.tag).collect();
+            assert_eq!(tags, b"PSQ", "cut at {cut}");
+            assert_eq!(got[0].body(), b"x\0");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn scan_stops_at_the_first_partial_frame() {
+        let wire = [b'S', 0, 0, 0, 4, b'H', 0, 0, 0, 4, b'Q', 0, 0];
+        let mut scan = FrameScan::new(&wire, MAX);
+        assert_eq!(scan.next().map(|(at, h)| (at, h.tag)), Some((0, b'S')));
+        assert_eq!(scan.next().map(|(at, h)| (at, h.tag)), Some((5, b'H')));
+        assert_eq!(scan.next(), None);
+        assert_eq!(scan.position(), 10);
+        assert_eq!(scan.error(), None);
+    }
+}

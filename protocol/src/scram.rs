@@ -1,0 +1,338 @@
+//! SCRAM-SHA-256 (RFC 5802 / RFC 7677, as PostgreSQL uses it) for both sides, and MD5
+//! password hashing. The primitives are RustCrypto's; this file only arranges the messages.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use sha2::{Digest, Sha256};
+
+/// Iterations PostgreSQL uses by default (`scram_iterations`).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// The mechanism name pgpilot speaks. Channel binding (`-PLUS`) needs TLS, which comes later.
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a SCRAM exchange stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramError {
+    /// A message did not follow the SCRAM grammar.
+    Malformed(&'static str),
+    /// The proof (or, on the client, the server signature) was wrong.
+    AuthFailed,
+}
+
+impl std::fmt::Display for ScramError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScramError::Malformed(what) => write!(f, "malformed SCRAM message: {what}"),
+            ScramError::AuthFailed => f.write_str("SCRAM authentication failed"),
+        }
+    }
+}
+
+impl std::error::Error for ScramError {}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+    out
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).expect("the OS random source is available");
+    b
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the server keeps of a password: derived once, used for every login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramSecret {
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// PBKDF2 salt.
+    pub salt: Vec<u8>,
+    /// SHA-256(ClientKey).
+    pub stored_key: [u8; 32],
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramSecret { .. }")
+    }
+}
+
+impl ScramSecret {
+    /// Derives the secret from a password (the slow step: PBKDF2).
+    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Self {
+        let salted = salted_password(password, salt, iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        ScramSecret {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: Sha256::digest(client_key).into(),
+            server_key: hmac(&salted, &[b"Server Key"]),
+        }
+    }
+
+    /// A secret no password matches, with a salt chosen by the caller: lets the server run
+    /// the whole exchange for an unknown user, so that a login does not reveal which users exist.
+    pub fn impossible(salt: &[u8]) -> Self {
+        ScramSecret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt.to_vec(),
+            stored_key: random_bytes(),
+            server_key: random_bytes(),
+        }
+    }
+}
+
+/// Splits `a=value` attributes of a SCRAM message.
+fn attrs(msg: &str) -> impl Iterator<Item = (u8, &str)> {
+    msg.split(',').filter_map(|a| {
+        let (k, v) = a.split_once('=')?;
+        (k.len() == 1).then(|| (k.as_bytes()[0], v))
+    })
+}
+
+fn attr<'m>(msg: &'m str, key: u8) -> Option<&'m str> {
+    attrs(msg).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// The server side of one SCRAM-SHA-256 exchange.
+pub struct ScramServer<'s> {
+    secret: &'s ScramSecret,
+    /// gs2 header, client-first-message-bare, server-first-message, full nonce.
+    first: Option<(String, String, String, String)>,
+}
+
+impl<'s> ScramServer<'s> {
+    /// Starts an exchange against `secret`.
+    pub fn new(secret: &'s ScramSecret) -> Self {
+        ScramServer { secret, first: None }
+    }
+
+    /// Takes the client-first-message and returns the server-first-message.
+    pub fn handle_client_first(&mut self, data: &[u8]) -> Result<String, ScramError> {
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (gs2, bare) = match msg.as_bytes().first() {
+            Some(b'n' | b'y') => {
+                let mut it = msg.splitn(3, ',');
+                let cb = it.next().unwrap_or_default();
+                let authzid = it.next().ok_or(ScramError::Malformed("no gs2 header"))?;
+                let bare = it.next().ok_or(ScramError::Malformed("no gs2 header"))?;
+                if cb.len() != 1 {
+                    return Err(ScramError::Malformed("bad channel binding flag"));
+                }
+                (format!("{cb},{authzid},"), bare)
+            }
+            Some(b'p') => return Err(ScramError::Malformed("channel binding needs TLS")),
+            _ => return Err(ScramError::Malformed("bad gs2 header")),
+        };
+        let client_nonce = attr(bare, b'r').ok_or(ScramError::Malformed("no nonce"))?;
+        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(ScramError::Malformed("bad nonce"));
+        }
+        let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&self.secret.salt),
+            self.secret.iterations
+        );
+        self.first = Some((gs2, bare.to_owned(), server_first.clone(), nonce));
+        Ok(server_first)
+    }
+
+    /// Takes the client-final-message; returns the server-final-message when the proof holds.
+    pub fn handle_client_final(&mut self, data: &[u8]) -> Result<String, ScramError> {
+        let (gs2, bare, server_first, nonce) =
+            self.first.take().ok_or(ScramError::Malformed("final before first"))?;
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) =
+            msg.rsplit_once(",p=").ok_or(ScramError::Malformed("no proof"))?;
+        if attr(without_proof, b'c') != Some(B64.encode(gs2.as_bytes()).as_str()) {
+            return Err(ScramError::Malformed("channel binding mismatch"));
+        }
+        if attr(without_proof, b'r') != Some(nonce.as_str()) {
+            return Err(ScramError::Malformed("nonce mismatch"));
+        }
+        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("bad proof"))?;
+        let auth_message = format!("{bare},{server_first},{without_proof}");
+        let signature = hmac(&self.secret.stored_key, &[auth_message.as_bytes()]);
+        if proof.len() != 32 {
+            return Err(ScramError::AuthFailed);
+        }
+        let client_key: Vec<u8> = proof.iter().zip(signature).map(|(p, s)| p ^ s).collect();
+        if !ct_eq(&Sha256::digest(&client_key), &self.secret.stored_key) {
+            return Err(ScramError::AuthFailed);
+        }
+        let server_signature = hmac(&self.secret.server_key, &[auth_message.as_bytes()]);
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+/// The client side of one SCRAM-SHA-256 exchange (pgpilot logging in to a backend).
+pub struct ScramClient {
+    password: Vec<u8>,
+    bare: String,
+    nonce: String,
+    expected_server_signature: Option<[u8; 32]>,
+}
+
+impl ScramClient {
+    /// Starts an exchange; returns the client and its client-first-message.
+    pub fn new(password: &[u8]) -> (Self, Vec<u8>) {
+        let nonce = B64.encode(random_bytes::<18>());
+        let bare = format!("n=,r={nonce}");
+        let first = format!("n,,{bare}").into_bytes();
+        let client = ScramClient { password: password.to_vec(), bare, nonce, expected_server_signature: None };
+        (client, first)
+    }
+
+    /// Takes the server-first-message; returns the client-final-message.
+    pub fn handle_server_first(&mut self, data: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let nonce = attr(msg, b'r').ok_or(ScramError::Malformed("no nonce"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Malformed("server nonce does not extend ours"));
+        }
+        let salt = attr(msg, b's').ok_or(ScramError::Malformed("no salt"))?;
+        let salt = B64.decode(salt).map_err(|_| ScramError::Malformed("bad salt"))?;
+        let iterations: u32 = attr(msg, b'i')
+            .and_then(|i| i.parse().ok())
+            .filter(|i| (1..=10_000_000).contains(i))
+            .ok_or(ScramError::Malformed("bad iteration count"))?;
+        let salted = salted_password(&self.password, &salt, iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{msg},{without_proof}", self.bare);
+        let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
+        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let server_key = hmac(&salted, &[b"Server Key"]);
+        self.expected_server_signature = Some(hmac(&server_key, &[auth_message.as_bytes()]));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server-final-message: the server proves it knew the password too.
+    pub fn verify_server_final(&self, data: &[u8]) -> Result<(), ScramError> {
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        if attr(msg, b'e').is_some() {
+            return Err(ScramError::AuthFailed);
+        }
+        let v = attr(msg, b'v').ok_or(ScramError::Malformed("no verifier"))?;
+        let v = B64.decode(v).map_err(|_| ScramError::Malformed("bad verifier"))?;
+        match &self.expected_server_signature {
+            Some(expected) if ct_eq(expected, &v) => Ok(()),
+            _ => Err(ScramError::AuthFailed),
+        }
+    }
+}
+
+/// The PasswordMessage payload for MD5 auth: `"md5" + hex(md5(hex(md5(password + user)) + salt))`.
+pub fn md5_password(user: &[u8], password: &[u8], salt: [u8; 4]) -> Vec<u8> {
+    let inner = hex(&Md5::new().chain_update(password).chain_update(user).finalize());
+    let outer = hex(&Md5::new().chain_update(inner.as_bytes()).chain_update(salt).finalize());
+    format!("md5{outer}").into_bytes()
+}
+
+/// Compares an MD5 PasswordMessage against the expected one in constant time.
+pub fn md5_matches(received: &[u8], expected: &[u8]) -> bool {
+    ct_eq(received, expected)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7677_test_vector() {
+        // RFC 7677 section 3: user "user", password "pencil".
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let secret = ScramSecret::derive(b"pencil", &salt, 4096);
+        let bare = "n=user,r=rOprNGfwEbeRWgbNEkqO";
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let auth = format!("{bare},{server_first},{without_proof}");
+        let sig = hmac(&secret.server_key, &[auth.as_bytes()]);
+        assert_eq!(B64.encode(sig), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        let client_sig = hmac(&secret.stored_key, &[auth.as_bytes()]);
+        let salted = salted_password(b"pencil", &salt, 4096);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let proof: Vec<u8> = client_key.iter().zip(client_sig).map(|(k, s)| k ^ s).collect();
+        assert_eq!(B64.encode(proof), "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+    }
+
+    fn exchange(server_password: &[u8], client_password: &[u8]) -> Result<(), ScramError> {
+        let secret = ScramSecret::derive(server_password, b"salty", 4096);
+        let mut server = ScramServer::new(&secret);
+        let (mut client, first) = ScramClient::new(client_password);
+        let server_first = server.handle_client_first(&first)?;
+        let client_final = client.handle_server_first(server_first.as_bytes())?;
+        let server_final = server.handle_client_final(&client_final)?;
+        client.verify_server_final(server_final.as_bytes())
+    }
+
+    #[test]
+    fn client_and_server_agree_on_the_right_password_only() {
+        assert_eq!(exchange(b"app", b"app"), Ok(()));
+        assert_eq!(exchange(b"app", b"ap"), Err(ScramError::AuthFailed));
+    }
+
+    #[test]
+    fn server_rejects_tampering() {
+        let secret = ScramSecret::derive(b"pw", b"salt", 4096);
+        let mut server = ScramServer::new(&secret);
+        assert!(server.handle_client_first(b"p=tls-server-end-point,,n=,r=x").is_err());
+        assert!(server.handle_client_first(b"n,,n=,r=").is_err());
+        let first = server.handle_client_first(b"n,,n=,r=abc").unwrap();
+        let nonce = attr(&first, b'r').unwrap().to_owned();
+        assert!(server.handle_client_final(format!("c=eSws,r={nonce},p=AAAA").as_bytes()).is_err());
+        let mut server = ScramServer::new(&secret);
+        server.handle_client_first(b"n,,n=,r=abc").unwrap();
+        assert_eq!(
+            server.handle_client_final(b"c=biws,r=abcWRONG,p=AAAA"),
+            Err(ScramError::Malformed("nonce mismatch"))
+        );
+    }
+
+    #[test]
+    fn impossible_secret_never_matches() {
+        let secret = ScramSecret::impossible(b"salt");
+        let mut server = ScramServer::new(&secret);
+        let (mut client, first) = ScramClient::new(b"");
+        let sf = server.handle_client_first(&first).unwrap();
+        let cf = client.handle_server_first(sf.as_bytes()).unwrap();
+        assert_eq!(server.handle_client_final(&cf), Err(ScramError::AuthFailed));
+    }
+
+    #[test]
+    fn md5_matches_postgres() {
+        // md5(md5("app" + "app") + salt) computed by hand with PostgreSQL's formula.
+        let inner = hex(&Md5::digest(b"appapp"));
+        let expected = hex(&Md5::digest([inner.as_bytes(), &[1, 2, 3, 4]].concat()));
+        assert_eq!(md5_password(b"app", b"app", [1, 2, 3, 4]), format!("md5{expected}").into_bytes());
+        assert!(md5_matches(b"md5abc", b"md5abc"));
+        assert!(!md5_matches(b"md5abc", b"md5abd"));
+    }
+}
