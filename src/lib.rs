@@ -1,1 +1,43 @@
+//! pgpilot: a thread-per-core PostgreSQL proxy that pools connections and sends writes to the
+//! primary and reads to replicas.
+//!
+//! ```text
+//! client ──► core k: SO_REUSEPORT listener ──► Session (startup, auth)
+//!                                                 │ relay: frames in, frames out, no payload copies
+//!                                                 ▼
+//!                                    Router: classify each unit → primary | replica i
+//!                                                 │
+//!                                                 ▼
+//!                            core k's Pool[(backend, user, database)] ──► Backend
+//!                                                 ▲
+//! Control plane (one thread, off the data path):  │ versioned ClusterState snapshots
+//!   DNS re-resolution ─ signals ─► crossbeam-channel ─► every core
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the TOML model; `Config::load` → validated, immutable `Config`.
+//! - [`proxy`]: starts the control plane and one executor per core; the handle stops them.
+//! - [`control`]: cluster state, control and core messages, the control-plane loop.
+//! - [`core`]: one executor's state: pools, sessions (for cancel), control-channel drain.
+//! - [`listener`]: SO_REUSEPORT listeners (socket2) and the accept loop.
+//! - [`session`]: one client: startup and auth, the relay loop, attaching backends.
+//! - [`router`]: picks the backend for a route; pure.
+//! - [`pool`]: per-core connection pools with bounded checkout.
+//! - [`backend`]: one server connection: connect, authenticate, parameters.
+//! - [`cluster`]: starts a local primary + streaming replicas (demo and tests).
+//! - [`error`]: the daemon's error type.
 
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod core;
+pub mod error;
+pub mod listener;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod session;
+
+pub use config::Config;
+pub use proxy::{Proxy, StartError};

@@ -174,6 +174,14 @@ pub fn password(body: &[u8]) -> Result<&[u8], ProtocolError> {
         .map_err(|_| ProtocolError::Malformed { tag: b'p', what: "password without NUL" })
 }
 
+/// Statement name and query text of a Parse body, without allocating.
+pub fn statement_of(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
+    let bad = ProtocolError::Malformed { tag: b'P', what: "bad Parse" };
+    let (rest, name) = cstr(body).map_err(|_| bad)?;
+    let (_, query) = cstr(rest).map_err(|_| bad)?;
+    Ok((name, query))
+}
+
 /// Parameter type count of a Parse body, without decoding the types.
 pub fn parse_param_count(body: &[u8]) -> Option<u16> {
     let (rest, _) = cstr(body).ok()?;

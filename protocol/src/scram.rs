@@ -4,7 +4,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use md5::{Digest as _, Md5};
+use md5::Md5;
 use sha2::{Digest, Sha256};
 
 /// Iterations PostgreSQL uses by default (`scram_iterations`).

@@ -1,0 +1,220 @@
+//! One PostgreSQL server connection: connect, authenticate, remember its parameters and key,
+//! and know whether it is clean enough to go back to a pool.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::StaticPermit;
+use pgpilot_protocol::backend::{Authentication, BackendMessage};
+use pgpilot_protocol::frame::split_frame;
+use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
+use pgpilot_protocol::{encode, Frame};
+
+use crate::error::Error;
+
+/// Backends are trusted; their messages are bounded only by PostgreSQL's own limit.
+pub const MAX_BACKEND_MESSAGE: u32 = 1 << 30;
+/// Bytes asked of the kernel per read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Who pgpilot logs in as.
+pub struct Login<'a> {
+    /// Role name.
+    pub user: &'a str,
+    /// Password, if the server asks for one.
+    pub password: Option<&'a str>,
+    /// Database name.
+    pub database: &'a str,
+}
+
+/// An authenticated backend connection.
+pub struct Backend {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the backend and not yet forwarded.
+    pub rbuf: BytesMut,
+    /// Where it is connected.
+    pub addr: SocketAddr,
+    /// Backend id in the cluster state.
+    pub backend_id: usize,
+    /// The server's BackendKeyData, used to cancel its queries.
+    pub key: (u32, u32),
+    /// ParameterStatus values the server has reported.
+    pub params: ServerParams,
+    /// Hash of the client parameter set applied with SET (0 = server defaults, `u64::MAX` = unknown).
+    pub applied: u64,
+    /// When the connection was made (for `max_lifetime_ms`).
+    pub created: Instant,
+    /// When it last went idle (for `idle_timeout_ms`).
+    pub idle_since: Instant,
+    /// Pool capacity this connection holds while checked out.
+    pub permit: Option<StaticPermit>,
+}
+
+impl Backend {
+    /// Connects and authenticates; returns once the server is ready for queries.
+    pub async fn connect(addr: SocketAddr, backend_id: usize, login: &Login<'_>) -> Result<Backend, Error> {
+        let io = |source| Error::Backend { addr, source };
+        let stream = TcpStream::connect(addr).await.map_err(|e| io(e.into()))?;
+        stream.set_nodelay(true).map_err(|e| io(e.into()))?;
+        let now = Instant::now();
+        let mut b = Backend {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            addr,
+            backend_id,
+            key: (0, 0),
+            params: ServerParams::default(),
+            applied: 0,
+            created: now,
+            idle_since: now,
+            permit: None,
+        };
+        let mut out = BytesMut::new();
+        encode::startup_message(&mut out, &[("user", login.user), ("database", login.database)]);
+        b.send(&out).await?;
+        b.authenticate(login).await?;
+        loop {
+            let frame = b.recv().await?;
+            match b.decode(&frame)? {
+                BackendMessage::BackendKeyData { pid, secret } => b.key = (pid, secret),
+                BackendMessage::ParameterStatus { name, value } => b.params.set(name, value),
+                BackendMessage::ReadyForQuery { .. } => return Ok(b),
+                BackendMessage::ErrorResponse(_) => return Err(b.rejected(frame)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, login: &Login<'_>) -> Result<(), Error> {
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let frame = self.recv().await?;
+            let mut out = BytesMut::new();
+            match self.decode(&frame)? {
+                BackendMessage::Authentication(auth) => match auth {
+                    Authentication::Ok => return Ok(()),
+                    Authentication::CleartextPassword => {
+                        encode::password_message(&mut out, self.password(login)?.as_bytes());
+                    }
+                    Authentication::Md5Password { salt } => {
+                        let hash = md5_password(login.user.as_bytes(), self.password(login)?.as_bytes(), salt);
+                        encode::password_message(&mut out, &hash);
+                    }
+                    Authentication::Sasl { mechanisms } => {
+                        if !Authentication::mechanisms(mechanisms).any(|m| m == MECHANISM.as_bytes()) {
+                            return Err(self.refused("server offers no SASL mechanism pgpilot speaks"));
+                        }
+                        let (client, first) = ScramClient::new(self.password(login)?.as_bytes());
+                        scram = Some(client);
+                        encode::sasl_initial_response(&mut out, MECHANISM, &first);
+                    }
+                    Authentication::SaslContinue { data } => {
+                        let client = scram.as_mut().ok_or_else(|| self.refused("SASLContinue before SASL"))?;
+                        let reply = client.handle_server_first(data).map_err(|e| self.refused(&e.to_string()))?;
+                        encode::sasl_response(&mut out, &reply);
+                    }
+                    Authentication::SaslFinal { data } => {
+                        let client = scram.as_ref().ok_or_else(|| self.refused("SASLFinal before SASL"))?;
+                        client.verify_server_final(data).map_err(|_| self.refused("server failed to prove the password"))?;
+                    }
+                    Authentication::Unsupported { code } => {
+                        return Err(self.refused(&format!("unsupported authentication request {code}")));
+                    }
+                },
+                BackendMessage::ErrorResponse(_) => return Err(self.rejected(frame)),
+                BackendMessage::NoticeResponse(_) => {}
+                _ => return Err(self.refused("unexpected message during authentication")),
+            }
+            if !out.is_empty() {
+                self.send(&out).await?;
+            }
+        }
+    }
+
+    fn password<'a>(&self, login: &Login<'a>) -> Result<&'a str, Error> {
+        login.password.ok_or_else(|| self.refused("server asks for a password and the user has none"))
+    }
+
+    fn refused(&self, why: &str) -> Error {
+        Error::BackendAuth { addr: self.addr, reason: why.to_owned() }
+    }
+
+    fn rejected(&self, frame: Frame) -> Error {
+        let (code, message) = match BackendMessage::parse(&frame.bytes) {
+            Ok(BackendMessage::ErrorResponse(f)) => (f.code().to_owned(), f.message()),
+            _ => ("XX000".to_owned(), String::new()),
+        };
+        Error::BackendRejected { addr: self.addr, code, message, frame: frame.bytes }
+    }
+
+    fn decode<'f>(&self, frame: &'f Frame) -> Result<BackendMessage<'f>, Error> {
+        BackendMessage::parse(&frame.bytes).map_err(|source| Error::BackendProtocol { addr: self.addr, source })
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let addr = self.addr;
+        self.stream.write_all(bytes).await.map_err(|source| Error::Backend { addr, source })
+    }
+
+    /// Reads until one whole message is buffered and returns it.
+    pub async fn recv(&mut self) -> Result<Frame, Error> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE)
+                .map_err(|source| Error::BackendProtocol { addr: self.addr, source })?
+            {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads once from the socket into `rbuf`; EOF is an error.
+    pub async fn fill(&mut self) -> Result<usize, Error> {
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + READ_CHUNK, 0);
+        let res = self.stream.read(&mut self.rbuf[start..]).await;
+        let n = *res.as_ref().unwrap_or(&0);
+        self.rbuf.truncate(start + n);
+        match res {
+            Ok(0) => Err(Error::Backend { addr: self.addr, source: std::io::ErrorKind::UnexpectedEof.into() }),
+            Ok(n) => Ok(n),
+            Err(source) => Err(Error::Backend { addr: self.addr, source }),
+        }
+    }
+}
+
+/// The ParameterStatus values a server has reported, in arrival order.
+#[derive(Debug, Default)]
+pub struct ServerParams {
+    /// `(name, value)` pairs.
+    pub list: Vec<(String, String)>,
+    /// Changes whenever `list` changes; lets a session skip comparing unchanged sets.
+    pub version: u64,
+}
+
+impl ServerParams {
+    /// Records a ParameterStatus the server sent.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.list.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) if v == value => return,
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.list.push((name.to_owned(), value.to_owned())),
+        }
+        self.version = next_params_version();
+    }
+}
+
+fn next_params_version() -> u64 {
+    use std::cell::Cell;
+    thread_local!(static NEXT: Cell<u64> = const { Cell::new(1) });
+    NEXT.with(|n| {
+        let v = n.get();
+        n.set(v + 1);
+        v
+    })
+}

@@ -1,0 +1,241 @@
+//! A local PostgreSQL primary with streaming replicas, made with the installed server
+//! binaries (initdb, pg_ctl, pg_basebackup). Used by `pgpilot demo` and the integration tests.
+//! As root, the servers run as the unprivileged `postgres` user, in directories it owns.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Roles the cluster creates, one per backend authentication method pgpilot must speak.
+/// `(name, password, pg_hba method, password_encryption)`.
+pub const ROLES: &[(&str, &str, &str, &str)] = &[
+    ("app", "app", "scram-sha-256", "scram-sha-256"),
+    ("app_md5", "app_md5", "md5", "md5"),
+    ("app_plain", "app_plain", "password", "scram-sha-256"),
+    ("app_trust", "app_trust", "trust", "scram-sha-256"),
+];
+
+/// Why the cluster could not be made.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+impl From<io::Error> for ClusterError {
+    fn from(e: io::Error) -> Self {
+        ClusterError(e.to_string())
+    }
+}
+
+/// A running primary (`ports[0]`) and replicas (`ports[1..]`); stopped on drop.
+pub struct LocalCluster {
+    /// Holds one data directory per server and their logs.
+    pub dir: PathBuf,
+    /// Where initdb, pg_ctl and pg_basebackup live.
+    pub bindir: PathBuf,
+    /// Primary first, then each replica.
+    pub ports: Vec<u16>,
+    run_as: Option<(u32, u32)>,
+    stopped: bool,
+}
+
+impl LocalCluster {
+    /// Makes and starts a primary and `replicas` streaming replicas under `dir` (created,
+    /// must not hold a cluster already), then creates the roles of [`ROLES`] and database `app`.
+    pub fn create(dir: &Path, replicas: usize) -> Result<LocalCluster, ClusterError> {
+        let bindir = find_bindir()?;
+        let run_as = if is_root() { Some(postgres_ids()?) } else { None };
+        fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        give_to(&dir, run_as)?;
+        let ports = (0..=replicas).map(|_| free_port()).collect::<io::Result<Vec<_>>>()?;
+        let cluster = LocalCluster { dir, bindir, ports, run_as, stopped: false };
+        cluster.init_primary()?;
+        cluster.start(0)?;
+        cluster.create_roles()?;
+        for i in 1..=replicas {
+            cluster.init_replica(i)?;
+            cluster.start(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn data(&self, i: usize) -> PathBuf {
+        self.dir.join(if i == 0 { "primary".to_owned() } else { format!("replica{i}") })
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, ClusterError> {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.args(args).current_dir(&self.dir).env("HOME", &self.dir).env("PGHOST", "127.0.0.1").stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().map_err(|e| ClusterError(format!("cannot run {program}: {e}")))?;
+        if !out.status.success() {
+            return Err(ClusterError(format!(
+                "{program} {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out)
+    }
+
+    fn init_primary(&self) -> Result<(), ClusterError> {
+        let data = self.data(0);
+        let d = data.to_string_lossy();
+        self.run("initdb", &["-D", &d, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])?;
+        let conf = format!(
+            "\n# written by pgpilot\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nmax_connections = 300\n\
+             fsync = off\nfull_page_writes = off\nsynchronous_commit = off\nshared_buffers = 32MB\n",
+            self.ports[0],
+            self.dir.display()
+        );
+        append(&data.join("postgresql.conf"), &conf)?;
+        let mut hba = String::from("local all all trust\nhost replication postgres 127.0.0.1/32 trust\nhost all postgres 127.0.0.1/32 trust\n");
+        for (name, _, method, _) in ROLES {
+            hba.push_str(&format!("host all {name} 127.0.0.1/32 {method}\n"));
+        }
+        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+        fs::write(data.join("pg_hba.conf"), hba)?;
+        Ok(())
+    }
+
+    fn start(&self, i: usize) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        let log = self.dir.join(format!("{}.log", data.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
+        self.run("pg_ctl", &["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "60", "start"])?;
+        Ok(())
+    }
+
+    fn create_roles(&self) -> Result<(), ClusterError> {
+        let port = self.ports[0].to_string();
+        let mut args = vec!["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"];
+        let mut sql = Vec::new();
+        for (name, password, _, encryption) in ROLES {
+            sql.push(format!("SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'"));
+        }
+        sql.push("CREATE DATABASE app OWNER app".into());
+        sql.push("GRANT ALL ON DATABASE app TO PUBLIC".into());
+        for s in &sql {
+            args.push("-c");
+            args.push(s);
+        }
+        self.run("psql", &args)?;
+        let grant = "GRANT ALL ON SCHEMA public TO PUBLIC";
+        self.run("psql", &["-X", "-q", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "app", "-c", grant])?;
+        Ok(())
+    }
+
+    fn init_replica(&self, i: usize) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        let port = self.ports[0].to_string();
+        let d = data.to_string_lossy();
+        self.run("pg_basebackup", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", &d, "-R", "-X", "stream", "-c", "fast"])?;
+        append(&data.join("postgresql.conf"), &format!("\nport = {}\n", self.ports[i]))?;
+        Ok(())
+    }
+
+    /// Stops every server (fast shutdown) and keeps the directory.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        for i in (0..self.ports.len()).rev() {
+            let data = self.data(i);
+            if data.join("postmaster.pid").exists() {
+                let _ = self.run("pg_ctl", &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"]);
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn append(path: &Path, text: &str) -> io::Result<()> {
+    use io::Write;
+    fs::OpenOptions::new().append(true).open(path)?.write_all(text.as_bytes())
+}
+
+/// The server binaries: `$PGPILOT_PG_BINDIR`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> Result<PathBuf, ClusterError> {
+    if let Some(dir) = std::env::var_os("PGPILOT_PG_BINDIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p).ok_or_else(|| {
+        ClusterError(
+            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: \
+             install them with `apt-get install -y postgresql` or set PGPILOT_PG_BINDIR"
+                .into(),
+        )
+    })
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// uid and gid of the `postgres` user from /etc/passwd.
+fn postgres_ids() -> Result<(u32, u32), ClusterError> {
+    let passwd = fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres")).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+        })
+        .ok_or_else(|| ClusterError("running as root, but there is no `postgres` user to run PostgreSQL as".into()))
+}
+
+fn give_to(dir: &Path, ids: Option<(u32, u32)>) -> io::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        // The postgres user must be able to reach the directory through its parents.
+        let mut parent = dir.parent();
+        while let Some(p) = parent {
+            let mode = fs::metadata(p)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o001))?;
+            }
+            parent = p.parent();
+        }
+    }
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,259 @@
+//! One worker core: a pinned glommio executor that owns its listener, its pools and its
+//! sessions, and drains the control channel without blocking.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use pgpilot_protocol::encode;
+
+use crate::config::Config;
+use crate::control::{ClusterState, CoreMsg};
+use crate::pool::{core_share, Pool, PoolKey};
+
+/// How often a core looks at its control channel.
+const CONTROL_TICK: Duration = Duration::from_millis(5);
+/// How often idle backend connections are reaped.
+const REAP_TICK: Duration = Duration::from_secs(1);
+
+/// The backend query a session is running now, for CancelRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// Backend address.
+    pub addr: SocketAddr,
+    /// The backend's own process id.
+    pub pid: u32,
+    /// The backend's own secret.
+    pub secret: u32,
+}
+
+/// What the core keeps of a session to cancel its query.
+struct CancelEntry {
+    secret: u32,
+    target: Rc<Cell<Option<CancelTarget>>>,
+}
+
+/// Per-core state. Shared by `Rc` among the tasks of this core only.
+pub struct Core {
+    /// Core number; encoded in the BackendKeyData pid of every session it owns.
+    pub id: usize,
+    /// Number of worker cores.
+    pub workers: usize,
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    state: RefCell<Arc<ClusterState>>,
+    pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
+    sessions: RefCell<HashMap<u32, CancelEntry>>,
+    next_session: Cell<u32>,
+    /// Clients connected over all cores.
+    clients: Arc<AtomicUsize>,
+    /// Channels to every core (including this one), to forward CancelRequests.
+    peers: Vec<Sender<CoreMsg>>,
+    shutting_down: Cell<bool>,
+    shutdown_wakers: RefCell<HashMap<u32, Waker>>,
+    rng: Cell<u64>,
+}
+
+impl Core {
+    /// A core with the initial cluster snapshot.
+    pub fn new(
+        id: usize,
+        workers: usize,
+        config: Arc<Config>,
+        state: Arc<ClusterState>,
+        clients: Arc<AtomicUsize>,
+        peers: Vec<Sender<CoreMsg>>,
+    ) -> Core {
+        let seed = u64::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<8>()) | 1;
+        Core {
+            id,
+            workers,
+            config,
+            state: RefCell::new(state),
+            pools: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
+            next_session: Cell::new(0),
+            clients,
+            peers,
+            shutting_down: Cell::new(false),
+            shutdown_wakers: RefCell::new(HashMap::new()),
+            rng: Cell::new(seed),
+        }
+    }
+
+    /// The current cluster snapshot.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    /// A fast non-cryptographic random number (xorshift), for weighted picks.
+    pub fn roll(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    /// The pool for a key, created on first use.
+    pub fn pool(&self, key: PoolKey) -> Rc<Pool> {
+        if let Some(p) = self.pools.borrow().get(&key) {
+            return p.clone();
+        }
+        let addr = self.state.borrow().backends.get(key.backend_id).and_then(|b| b.addr);
+        let password = self.config.user(&key.user).map(|u| Rc::<str>::from(u.password.as_str()));
+        let cfg = &self.config.pool;
+        let size = core_share(cfg.size, self.workers, self.id);
+        let pool = Rc::new(Pool::new(key.clone(), password, addr, size, cfg.idle_timeout, cfg.max_lifetime));
+        self.pools.borrow_mut().insert(key, pool.clone());
+        pool
+    }
+
+    /// Counts a new client; `false` when `max_client_connections` is reached (not counted then).
+    pub fn admit_client(&self) -> bool {
+        let max = self.config.server.max_client_connections;
+        let prev = self.clients.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.clients.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Uncounts a client admitted by [`Core::admit_client`].
+    pub fn release_client(&self) {
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Registers a session for cancellation; returns its BackendKeyData `(pid, secret)`.
+    pub fn register_session(&self, target: Rc<Cell<Option<CancelTarget>>>) -> (u32, u32) {
+        let secret = u32::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<4>());
+        let mut sessions = self.sessions.borrow_mut();
+        loop {
+            let n = self.next_session.get().wrapping_add(1) & 0x00ff_ffff;
+            self.next_session.set(n);
+            let pid = ((self.id as u32) << 24) | n;
+            if n != 0 && !sessions.contains_key(&pid) {
+                sessions.insert(pid, CancelEntry { secret, target });
+                return (pid, secret);
+            }
+        }
+    }
+
+    /// Forgets a session.
+    pub fn unregister_session(&self, pid: u32) {
+        self.sessions.borrow_mut().remove(&pid);
+        self.shutdown_wakers.borrow_mut().remove(&pid);
+    }
+
+    /// Number of live sessions on this core.
+    pub fn session_count(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
+    /// Handles a CancelRequest that arrived on this core: cancels here or forwards to the owner.
+    pub fn cancel(&self, pid: u32, secret: u32) {
+        let owner = (pid >> 24) as usize;
+        if owner != self.id {
+            match self.peers.get(owner) {
+                Some(peer) => {
+                    let _ = peer.send(CoreMsg::Cancel { pid, secret });
+                }
+                None => log::warn!("cancel request for unknown core {owner}"),
+            }
+            return;
+        }
+        let target = match self.sessions.borrow().get(&pid) {
+            Some(e) if e.secret == secret => e.target.get(),
+            _ => None,
+        };
+        if let Some(t) = target {
+            glommio::spawn_local(send_cancel(t)).detach();
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Asks to be woken when shutdown begins.
+    pub fn on_shutdown(&self, pid: u32, waker: &Waker) {
+        let mut wakers = self.shutdown_wakers.borrow_mut();
+        match wakers.get(&pid) {
+            Some(w) if w.will_wake(waker) => {}
+            _ => {
+                wakers.insert(pid, waker.clone());
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        for (_, w) in self.shutdown_wakers.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    fn apply(&self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::State(state) => {
+                if state.epoch <= self.state.borrow().epoch {
+                    return;
+                }
+                for pool in self.pools.borrow().values() {
+                    pool.set_addr(state.backends.get(pool.key.backend_id).and_then(|b| b.addr));
+                }
+                *self.state.borrow_mut() = state;
+            }
+            CoreMsg::Cancel { pid, secret } => self.cancel(pid, secret),
+            CoreMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Applies control messages on this core without ever blocking its executor.
+    pub async fn drain_control(self: Rc<Self>, rx: Receiver<CoreMsg>) {
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => self.apply(msg),
+                Err(TryRecvError::Empty) => glommio::timer::sleep(CONTROL_TICK).await,
+                Err(TryRecvError::Disconnected) => return self.begin_shutdown(),
+            }
+        }
+    }
+
+    /// Closes idle backend connections past their time, once a second.
+    pub async fn reap(self: Rc<Self>) {
+        while !self.shutting_down() {
+            glommio::timer::sleep(REAP_TICK).await;
+            let now = Instant::now();
+            for pool in self.pools.borrow().values() {
+                pool.reap(now);
+            }
+        }
+    }
+}
+
+async fn send_cancel(t: CancelTarget) {
+    let mut buf = BytesMut::new();
+    encode::cancel_request(&mut buf, t.pid, t.secret);
+    match TcpStream::connect(t.addr).await {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(&buf).await {
+                log::warn!("cancel request to {}: {e}", t.addr);
+            }
+            let _ = s.close().await;
+        }
+        Err(e) => log::warn!("cancel request to {}: {e}", t.addr),
+    }
+}

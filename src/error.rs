@@ -1,0 +1,75 @@
+//! The daemon's one error type: variants say who is at fault and what the session does next.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use pgpilot_protocol::ProtocolError;
+
+/// What failed, grouped by what the session must do next.
+#[derive(Debug)]
+pub enum Error {
+    /// The client broke the protocol: tell it (08P01) and close the session.
+    Client(ProtocolError),
+    /// The client's socket failed or closed: close the session quietly.
+    ClientIo(io::Error),
+    /// A backend connection failed: drop it; the request may retry on another backend.
+    Backend { addr: SocketAddr, source: io::Error },
+    /// A backend sent something that is not PostgreSQL protocol: drop it.
+    BackendProtocol { addr: SocketAddr, source: ProtocolError },
+    /// Logging in to a backend failed on our side (no password, unsupported method, bad proof).
+    BackendAuth { addr: SocketAddr, reason: String },
+    /// A backend refused us with an ErrorResponse (bad database, auth, too many connections):
+    /// the frame is forwarded to the client as it came.
+    BackendRejected { addr: SocketAddr, code: String, message: String, frame: Bytes },
+    /// Nothing free within `checkout_timeout_ms`: tell the client (53300), keep the session.
+    PoolTimeout,
+    /// No backend can serve the request (none resolved, all refused).
+    NoBackend,
+}
+
+impl Error {
+    /// SQLSTATE for the ErrorResponse we send the client.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Error::Client(_) => "08P01",
+            Error::ClientIo(_) => "08006",
+            Error::Backend { .. } | Error::BackendProtocol { .. } | Error::NoBackend => "08006",
+            Error::BackendRejected { .. } | Error::BackendAuth { .. } => "08006",
+            Error::PoolTimeout => "53300",
+        }
+    }
+
+    /// Whether another backend might succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Backend { .. } | Error::BackendProtocol { .. })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Client(e) => write!(f, "client protocol error: {e}"),
+            Error::ClientIo(e) => write!(f, "client connection: {e}"),
+            Error::Backend { addr, source } => write!(f, "backend {addr}: {source}"),
+            Error::BackendProtocol { addr, source } => write!(f, "backend {addr}: {source}"),
+            Error::BackendAuth { addr, reason } => write!(f, "cannot log in to backend {addr}: {reason}"),
+            Error::BackendRejected { addr, code, message, .. } => {
+                write!(f, "backend {addr} refused the connection: {code} {message}")
+            }
+            Error::PoolTimeout => f.write_str("no backend connection available within checkout_timeout_ms"),
+            Error::NoBackend => f.write_str("no backend is available"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Client(e) | Error::BackendProtocol { source: e, .. } => Some(e),
+            Error::ClientIo(e) | Error::Backend { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Per-core pools of backend connections, one per (backend, user, database): checkout with a
+//! bounded wait, checkin of clean connections only, and reaping of idle or old ones.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
+
+use crate::backend::{Backend, Login};
+use crate::error::Error;
+
+/// Identifies a pool on one core.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Backend id in the cluster state.
+    pub backend_id: usize,
+    /// Role name.
+    pub user: Rc<str>,
+    /// Database name.
+    pub database: Rc<str>,
+}
+
+/// This core's share of `[pool] size`: the sum over cores never exceeds it, except that every
+/// core gets at least one connection so that no core is unable to serve.
+pub fn core_share(size: usize, workers: usize, core: usize) -> usize {
+    let workers = workers.max(1);
+    (size / workers + usize::from(core < size % workers)).max(1)
+}
+
+/// Connections to one (backend, user, database) owned by one core.
+pub struct Pool {
+    /// What it pools.
+    pub key: PoolKey,
+    password: Option<Rc<str>>,
+    /// Current address; idle connections to an older address are dropped.
+    addr: Cell<Option<SocketAddr>>,
+    idle: RefCell<Vec<Backend>>,
+    /// One permit per connection that may be checked out.
+    permits: Rc<Semaphore>,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+}
+
+impl Pool {
+    /// A pool of at most `size` connections on this core.
+    pub fn new(key: PoolKey, password: Option<Rc<str>>, addr: Option<SocketAddr>, size: usize, idle_timeout: Duration, max_lifetime: Duration) -> Pool {
+        Pool {
+            key,
+            password,
+            addr: Cell::new(addr),
+            idle: RefCell::new(Vec::new()),
+            permits: Rc::new(Semaphore::new(size as u64)),
+            idle_timeout,
+            max_lifetime,
+        }
+    }
+
+    /// A clean connection within `wait`: an idle one, or a new one if capacity allows.
+    pub async fn checkout(&self, wait: Duration) -> Result<Backend, Error> {
+        let deadline = Instant::now() + wait;
+        let permit = match self.permits.try_acquire_static_permit(1) {
+            Ok(p) => p,
+            Err(_) => {
+                let permits = self.permits.clone();
+                glommio::timer::timeout(wait, async move { permits.acquire_static_permit(1).await })
+                    .await
+                    .map_err(|_| Error::PoolTimeout)?
+            }
+        };
+        let now = Instant::now();
+        loop {
+            let candidate = self.idle.borrow_mut().pop();
+            match candidate {
+                Some(b) if self.is_fresh(&b, now) => {
+                    let mut b = b;
+                    b.permit = Some(permit);
+                    return Ok(b);
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let addr = self.addr.get().ok_or(Error::NoBackend)?;
+        let login = Login { user: &self.key.user, password: self.password.as_deref(), database: &self.key.database };
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let connect = async { Ok(Backend::connect(addr, self.key.backend_id, &login).await) };
+        let mut b = match glommio::timer::timeout(left, connect).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Backend { addr, source: std::io::ErrorKind::TimedOut.into() });
+            }
+        };
+        log::debug!("new backend connection to {addr} for {}@{}", self.key.user, self.key.database);
+        b.permit = Some(permit);
+        Ok(b)
+    }
+
+    /// Returns a connection that is idle and in sync; its capacity is released either way.
+    pub fn checkin(&self, mut b: Backend) {
+        let now = Instant::now();
+        b.permit = None;
+        if self.is_fresh(&b, now) && b.rbuf.is_empty() {
+            b.idle_since = now;
+            self.idle.borrow_mut().push(b);
+        }
+    }
+
+    fn is_fresh(&self, b: &Backend, now: Instant) -> bool {
+        Some(b.addr) == self.addr.get()
+            && now.duration_since(b.created) < self.max_lifetime
+            && now.duration_since(b.idle_since) < self.idle_timeout
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime.
+    pub fn reap(&self, now: Instant) {
+        self.idle.borrow_mut().retain(|b| self.is_fresh(b, now));
+    }
+
+    /// Points the pool at a new address; idle connections to the old one are closed.
+    pub fn set_addr(&self, addr: Option<SocketAddr>) {
+        if self.addr.replace(addr) != addr {
+            self.idle.borrow_mut().clear();
+        }
+    }
+
+    /// Idle connections right now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_sum_to_the_pool_size() {
+        for size in 1..40 {
+            for workers in 1..9 {
+                let sum: usize = (0..workers).map(|c| core_share(size, workers, c)).sum();
+                assert_eq!(sum, size.max(workers), "size {size} workers {workers}");
+            }
+        }
+    }
+}

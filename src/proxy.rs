@@ -1,0 +1,186 @@
+//! Starts pgpilot in this process: the control plane thread and one glommio executor per
+//! worker, each with its own listener. The returned handle stops them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::control::{self, ClusterState, ControlMsg, CoreMsg};
+use crate::core::Core;
+use crate::listener;
+
+/// Memory glommio registers per executor for I/O; a network proxy needs little.
+const IO_MEMORY: usize = 64 * 1024;
+/// glommio refuses to start below this RLIMIT_MEMLOCK.
+const MIN_MEMLOCK: u64 = 512 * 1024;
+/// How long sessions in a transaction may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Binding the listen address failed.
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// RLIMIT_MEMLOCK is below what glommio needs.
+    MemlockTooLow { limit: u64 },
+    /// A worker executor did not start.
+    Worker { core: usize, reason: String },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            StartError::MemlockTooLow { limit } => write!(
+                f,
+                "RLIMIT_MEMLOCK is {} KiB; glommio needs at least {} KiB: raise it with `ulimit -l` \
+                 or LimitMEMLOCK= in the systemd unit",
+                limit / 1024,
+                MIN_MEMLOCK / 1024
+            ),
+            StartError::Worker { core, reason } => write!(f, "worker {core} did not start: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy. Dropping it shuts it down and waits for its threads.
+pub struct Proxy {
+    addr: SocketAddr,
+    control: Sender<ControlMsg>,
+    control_thread: Option<JoinHandle<()>>,
+    workers: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the control plane and the workers; returns once every listener is bound.
+    pub fn start(config: Arc<Config>) -> Result<Proxy, StartError> {
+        check_memlock()?;
+        let cpus = allowed_cpus();
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(cpus.len().max(1)),
+            n => n,
+        };
+        let addr = config.server.listen;
+        let listeners = listener::bind(addr, config.server.listen_backlog, workers)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(addr);
+        let state = Arc::new(ClusterState::resolve(&config, 1));
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded::<CoreMsg>()).unzip();
+        let clients = Arc::new(AtomicUsize::new(0));
+        let pin = cpus.len() == workers;
+        let mut handles = Vec::with_capacity(workers);
+        for (id, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
+            let placement = match cpus.get(id) {
+                Some(&cpu) if pin => Placement::Fixed(cpu),
+                _ => Placement::Unbound,
+            };
+            let (config, state, clients, peers) = (config.clone(), state.clone(), clients.clone(), senders.clone());
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("pgpilot-{id}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || async move {
+                    let core = std::rc::Rc::new(Core::new(id, workers, config, state, clients, peers));
+                    glommio::spawn_local(core.clone().drain_control(rx)).detach();
+                    glommio::spawn_local(core.clone().reap()).detach();
+                    listener::serve(core.clone(), listener).await;
+                    let deadline = Instant::now() + SHUTDOWN_GRACE;
+                    while core.session_count() > 0 && Instant::now() < deadline {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .map_err(|e| StartError::Worker { core: id, reason: e.to_string() })?;
+            handles.push(handle);
+        }
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let control_state = (*state).clone();
+        let control_config = config.clone();
+        let control_thread = std::thread::Builder::new()
+            .name("pgpilot-control".into())
+            .spawn(move || control::run(control_config, control_state, control_rx, senders))
+            .map_err(|e| StartError::Worker { core: workers, reason: e.to_string() })?;
+        log::info!("pgpilot listening on {addr} with {workers} worker(s), {:?} pooling", config.server.pool_mode);
+        Ok(Proxy { addr, control: control_tx, control_thread: Some(control_thread), workers: handles })
+    }
+
+    /// The address clients connect to (with the real port when the config said 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A sender that asks the proxy to shut down (for signal handlers).
+    pub fn control(&self) -> Sender<ControlMsg> {
+        self.control.clone()
+    }
+
+    /// Stops accepting, ends sessions as they become idle, and waits for every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Waits until the proxy has stopped (after a shutdown request through [`Proxy::control`]).
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.control.send(ControlMsg::Shutdown);
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.control_thread.take() {
+            let _ = t.join();
+        }
+        for w in self.workers.drain(..) {
+            if let Err(e) = w.join() {
+                log::error!("worker ended with an error: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPUs this process may run on, from the kernel's view of our affinity mask.
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let mut ends = part.split('-').filter_map(|n| n.trim().parse::<usize>().ok());
+        match (ends.next(), ends.next()) {
+            (Some(a), Some(b)) => cpus.extend(a..=b),
+            (Some(a), None) => cpus.push(a),
+            _ => {}
+        }
+    }
+    cpus
+}
+
+fn check_memlock() -> Result<(), StartError> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    match soft {
+        Some(limit) if limit < MIN_MEMLOCK => Err(StartError::MemlockTooLow { limit }),
+        _ => Ok(()),
+    }
+}

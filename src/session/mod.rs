@@ -1,0 +1,135 @@
+//! One client connection from accept to close: `startup` authenticates it and logs it in,
+//! `relay` moves its messages to and from backends, `attach` picks and prepares backends.
+
+mod attach;
+mod params;
+mod relay;
+mod startup;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use pgpilot_protocol::backend::TransactionStatus;
+use pgpilot_protocol::classify::Target;
+use pgpilot_protocol::encode::{self, ErrorFields};
+
+use crate::backend::Backend;
+use crate::config::PoolMode;
+use crate::core::{CancelTarget, Core};
+use crate::error::Error;
+use crate::pool::Pool;
+
+pub use params::Gucs;
+
+/// A backend serving this session right now, and where its protocol state stands.
+struct Attached {
+    backend: Backend,
+    pool: Rc<Pool>,
+    /// Whether the backend is a replica (only reads may be sent to it).
+    on_replica: bool,
+    /// ReadyForQuery messages the client still expects from this backend.
+    pending: u32,
+    /// ReadyForQuery messages of proxy-made queries (parameter setup) still to swallow.
+    hidden: u32,
+    /// Extended-protocol messages were sent after the last Sync.
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    status: TransactionStatus,
+}
+
+impl Attached {
+    /// Nothing outstanding, not in a transaction: the backend may serve someone else.
+    fn is_idle(&self) -> bool {
+        self.pending == 0 && self.hidden == 0 && !self.unsynced && self.status == TransactionStatus::Idle
+    }
+}
+
+/// One client session.
+pub struct Session {
+    core: Rc<Core>,
+    /// BackendKeyData pid handed to the client; also the session id in logs.
+    pid: u32,
+    client: TcpStream,
+    /// Bytes from the client not yet forwarded.
+    cbuf: BytesMut,
+    /// Messages the proxy itself sends the client, flushed before forwarded ones.
+    out: BytesMut,
+    mode: PoolMode,
+    max_message: u32,
+    user: Rc<str>,
+    database: Rc<str>,
+    gucs: Rc<Gucs>,
+    attached: Option<Attached>,
+    /// Route of each named prepared statement, decided at its Parse.
+    statements: HashMap<Bytes, Target>,
+    /// Route of the unnamed statement.
+    unnamed: Target,
+    /// Client frames wait until the backend is idle (a write after reads on a replica).
+    blocked: bool,
+    /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.
+    skip_until_sync: bool,
+    /// ParameterStatus values the client has been told.
+    view: Vec<(String, String)>,
+    /// `params_version` of the backend `view` was last synced from.
+    view_version: u64,
+    /// The backend query to cancel on CancelRequest.
+    cancel: Rc<Cell<Option<CancelTarget>>>,
+}
+
+/// Serves one accepted client until it leaves.
+pub async fn run(core: Rc<Core>, client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    let Some(mut session) = startup::start(core, client).await else { return };
+    let result = session.relay().await;
+    match &result {
+        Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", session.pid),
+        Err(e) => log::info!("session={} ended: {e}", session.pid),
+    }
+    if let Err(Error::Client(e)) = &result {
+        session.send_error(&ErrorFields::fatal("08P01", e.to_string())).await;
+    }
+    session.finish().await;
+}
+
+impl Session {
+    /// Sends one ErrorResponse now, ignoring write errors (the session is ending or recovering).
+    async fn send_error(&mut self, e: &ErrorFields) {
+        encode::error_response(&mut self.out, e);
+        let _ = self.flush_out().await;
+    }
+
+    /// Writes the proxy's own pending messages to the client.
+    async fn flush_out(&mut self) -> Result<(), Error> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let res = self.client.write_all(&self.out).await;
+        self.out.clear();
+        res.map_err(Error::ClientIo)
+    }
+
+    /// Gives the backend back (clean) or drops it (anything else), then forgets the session.
+    async fn finish(&mut self) {
+        if let Some(mut att) = self.attached.take() {
+            self.cancel.set(None);
+            if att.is_idle() && att.backend.rbuf.is_empty() {
+                let reset = &self.core.config.pool.reset_query;
+                if self.mode == PoolMode::Session && !reset.is_empty() {
+                    if attach::run_hidden_query(&mut att.backend, reset).await.is_ok() {
+                        att.backend.applied = u64::MAX;
+                        att.pool.checkin(att.backend);
+                    }
+                } else {
+                    att.pool.checkin(att.backend);
+                }
+            }
+        }
+        let _ = self.client.close().await;
+        self.core.unregister_session(self.pid);
+        self.core.release_client();
+    }
+}

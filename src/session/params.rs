@@ -1,0 +1,148 @@
+//! The run-time parameters (GUCs) a client asked for at startup, and the SQL that applies
+//! them to whichever backend serves the client.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+/// Startup parameters that are not GUCs.
+const NOT_GUCS: &[&str] = &["user", "database", "options", "replication"];
+
+/// A client's GUCs, sorted by name, with a hash that identifies the set (0 = empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gucs {
+    /// `(name, value)` with lower-case names, sorted, last setting of a name wins.
+    pub list: Vec<(String, String)>,
+    /// Identifies the set; a backend remembers the hash of the set applied to it.
+    pub hash: u64,
+}
+
+impl Gucs {
+    /// Collects GUCs from startup parameters, including `-c name=value` inside `options`.
+    pub fn from_startup(params: &[(&str, &str)]) -> Result<Gucs, String> {
+        let mut list: Vec<(String, String)> = Vec::new();
+        let mut add = |name: &str, value: &str| {
+            let name = name.to_ascii_lowercase().replace('-', "_");
+            list.retain(|(n, _)| *n != name);
+            list.push((name, value.to_owned()));
+        };
+        for (name, value) in params {
+            if *name == "options" {
+                for (n, v) in parse_options(value)? {
+                    add(&n, &v);
+                }
+            } else if !NOT_GUCS.contains(name) && !name.starts_with("_pq_.") {
+                add(name, value);
+            }
+        }
+        list.sort();
+        let hash = if list.is_empty() {
+            0
+        } else {
+            let mut h = DefaultHasher::new();
+            list.hash(&mut h);
+            h.finish().clamp(1, u64::MAX - 1)
+        };
+        Ok(Gucs { list, hash })
+    }
+
+    /// SQL that brings a backend from the set with hash `applied` to this one.
+    pub fn setup_sql(&self, applied: u64) -> String {
+        let mut sql = String::new();
+        if applied != 0 {
+            sql.push_str("RESET ALL;");
+        }
+        for (name, value) in &self.list {
+            sql.push_str("SET ");
+            sql.push_str(&quote_ident(name));
+            sql.push_str(" TO ");
+            sql.push_str(&quote_literal(value));
+            sql.push(';');
+        }
+        sql
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Splits the `options` startup parameter: `-c a=b`, `-ca=b`, `--a=b`, with `\ ` for a space.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().ok_or_else(|| "option -c needs name=value".to_owned())?
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(format!("invalid command-line argument for server process: {w}"));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("invalid option {setting:?}: expected name=value"))?;
+        out.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_and_params_become_gucs() {
+        let g = Gucs::from_startup(&[
+            ("user", "app"),
+            ("database", "app"),
+            ("application_name", "psql"),
+            ("options", "-c search_path=a\\ b --statement-timeout=5s -cwork_mem=64kB"),
+            ("DateStyle", "ISO"),
+        ])
+        .unwrap();
+        let names: Vec<_> = g.list.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        assert_eq!(names, ["application_name=psql", "datestyle=ISO", "search_path=a b", "statement_timeout=5s", "work_mem=64kB"]);
+        assert_ne!(g.hash, 0);
+        assert_eq!(
+            g.setup_sql(0),
+            "SET \"application_name\" TO 'psql';SET \"datestyle\" TO 'ISO';SET \"search_path\" TO 'a b';\
+             SET \"statement_timeout\" TO '5s';SET \"work_mem\" TO '64kB';"
+        );
+        assert!(g.setup_sql(7).starts_with("RESET ALL;"));
+        assert_eq!(Gucs::from_startup(&[("user", "u")]).unwrap().hash, 0);
+    }
+
+    #[test]
+    fn quotes_cannot_escape() {
+        let g = Gucs::from_startup(&[("application_name", "x'; DROP TABLE t; --")]).unwrap();
+        assert_eq!(g.setup_sql(0), "SET \"application_name\" TO 'x''; DROP TABLE t; --';");
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(Gucs::from_startup(&[("options", "-c")]).is_err());
+        assert!(Gucs::from_startup(&[("options", "-x y")]).is_err());
+        assert!(Gucs::from_startup(&[("options", "-c novalue")]).is_err());
+    }
+}

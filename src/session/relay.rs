@@ -1,0 +1,425 @@
+//! The hot loop: client frames in, routed by unit (one Query, or extended messages up to
+//! Sync) to a backend; backend frames out to the client unchanged. No payload is copied:
+//! whole frames are cut off the read buffers with `split_to(..).freeze()` and written as they are.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::classify::{classify, Target};
+use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::frame::{split_frame, FrameScan};
+use pgpilot_protocol::frontend::statement_of;
+use pgpilot_protocol::{Header, ProtocolError};
+
+use super::startup::intern_code;
+use super::Session;
+use crate::backend::{MAX_BACKEND_MESSAGE, READ_CHUNK};
+use crate::config::PoolMode;
+use crate::error::Error;
+
+/// Bytes asked of the kernel per client read.
+const CLIENT_CHUNK: usize = 8 * 1024;
+/// Largest single read, however big the frame being assembled.
+const MAX_READ: usize = 256 * 1024;
+
+/// What woke the session.
+enum Event {
+    Client(io::Result<usize>),
+    Backend(io::Result<usize>),
+    Shutdown,
+}
+
+/// A run of client frames that must go to one backend together: one Query or FunctionCall,
+/// or extended-protocol messages up to and including Sync.
+struct Unit {
+    /// Bytes from the unit's start.
+    len: usize,
+    /// Where it may run: a replica only if every statement in it is a read.
+    target: Target,
+    /// ReadyForQuery messages it will produce.
+    rfqs: u32,
+    /// It ended with Sync, Query or FunctionCall (false: more frames of it are to come).
+    complete: bool,
+}
+
+fn join(a: Option<Target>, b: Target) -> Option<Target> {
+    match (a, b) {
+        (Some(Target::Primary), _) | (_, Target::Primary) => Some(Target::Primary),
+        _ => Some(Target::Replica),
+    }
+}
+
+impl Session {
+    /// Relays until the client leaves, the session fails, or shutdown ends an idle session.
+    pub(super) async fn relay(&mut self) -> Result<(), Error> {
+        loop {
+            if !self.blocked && !self.pump_client().await? {
+                return Ok(());
+            }
+            match self.wait().await {
+                Event::Client(Ok(0)) => return Ok(()),
+                Event::Client(Ok(_)) => {}
+                Event::Client(Err(e)) => return Err(Error::ClientIo(e)),
+                Event::Backend(Ok(0)) => self.backend_lost(io::ErrorKind::UnexpectedEof.into()).await?,
+                Event::Backend(Err(e)) => self.backend_lost(e).await?,
+                Event::Backend(Ok(_)) => self.pump_backend().await?,
+                Event::Shutdown => {
+                    let e = ErrorFields::fatal("57P01", "terminating connection due to administrator command");
+                    self.send_error(&e).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits until the client or the attached backend has bytes, or shutdown begins while idle.
+    async fn wait(&mut self) -> Event {
+        let read_client = !self.blocked;
+        let idle = self.attached.as_ref().is_none_or(|a| a.is_idle());
+        let (core, pid) = (&self.core, self.pid);
+        let (client, cbuf, attached) = (&mut self.client, &mut self.cbuf, &mut self.attached);
+        poll_fn(|cx| {
+            if read_client {
+                if let Poll::Ready(r) = poll_fill(client, cbuf, CLIENT_CHUNK, cx) {
+                    return Poll::Ready(Event::Client(r));
+                }
+            }
+            if let Some(att) = attached.as_mut() {
+                if let Poll::Ready(r) = poll_fill(&mut att.backend.stream, &mut att.backend.rbuf, READ_CHUNK, cx) {
+                    return Poll::Ready(Event::Backend(r));
+                }
+            }
+            if idle {
+                if core.shutting_down() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                core.on_shutdown(pid, cx.waker());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Acts on every whole client frame buffered. `Ok(false)`: the client said Terminate.
+    async fn pump_client(&mut self) -> Result<bool, Error> {
+        loop {
+            let Some(h) = Header::peek(&self.cbuf, self.max_message).map_err(Error::Client)? else {
+                return Ok(true);
+            };
+            if self.cbuf.len() < h.frame_len() {
+                self.cbuf.reserve(h.frame_len() - self.cbuf.len());
+                return Ok(true);
+            }
+            match h.tag {
+                b'X' => return Ok(false),
+                b'p' => return Err(Error::Client(ProtocolError::Malformed { tag: b'p', what: "password message after authentication" })),
+                _ => {}
+            }
+            if self.skip_until_sync {
+                let _ = self.cbuf.split_to(h.frame_len());
+                if h.tag == b'S' {
+                    self.skip_until_sync = false;
+                    encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+                    self.flush_out().await?;
+                }
+                continue;
+            }
+            if self.mode == PoolMode::Session {
+                let n = self.whole_frames_before_terminate()?;
+                self.forward(n, 0, false).await?;
+                continue;
+            }
+            if !self.pump_unit(h.tag).await? {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Routes and forwards the unit at the front of the buffer. `Ok(false)`: wait for the backend.
+    async fn pump_unit(&mut self, tag: u8) -> Result<bool, Error> {
+        let mid_unit = self.attached.as_ref().is_some_and(|a| a.unsynced);
+        if matches!(tag, b'd' | b'c' | b'f') && !mid_unit {
+            // Copy data flows to the backend running COPY; outside COPY PostgreSQL ignores it.
+            let len = Header::peek(&self.cbuf, self.max_message).ok().flatten().map_or(0, |h| h.frame_len());
+            if self.attached.is_some() {
+                self.forward(len, 0, false).await?;
+            } else {
+                let _ = self.cbuf.split_to(len);
+            }
+            return Ok(true);
+        }
+        let unit = self.scan_unit()?;
+        if unit.len == 0 {
+            return Ok(true);
+        }
+        let Some(att) = self.attached.as_ref() else {
+            if unit.complete && unit.rfqs == 1 && tag == b'S' {
+                // A lone Sync with nothing outstanding: answer it here.
+                let _ = self.cbuf.split_to(unit.len);
+                encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+                self.flush_out().await?;
+                return Ok(true);
+            }
+            if let Err(e) = self.attach(unit.target).await {
+                self.fail_unit(&unit, e).await?;
+                return Ok(true);
+            }
+            self.flush_out().await?;
+            return self.forward(unit.len, unit.rfqs, !unit.complete).await.map(|()| true);
+        };
+        let must_move = !mid_unit && att.on_replica && unit.target == Target::Primary && att.status == TransactionStatus::Idle;
+        if must_move {
+            if att.is_idle() {
+                self.release();
+                return Ok(true);
+            }
+            self.blocked = true;
+            return Ok(false);
+        }
+        self.forward(unit.len, unit.rfqs, !unit.complete).await?;
+        Ok(true)
+    }
+
+    /// Length of the whole frames at the front, stopping before Terminate (session mode).
+    fn whole_frames_before_terminate(&self) -> Result<usize, Error> {
+        let mut scan = FrameScan::new(&self.cbuf, self.max_message);
+        let mut n = 0;
+        for (at, h) in &mut scan {
+            if h.tag == b'X' || h.tag == b'p' {
+                break;
+            }
+            n = at + h.frame_len();
+        }
+        match scan.error() {
+            Some(e) if n == 0 => Err(Error::Client(e)),
+            _ => Ok(n),
+        }
+    }
+
+    /// Finds the unit at the front of the client buffer and records the statements it prepares.
+    fn scan_unit(&mut self) -> Result<Unit, Error> {
+        let mut unit = Unit { len: 0, target: Target::Primary, rfqs: 0, complete: false };
+        let mut target = None;
+        let mut scan = FrameScan::new(&self.cbuf, self.max_message);
+        for (at, h) in &mut scan {
+            let frame = &self.cbuf[at..at + h.frame_len()];
+            let body = &frame[5..];
+            match h.tag {
+                b'X' | b'p' => break,
+                b'Q' => {
+                    let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                    target = join(target, classify(sql).target);
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'F' => {
+                    target = join(target, Target::Primary);
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'S' => {
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'P' => {
+                    let (name, query) = statement_of(body).map_err(Error::Client)?;
+                    let t = classify(query).target;
+                    if name.is_empty() {
+                        self.unnamed = t;
+                    } else {
+                        self.statements.insert(bytes::Bytes::copy_from_slice(name), t);
+                    }
+                    target = join(target, t);
+                }
+                b'B' | b'D' | b'C' => {
+                    if let Some(t) = self.statement_route(h.tag, body) {
+                        target = join(target, t);
+                    }
+                }
+                b'E' | b'H' | b'd' | b'c' | b'f' => {}
+                tag => return Err(Error::Client(ProtocolError::UnknownTag { tag })),
+            }
+            unit.len = at + h.frame_len();
+            if unit.complete {
+                break;
+            }
+        }
+        if let (Some(e), 0) = (scan.error(), unit.len) {
+            return Err(Error::Client(e));
+        }
+        unit.target = target.unwrap_or(Target::Primary);
+        Ok(unit)
+    }
+
+    /// The route of the statement a Bind, Describe or Close names (portals have none).
+    fn statement_route(&self, tag: u8, body: &[u8]) -> Option<Target> {
+        let name = match tag {
+            b'B' => {
+                let portal_end = memchr_nul(body)?;
+                let rest = &body[portal_end + 1..];
+                &rest[..memchr_nul(rest)?]
+            }
+            _ if body.first() == Some(&b'S') => &body[1..1 + memchr_nul(&body[1..])?],
+            _ => return None,
+        };
+        if name.is_empty() {
+            return Some(self.unnamed);
+        }
+        Some(self.statements.get(name).copied().unwrap_or(Target::Primary))
+    }
+
+    /// Sends the first `len` buffered client bytes to the attached backend.
+    async fn forward(&mut self, len: usize, rfqs: u32, unsynced: bool) -> Result<(), Error> {
+        let batch = self.cbuf.split_to(len).freeze();
+        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        att.pending += rfqs;
+        if rfqs > 0 || unsynced {
+            att.unsynced = unsynced;
+        }
+        if let Err(Error::Backend { source, .. }) = att.backend.send(&batch).await {
+            return self.backend_lost(source).await;
+        }
+        Ok(())
+    }
+
+    /// Forwards every whole backend frame to the client; gives the backend back when idle.
+    async fn pump_backend(&mut self) -> Result<(), Error> {
+        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let mut setup_done = false;
+        while att.hidden > 0 {
+            let frame = match split_frame(&mut att.backend.rbuf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)).await,
+            };
+            match BackendMessage::parse(&frame.bytes) {
+                Ok(BackendMessage::ReadyForQuery { .. }) => {
+                    att.hidden -= 1;
+                    setup_done = att.hidden == 0;
+                }
+                Ok(BackendMessage::ParameterStatus { name, value }) => att.backend.params.set(name, value),
+                Ok(BackendMessage::ErrorResponse(f)) => {
+                    log::warn!("session={} parameter setup failed on {}: {}", self.pid, att.backend.addr, f.message());
+                    att.backend.applied = u64::MAX;
+                }
+                _ => {}
+            }
+        }
+        if setup_done {
+            self.sync_view();
+        }
+        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let mut scan = FrameScan::new(&att.backend.rbuf, MAX_BACKEND_MESSAGE);
+        let mut n = 0;
+        for (at, h) in &mut scan {
+            let frame = &att.backend.rbuf[at..at + h.frame_len()];
+            match h.tag {
+                b'Z' => {
+                    att.pending = att.pending.saturating_sub(1);
+                    att.status = frame.get(5).copied().and_then(TransactionStatus::from_byte).unwrap_or(TransactionStatus::Failed);
+                }
+                b'S' => {
+                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::parse(frame) {
+                        att.backend.params.set(name, value);
+                        note_param(&mut self.view, name, value);
+                        self.view_version = att.backend.params.version;
+                    }
+                }
+                _ => {}
+            }
+            n = at + h.frame_len();
+        }
+        if let Some(e) = scan.error() {
+            return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)).await;
+        }
+        let batch = att.backend.rbuf.split_to(n).freeze();
+        let idle = att.is_idle() && att.backend.rbuf.is_empty();
+        let settled = att.pending == 0 && att.hidden == 0;
+        self.flush_out().await?;
+        if !batch.is_empty() {
+            self.client.write_all(&batch).await.map_err(Error::ClientIo)?;
+        }
+        if self.mode == PoolMode::Transaction && idle {
+            self.release();
+        }
+        if settled {
+            self.blocked = false;
+        }
+        Ok(())
+    }
+
+    /// The attached backend failed. In transaction mode the client is told (08006) and goes on;
+    /// in session mode its session state is gone, so the session ends.
+    async fn backend_lost(&mut self, source: io::Error) -> Result<(), Error> {
+        let Some(att) = self.attached.take() else { return Ok(()) };
+        self.cancel.set(None);
+        self.blocked = false;
+        let addr = att.backend.addr;
+        log::warn!("session={} lost backend {addr}: {source}", self.pid);
+        if self.mode == PoolMode::Session {
+            self.send_error(&ErrorFields::fatal("08006", format!("lost the connection to the server {addr}"))).await;
+            return Err(Error::Backend { addr, source });
+        }
+        if att.pending > 0 || att.unsynced || att.status != TransactionStatus::Idle {
+            let e = ErrorFields::error("08006", format!("lost the connection to the server {addr}; the transaction is gone"));
+            encode::error_response(&mut self.out, &e);
+            for _ in 0..att.pending {
+                encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+            }
+            self.skip_until_sync = att.unsynced;
+            self.flush_out().await?;
+        }
+        Ok(())
+    }
+
+    /// No backend for a unit: tell the client and drop the unit (up to its Sync).
+    async fn fail_unit(&mut self, unit: &Unit, e: Error) -> Result<(), Error> {
+        log::warn!("session={} no backend: {e}", self.pid);
+        let _ = self.cbuf.split_to(unit.len);
+        let fields = match &e {
+            Error::BackendRejected { code, message, .. } => ErrorFields::error(intern_code(code), message.clone()),
+            e => ErrorFields::error(e.sqlstate(), e.to_string()),
+        };
+        encode::error_response(&mut self.out, &fields);
+        if unit.complete {
+            encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+        } else {
+            self.skip_until_sync = true;
+        }
+        self.flush_out().await
+    }
+}
+
+fn memchr_nul(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == 0)
+}
+
+fn note_param(view: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match view.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => value.clone_into(v),
+        None => view.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+/// Reads what the socket has into the spare room of `buf` (at least `chunk` bytes of room).
+fn poll_fill(stream: &mut TcpStream, buf: &mut BytesMut, chunk: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    let start = buf.len();
+    if buf.capacity() - start < chunk {
+        buf.reserve(chunk);
+    }
+    let room = (buf.capacity() - start).min(MAX_READ);
+    buf.resize(start + room, 0);
+    let result = Pin::new(stream).poll_read(cx, &mut buf[start..]);
+    let n = match &result {
+        Poll::Ready(Ok(n)) => *n,
+        _ => 0,
+    };
+    buf.truncate(start + n);
+    result
+}

@@ -1,0 +1,296 @@
+//! Startup of a client session: SSL/GSS refusal, CancelRequest, admission, authentication
+//! (SCRAM-SHA-256, MD5, trust) and login on a backend. Auth failures never reach a backend.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use pgpilot_protocol::backend::TransactionStatus;
+use pgpilot_protocol::classify::Target;
+use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::frame::split_frame;
+use pgpilot_protocol::frontend::{self, SaslInitialResponse};
+use pgpilot_protocol::scram::{self, ScramSecret, ScramServer};
+use pgpilot_protocol::startup::{self, StartupPacket};
+use pgpilot_protocol::{Frame, ProtocolError};
+
+use super::{Gucs, Session};
+use crate::config::{AuthMethod, PoolMode};
+use crate::core::Core;
+use crate::error::Error;
+
+/// Auth messages are small; anything bigger is a protocol violation.
+const MAX_AUTH_MESSAGE: u32 = 8192;
+
+/// Why startup ended without a session.
+enum Refusal {
+    /// Tell the client this, then close.
+    Fatal(ErrorFields),
+    /// Close without a word (hang-up, cancel request handled).
+    Silent,
+}
+
+impl From<ErrorFields> for Refusal {
+    fn from(e: ErrorFields) -> Self {
+        Refusal::Fatal(e)
+    }
+}
+
+/// The client half during startup.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn fill(&mut self) -> Result<(), Refusal> {
+        let start = self.buf.len();
+        self.buf.resize(start + 1024, 0);
+        let n = self.stream.read(&mut self.buf[start..]).await.unwrap_or(0);
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(Refusal::Silent);
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
+        self.stream.write_all(bytes).await.map_err(|_| Refusal::Silent)
+    }
+
+    /// The next untagged startup packet.
+    async fn startup_packet(&mut self) -> Result<bytes::Bytes, Refusal> {
+        loop {
+            match startup::peek_len(&self.buf) {
+                Ok(Some(len)) if self.buf.len() >= len => return Ok(self.buf.split_to(len).freeze()),
+                Ok(_) => self.fill().await?,
+                Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
+            }
+        }
+    }
+
+    /// The next tagged message, which must be a `p` (password / SASL).
+    async fn password_frame(&mut self) -> Result<Frame, Refusal> {
+        loop {
+            match split_frame(&mut self.buf, MAX_AUTH_MESSAGE) {
+                Ok(Some(f)) if f.tag == b'p' => return Ok(f),
+                Ok(Some(f)) if f.tag == b'X' => return Err(Refusal::Silent),
+                Ok(Some(_)) => return Err(ErrorFields::fatal("08P01", "expected a password response").into()),
+                Ok(None) => self.fill().await?,
+                Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
+            }
+        }
+    }
+}
+
+/// What a successful handshake established.
+struct Startup {
+    user: Rc<str>,
+    database: Rc<str>,
+    gucs: Gucs,
+}
+
+/// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
+pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> {
+    let mut conn = Conn { stream, buf: BytesMut::new() };
+    let limit = core.config.server.startup_timeout;
+    let handshake = async { Ok(handshake(&core, &mut conn).await) };
+    let outcome = match glommio::timer::timeout(limit, handshake).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ErrorFields::fatal("08006", "startup did not finish within startup_timeout_ms").into()),
+    };
+    let st = match outcome {
+        Ok(st) => st,
+        Err(Refusal::Fatal(e)) => {
+            log::info!("client refused at startup: {} {}", e.code, e.message);
+            let mut out = BytesMut::new();
+            encode::error_response(&mut out, &e);
+            let _ = conn.send(&out).await;
+            let _ = conn.stream.close().await;
+            return None;
+        }
+        Err(Refusal::Silent) => return None,
+    };
+    let cancel = Rc::new(Cell::new(None));
+    let (pid, secret) = core.register_session(cancel.clone());
+    let mut session = Session {
+        core: core.clone(),
+        pid,
+        client: conn.stream,
+        cbuf: conn.buf,
+        out: BytesMut::new(),
+        mode: core.config.server.pool_mode,
+        max_message: core.config.server.max_message_bytes,
+        user: st.user,
+        database: st.database,
+        gucs: Rc::new(st.gucs),
+        attached: None,
+        statements: HashMap::new(),
+        unnamed: Target::Primary,
+        blocked: false,
+        skip_until_sync: false,
+        view: Vec::new(),
+        view_version: u64::MAX,
+        cancel,
+    };
+    match session.login(secret).await {
+        Ok(()) => Some(session),
+        Err(e) => {
+            log::info!("session={} login failed: {} {}", session.pid, e.code, e.message);
+            session.send_error(&e).await;
+            session.finish().await;
+            None
+        }
+    }
+}
+
+async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal> {
+    let packet = loop {
+        let packet = conn.startup_packet().await?;
+        match startup::parse(&packet) {
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => conn.send(b"N").await?,
+            Ok(StartupPacket::CancelRequest { pid, secret }) => {
+                core.cancel(pid, secret);
+                return Err(Refusal::Silent);
+            }
+            Ok(StartupPacket::Startup(_)) => break packet,
+            Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
+        }
+    };
+    let Ok(StartupPacket::Startup(msg)) = startup::parse(&packet) else {
+        return Err(Refusal::Silent);
+    };
+    if !core.admit_client() {
+        return Err(ErrorFields::fatal("53300", "sorry, too many clients already").into());
+    }
+    // From here on the client is counted; every exit path must release it.
+    let admitted = Admitted(core.clone());
+    let user = msg.param("user").filter(|u| !u.is_empty());
+    let user = user.ok_or_else(|| ErrorFields::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
+    let database = msg.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if msg.param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(ErrorFields::fatal("08P01", "pgpilot does not proxy replication connections").into());
+    }
+    let gucs = Gucs::from_startup(&msg.params).map_err(|e| ErrorFields::fatal("22023", e))?;
+    let unknown: Vec<&str> = msg.params.iter().map(|(n, _)| *n).filter(|n| n.starts_with("_pq_.")).collect();
+    if msg.minor > 0 || !unknown.is_empty() {
+        let mut out = BytesMut::new();
+        encode::negotiate_protocol_version(&mut out, 0, &unknown);
+        conn.send(&out).await?;
+    }
+    authenticate(core, conn, user).await?;
+    let st = Startup { user: user.into(), database: database.into(), gucs };
+    // The session now owns the client count; `Session::finish` releases it.
+    std::mem::forget(admitted);
+    Ok(st)
+}
+
+/// Releases the client count if startup fails after admission.
+struct Admitted(Rc<Core>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.release_client();
+    }
+}
+
+async fn authenticate(core: &Rc<Core>, conn: &mut Conn, user: &str) -> Result<(), Refusal> {
+    let config = &core.config;
+    let known = config.user(user);
+    let failed = || ErrorFields::fatal("28P01", format!("password authentication failed for user \"{user}\""));
+    let mut out = BytesMut::new();
+    match config.auth_method {
+        AuthMethod::Trust => {
+            if known.is_none() {
+                return Err(ErrorFields::fatal("28000", format!("role \"{user}\" is not served by pgpilot")).into());
+            }
+        }
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = scram::random_bytes();
+            encode::auth_md5(&mut out, salt);
+            conn.send(&out).await?;
+            let frame = conn.password_frame().await?;
+            let got = frontend::password(frame.body()).map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
+            let ok = known.is_some_and(|u| scram::md5_matches(got, &scram::md5_password(user.as_bytes(), u.password.as_bytes(), salt)));
+            if !ok {
+                return Err(failed().into());
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let impossible;
+            let secret: &ScramSecret = match known {
+                Some(u) => &u.scram,
+                None => {
+                    impossible = ScramSecret::impossible(&scram::random_bytes::<16>());
+                    &impossible
+                }
+            };
+            scram_exchange(conn, secret).await.map_err(|e| match e {
+                Refusal::Fatal(f) if f.code == "28P01" => failed().into(),
+                other => other,
+            })?;
+        }
+    }
+    out.clear();
+    encode::auth_ok(&mut out);
+    conn.send(&out).await
+}
+
+async fn scram_exchange(conn: &mut Conn, secret: &ScramSecret) -> Result<(), Refusal> {
+    let bad = |e: ProtocolError| Refusal::from(ErrorFields::fatal("08P01", e.to_string()));
+    let mut out = BytesMut::new();
+    encode::auth_sasl(&mut out, &[scram::MECHANISM]);
+    conn.send(&out).await?;
+    let frame = conn.password_frame().await?;
+    let init = SaslInitialResponse::parse(frame.body()).map_err(bad)?;
+    if init.mechanism != scram::MECHANISM {
+        return Err(ErrorFields::fatal("28000", "client selected an invalid SASL authentication mechanism").into());
+    }
+    let mut server = ScramServer::new(secret);
+    let first = server
+        .handle_client_first(init.data.unwrap_or_default())
+        .map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
+    out.clear();
+    encode::auth_sasl_continue(&mut out, first.as_bytes());
+    conn.send(&out).await?;
+    let frame = conn.password_frame().await?;
+    let fin = match server.handle_client_final(frame.body()) {
+        Ok(fin) => fin,
+        Err(scram::ScramError::AuthFailed) => return Err(ErrorFields::fatal("28P01", "").into()),
+        Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
+    };
+    out.clear();
+    encode::auth_sasl_final(&mut out, fin.as_bytes());
+    conn.send(&out).await
+}
+
+impl Session {
+    /// Logs the authenticated client in: a backend checks its parameters and provides the
+    /// ParameterStatus set; then BackendKeyData and ReadyForQuery.
+    async fn login(&mut self, secret: u32) -> Result<(), ErrorFields> {
+        if let Err(e) = self.attach(Target::Primary).await {
+            return Err(match e {
+                Error::BackendRejected { code, message, .. } => ErrorFields::fatal(intern_code(&code), message),
+                Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
+                e => ErrorFields::fatal("08006", e.to_string()),
+            });
+        }
+        self.finish_setup().await?;
+        encode::backend_key_data(&mut self.out, self.pid, secret);
+        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+        self.flush_out().await.map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
+        if self.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(())
+    }
+}
+
+/// SQLSTATEs we pass on from backends at login, as `&'static str`.
+pub(super) fn intern_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &["3D000", "28P01", "28000", "53300", "57P03", "42704", "22023", "0A000", "55P02", "42501"];
+    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("08006")
+}

@@ -1,0 +1,173 @@
+//! The test harness: one real primary + 2 streaming replicas per test binary (started on first
+//! use, stopped at exit), proxies on ephemeral ports, and clients to talk through them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pgpilot::cluster::LocalCluster;
+use pgpilot::{Config, Proxy};
+
+/// What the tests need to know of the running cluster.
+pub struct Cluster {
+    /// Primary first, then the replicas.
+    pub ports: Vec<u16>,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+static RUNNING: Mutex<Option<LocalCluster>> = Mutex::new(None);
+
+extern "C" fn stop_cluster() {
+    let cluster = match RUNNING.lock() {
+        Ok(mut g) => g.take(),
+        Err(p) => p.into_inner().take(),
+    };
+    if let Some(mut c) = cluster {
+        c.stop();
+        let _ = std::fs::remove_dir_all(&c.dir);
+    }
+}
+
+/// The shared cluster; `None` (test skipped) only when PostgreSQL is missing outside CI.
+pub fn cluster() -> Option<&'static Cluster> {
+    CLUSTER
+        .get_or_init(|| {
+            remove_stale_clusters();
+            let dir = std::env::temp_dir().join(format!("pgpilot-test-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            match LocalCluster::create(&dir, 2) {
+                Ok(c) => {
+                    let info = Cluster { ports: c.ports.clone() };
+                    *RUNNING.lock().unwrap() = Some(c);
+                    register_atexit();
+                    Some(info)
+                }
+                Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                    eprintln!("skipping: cannot start PostgreSQL: {e}");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    None
+                }
+                Err(e) => panic!("CI=true and PostgreSQL cannot be started: {e}"),
+            }
+        })
+        .as_ref()
+}
+
+#[allow(unsafe_code)]
+fn register_atexit() {
+    extern "C" {
+        fn atexit(f: extern "C" fn()) -> i32;
+    }
+    // SAFETY: registering a plain `extern "C" fn()` with libc's atexit; the handler only takes
+    // a Mutex and runs pg_ctl, and runs once when the test binary exits.
+    unsafe {
+        atexit(stop_cluster);
+    }
+}
+
+/// Stops clusters left by test binaries that died without running their exit handler.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("pgpilot-test-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if PathBuf::from(format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            if sub.path().join("postmaster.pid").exists() {
+                let pidfile = std::fs::read_to_string(sub.path().join("postmaster.pid")).unwrap_or_default();
+                if let Some(pm) = pidfile.lines().next() {
+                    let _ = std::process::Command::new("kill").args(["-QUIT", pm.trim()]).output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+/// Knobs of a test proxy.
+#[derive(Clone)]
+pub struct Opts {
+    pub pool_mode: &'static str,
+    pub workers: usize,
+    pub pool_size: usize,
+    pub max_clients: usize,
+    pub max_message_bytes: u32,
+    pub auth: &'static str,
+    pub checkout_timeout_ms: u64,
+    pub replica_weights: [u32; 2],
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            pool_mode: "transaction",
+            workers: 2,
+            pool_size: 10,
+            max_clients: 1000,
+            max_message_bytes: 1 << 20,
+            auth: "scram-sha-256",
+            checkout_timeout_ms: 5000,
+            replica_weights: [1, 1],
+        }
+    }
+}
+
+/// The config text for a proxy in front of the test cluster.
+pub fn config_text(c: &Cluster, o: &Opts) -> String {
+    let mut t = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {}\npool_mode = \"{}\"\nmax_client_connections = {}\n\
+         max_message_bytes = {}\nstartup_timeout_ms = 5000\n\n[auth]\nmethod = \"{}\"\n\n\
+         [pool]\nsize = {}\ncheckout_timeout_ms = {}\n",
+        o.workers, o.pool_mode, o.max_clients, o.max_message_bytes, o.auth, o.pool_size, o.checkout_timeout_ms
+    );
+    for (name, password, _, _) in pgpilot::cluster::ROLES {
+        t.push_str(&format!("\n[[users]]\nname = \"{name}\"\npassword = \"{password}\"\n"));
+    }
+    for (i, port) in c.ports.iter().enumerate() {
+        let (role, weight) = if i == 0 { ("primary", 0) } else { ("replica", o.replica_weights[i - 1]) };
+        t.push_str(&format!("\n[[backends]]\nname = \"b{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\nweight = {weight}\n"));
+    }
+    t
+}
+
+/// A proxy in front of the test cluster.
+pub fn proxy(c: &Cluster, o: &Opts) -> Proxy {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let config: Arc<Config> = Config::parse(&config_text(c, o), std::path::Path::new("test.toml")).expect("test config is valid");
+    Proxy::start(config).expect("proxy starts")
+}
+
+/// A connection string for the postgres crate.
+pub fn dsn(port: u16, user: &str, password: &str) -> String {
+    format!("host=127.0.0.1 port={port} user={user} password={password} dbname=app connect_timeout=10")
+}
+
+/// A client through the proxy as `app`.
+pub fn client(proxy: &Proxy) -> postgres::Client {
+    postgres::Client::connect(&dsn(proxy.addr().port(), "app", "app"), postgres::NoTls).expect("connect through the proxy")
+}
+
+/// A superuser client straight to server `i` (0 = primary).
+pub fn direct(c: &Cluster, i: usize) -> postgres::Client {
+    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=app", c.ports[i]);
+    postgres::Client::connect(&dsn, postgres::NoTls).expect("connect to the server")
+}
+
+/// Retries `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The SQLSTATE of a postgres crate error.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
