@@ -50,13 +50,19 @@ pub struct Backend {
     pub created: Instant,
     /// When it last went idle (for `idle_timeout_ms`).
     pub idle_since: Instant,
+    /// Shared prepared statements this connection has (transaction pooling), by query hash.
+    pub prepared: std::collections::HashSet<u64>,
     /// Pool capacity this connection holds while checked out.
     pub permit: Option<StaticPermit>,
 }
 
 impl Backend {
     /// Connects and authenticates; returns once the server is ready for queries.
-    pub async fn connect(addr: SocketAddr, backend_id: usize, login: &Login<'_>) -> Result<Backend, Error> {
+    pub async fn connect(
+        addr: SocketAddr,
+        backend_id: usize,
+        login: &Login<'_>,
+    ) -> Result<Backend, Error> {
         let io = |source| Error::Backend { addr, source };
         let stream = TcpStream::connect(addr).await.map_err(|e| io(e.into()))?;
         stream.set_nodelay(true).map_err(|e| io(e.into()))?;
@@ -72,9 +78,13 @@ impl Backend {
             created: now,
             idle_since: now,
             permit: None,
+            prepared: std::collections::HashSet::new(),
         };
         let mut out = BytesMut::new();
-        encode::startup_message(&mut out, &[("user", login.user), ("database", login.database)]);
+        encode::startup_message(
+            &mut out,
+            &[("user", login.user), ("database", login.database)],
+        );
         b.send(&out).await?;
         b.authenticate(login).await?;
         loop {
@@ -101,28 +111,46 @@ impl Backend {
                         encode::password_message(&mut out, self.password(login)?.as_bytes());
                     }
                     Authentication::Md5Password { salt } => {
-                        let hash = md5_password(login.user.as_bytes(), self.password(login)?.as_bytes(), salt);
+                        let hash = md5_password(
+                            login.user.as_bytes(),
+                            self.password(login)?.as_bytes(),
+                            salt,
+                        );
                         encode::password_message(&mut out, &hash);
                     }
                     Authentication::Sasl { mechanisms } => {
-                        if !Authentication::mechanisms(mechanisms).any(|m| m == MECHANISM.as_bytes()) {
-                            return Err(self.refused("server offers no SASL mechanism pgpilot speaks"));
+                        if !Authentication::mechanisms(mechanisms)
+                            .any(|m| m == MECHANISM.as_bytes())
+                        {
+                            return Err(
+                                self.refused("server offers no SASL mechanism pgpilot speaks")
+                            );
                         }
                         let (client, first) = ScramClient::new(self.password(login)?.as_bytes());
                         scram = Some(client);
                         encode::sasl_initial_response(&mut out, MECHANISM, &first);
                     }
                     Authentication::SaslContinue { data } => {
-                        let client = scram.as_mut().ok_or_else(|| self.refused("SASLContinue before SASL"))?;
-                        let reply = client.handle_server_first(data).map_err(|e| self.refused(&e.to_string()))?;
+                        let client = scram
+                            .as_mut()
+                            .ok_or_else(|| self.refused("SASLContinue before SASL"))?;
+                        let reply = client
+                            .handle_server_first(data)
+                            .map_err(|e| self.refused(&e.to_string()))?;
                         encode::sasl_response(&mut out, &reply);
                     }
                     Authentication::SaslFinal { data } => {
-                        let client = scram.as_ref().ok_or_else(|| self.refused("SASLFinal before SASL"))?;
-                        client.verify_server_final(data).map_err(|_| self.refused("server failed to prove the password"))?;
+                        let client = scram
+                            .as_ref()
+                            .ok_or_else(|| self.refused("SASLFinal before SASL"))?;
+                        client
+                            .verify_server_final(data)
+                            .map_err(|_| self.refused("server failed to prove the password"))?;
                     }
                     Authentication::Unsupported { code } => {
-                        return Err(self.refused(&format!("unsupported authentication request {code}")));
+                        return Err(
+                            self.refused(&format!("unsupported authentication request {code}"))
+                        );
                     }
                 },
                 BackendMessage::ErrorResponse(_) => return Err(self.rejected(frame)),
@@ -136,11 +164,16 @@ impl Backend {
     }
 
     fn password<'a>(&self, login: &Login<'a>) -> Result<&'a str, Error> {
-        login.password.ok_or_else(|| self.refused("server asks for a password and the user has none"))
+        login
+            .password
+            .ok_or_else(|| self.refused("server asks for a password and the user has none"))
     }
 
     fn refused(&self, why: &str) -> Error {
-        Error::BackendAuth { addr: self.addr, reason: why.to_owned() }
+        Error::BackendAuth {
+            addr: self.addr,
+            reason: why.to_owned(),
+        }
     }
 
     fn rejected(&self, frame: Frame) -> Error {
@@ -148,24 +181,40 @@ impl Backend {
             Ok(BackendMessage::ErrorResponse(f)) => (f.code().to_owned(), f.message()),
             _ => ("XX000".to_owned(), String::new()),
         };
-        Error::BackendRejected { addr: self.addr, code, message, frame: frame.bytes }
+        Error::BackendRejected {
+            addr: self.addr,
+            code,
+            message,
+            frame: frame.bytes,
+        }
     }
 
     fn decode<'f>(&self, frame: &'f Frame) -> Result<BackendMessage<'f>, Error> {
-        BackendMessage::parse(&frame.bytes).map_err(|source| Error::BackendProtocol { addr: self.addr, source })
+        BackendMessage::parse(&frame.bytes).map_err(|source| Error::BackendProtocol {
+            addr: self.addr,
+            source,
+        })
     }
 
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let addr = self.addr;
-        self.stream.write_all(bytes).await.map_err(|source| Error::Backend { addr, source })
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|source| Error::Backend { addr, source })
     }
 
     /// Reads until one whole message is buffered and returns it.
     pub async fn recv(&mut self) -> Result<Frame, Error> {
         loop {
-            if let Some(frame) = split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE)
-                .map_err(|source| Error::BackendProtocol { addr: self.addr, source })?
+            if let Some(frame) =
+                split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE).map_err(|source| {
+                    Error::BackendProtocol {
+                        addr: self.addr,
+                        source,
+                    }
+                })?
             {
                 return Ok(frame);
             }
@@ -181,9 +230,15 @@ impl Backend {
         let n = *res.as_ref().unwrap_or(&0);
         self.rbuf.truncate(start + n);
         match res {
-            Ok(0) => Err(Error::Backend { addr: self.addr, source: std::io::ErrorKind::UnexpectedEof.into() }),
+            Ok(0) => Err(Error::Backend {
+                addr: self.addr,
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
             Ok(n) => Ok(n),
-            Err(source) => Err(Error::Backend { addr: self.addr, source }),
+            Err(source) => Err(Error::Backend {
+                addr: self.addr,
+                source,
+            }),
         }
     }
 }

@@ -54,12 +54,24 @@ impl LocalCluster {
     /// must not hold a cluster already), then creates the roles of [`ROLES`] and database `app`.
     pub fn create(dir: &Path, replicas: usize) -> Result<LocalCluster, ClusterError> {
         let bindir = find_bindir()?;
-        let run_as = if is_root() { Some(postgres_ids()?) } else { None };
+        let run_as = if is_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        };
         fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         give_to(&dir, run_as)?;
-        let ports = (0..=replicas).map(|_| free_port()).collect::<io::Result<Vec<_>>>()?;
-        let cluster = LocalCluster { dir, bindir, ports, run_as, stopped: false };
+        let ports = (0..=replicas)
+            .map(|_| free_port())
+            .collect::<io::Result<Vec<_>>>()?;
+        let cluster = LocalCluster {
+            dir,
+            bindir,
+            ports,
+            run_as,
+            stopped: false,
+        };
         cluster.init_primary()?;
         cluster.start(0)?;
         cluster.create_roles()?;
@@ -71,16 +83,26 @@ impl LocalCluster {
     }
 
     fn data(&self, i: usize) -> PathBuf {
-        self.dir.join(if i == 0 { "primary".to_owned() } else { format!("replica{i}") })
+        self.dir.join(if i == 0 {
+            "primary".to_owned()
+        } else {
+            format!("replica{i}")
+        })
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, ClusterError> {
         let mut cmd = Command::new(self.bindir.join(program));
-        cmd.args(args).current_dir(&self.dir).env("HOME", &self.dir).env("PGHOST", "127.0.0.1").stdin(Stdio::null());
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("HOME", &self.dir)
+            .env("PGHOST", "127.0.0.1")
+            .stdin(Stdio::null());
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
-        let out = cmd.output().map_err(|e| ClusterError(format!("cannot run {program}: {e}")))?;
+        let out = cmd
+            .output()
+            .map_err(|e| ClusterError(format!("cannot run {program}: {e}")))?;
         if !out.status.success() {
             return Err(ClusterError(format!(
                 "{program} {} failed: {}{}",
@@ -95,7 +117,21 @@ impl LocalCluster {
     fn init_primary(&self) -> Result<(), ClusterError> {
         let data = self.data(0);
         let d = data.to_string_lossy();
-        self.run("initdb", &["-D", &d, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])?;
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
         let conf = format!(
             "\n# written by pgpilot\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nmax_connections = 300\n\
@@ -115,14 +151,44 @@ impl LocalCluster {
 
     fn start(&self, i: usize) -> Result<(), ClusterError> {
         let data = self.data(i);
-        let log = self.dir.join(format!("{}.log", data.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
-        self.run("pg_ctl", &["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "60", "start"])?;
+        let log = self.dir.join(format!(
+            "{}.log",
+            data.file_name()
+                .map(|f| f.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
         Ok(())
     }
 
     fn create_roles(&self) -> Result<(), ClusterError> {
         let port = self.ports[0].to_string();
-        let mut args = vec!["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"];
+        let mut args = vec![
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ];
         let mut sql = Vec::new();
         for (name, password, _, encryption) in ROLES {
             sql.push(format!("SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'"));
@@ -135,7 +201,23 @@ impl LocalCluster {
         }
         self.run("psql", &args)?;
         let grant = "GRANT ALL ON SCHEMA public TO PUBLIC";
-        self.run("psql", &["-X", "-q", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "app", "-c", grant])?;
+        self.run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+                "-c",
+                grant,
+            ],
+        )?;
         Ok(())
     }
 
@@ -143,8 +225,28 @@ impl LocalCluster {
         let data = self.data(i);
         let port = self.ports[0].to_string();
         let d = data.to_string_lossy();
-        self.run("pg_basebackup", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", &d, "-R", "-X", "stream", "-c", "fast"])?;
-        append(&data.join("postgresql.conf"), &format!("\nport = {}\n", self.ports[i]))?;
+        self.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &d,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        )?;
+        append(
+            &data.join("postgresql.conf"),
+            &format!("\nport = {}\n", self.ports[i]),
+        )?;
         Ok(())
     }
 
@@ -157,7 +259,10 @@ impl LocalCluster {
         for i in (0..self.ports.len()).rev() {
             let data = self.data(i);
             if data.join("postmaster.pid").exists() {
-                let _ = self.run("pg_ctl", &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"]);
+                let _ = self.run(
+                    "pg_ctl",
+                    &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
+                );
             }
         }
     }
@@ -171,7 +276,10 @@ impl Drop for LocalCluster {
 
 fn append(path: &Path, text: &str) -> io::Result<()> {
     use io::Write;
-    fs::OpenOptions::new().append(true).open(path)?.write_all(text.as_bytes())
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 /// The server binaries: `$PGPILOT_PG_BINDIR`, else the newest `/usr/lib/postgresql/*/bin`.
@@ -202,7 +310,11 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -213,9 +325,14 @@ fn postgres_ids() -> Result<(u32, u32), ClusterError> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&"postgres")).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+            (f.first() == Some(&"postgres"))
+                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
         })
-        .ok_or_else(|| ClusterError("running as root, but there is no `postgres` user to run PostgreSQL as".into()))
+        .ok_or_else(|| {
+            ClusterError(
+                "running as root, but there is no `postgres` user to run PostgreSQL as".into(),
+            )
+        })
 }
 
 fn give_to(dir: &Path, ids: Option<(u32, u32)>) -> io::Result<()> {
@@ -237,5 +354,7 @@ fn give_to(dir: &Path, ids: Option<(u32, u32)>) -> io::Result<()> {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -108,7 +108,9 @@ struct RawAuth {
 
 impl Default for RawAuth {
     fn default() -> Self {
-        RawAuth { method: AuthMethod::ScramSha256 }
+        RawAuth {
+            method: AuthMethod::ScramSha256,
+        }
     }
 }
 
@@ -258,7 +260,10 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Arc<Config>, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             path: path.to_owned(),
-            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_else(|| "(file)".into()),
+            key: e
+                .span()
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "(file)".into()),
             problem: e.message().trim().replace('\n', "; "),
         })?;
         validate(raw, path).map(Arc::new)
@@ -297,38 +302,79 @@ fn key_at(text: &str, offset: usize) -> String {
 }
 
 fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-    let err = |key: &str, problem: String| ConfigError { path: path.to_owned(), key: key.into(), problem };
+    let err = |key: &str, problem: String| ConfigError {
+        path: path.to_owned(),
+        key: key.into(),
+        problem,
+    };
     let s = raw.server;
     let listen = s
         .listen
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| err("server.listen", format!("{:?} is not a host:port address", s.listen)))?;
+        .ok_or_else(|| {
+            err(
+                "server.listen",
+                format!("{:?} is not a host:port address", s.listen),
+            )
+        })?;
     if s.workers > 1024 {
-        return Err(err("server.workers", format!("{} is more than 1024", s.workers)));
+        return Err(err(
+            "server.workers",
+            format!("{} is more than 1024", s.workers),
+        ));
     }
     if s.listen_backlog == 0 {
         return Err(err("server.listen_backlog", "must be at least 1".into()));
     }
     if s.max_client_connections == 0 {
-        return Err(err("server.max_client_connections", "must be at least 1".into()));
+        return Err(err(
+            "server.max_client_connections",
+            "must be at least 1".into(),
+        ));
     }
     if !(1024..=1 << 30).contains(&s.max_message_bytes) {
-        return Err(err("server.max_message_bytes", "must be between 1024 and 1073741824".into()));
+        return Err(err(
+            "server.max_message_bytes",
+            "must be between 1024 and 1073741824".into(),
+        ));
     }
     if s.startup_timeout_ms == 0 {
-        return Err(err("server.startup_timeout_ms", "must be at least 1".into()));
+        return Err(err(
+            "server.startup_timeout_ms",
+            "must be at least 1".into(),
+        ));
     }
     let mut users = HashMap::new();
     for (i, u) in raw.users.into_iter().enumerate() {
         if u.name.is_empty() || u.name.contains('\0') {
-            return Err(err(&format!("users[{i}].name"), "must be a non-empty role name".into()));
+            return Err(err(
+                &format!("users[{i}].name"),
+                "must be a non-empty role name".into(),
+            ));
         }
-        let scram = ScramSecret::derive(u.password.as_bytes(), &random_bytes::<16>(), DEFAULT_ITERATIONS);
+        let scram = ScramSecret::derive(
+            u.password.as_bytes(),
+            &random_bytes::<16>(),
+            DEFAULT_ITERATIONS,
+        );
         let name = u.name.clone();
-        if users.insert(name.clone(), User { name: u.name, password: u.password, scram }).is_some() {
-            return Err(err(&format!("users[{i}].name"), format!("user {name:?} is listed twice")));
+        if users
+            .insert(
+                name.clone(),
+                User {
+                    name: u.name,
+                    password: u.password,
+                    scram,
+                },
+            )
+            .is_some()
+        {
+            return Err(err(
+                &format!("users[{i}].name"),
+                format!("user {name:?} is listed twice"),
+            ));
         }
     }
     let p = raw.pool;
@@ -374,25 +420,47 @@ fn validate_backends(
     err: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Vec<BackendConfig>, ConfigError> {
     if raw.is_empty() {
-        return Err(err("backends", "at least one [[backends]] entry is needed".into()));
+        return Err(err(
+            "backends",
+            "at least one [[backends]] entry is needed".into(),
+        ));
     }
     let primaries = raw.iter().filter(|b| b.role == Role::Primary).count();
     if primaries != 1 {
-        return Err(err("backends", format!("exactly one backend must have role = \"primary\", found {primaries}")));
+        return Err(err(
+            "backends",
+            format!("exactly one backend must have role = \"primary\", found {primaries}"),
+        ));
     }
     let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
     for (i, b) in raw.into_iter().enumerate() {
         if b.name.is_empty() || out.iter().any(|o| o.name == b.name) {
-            return Err(err(&format!("backends[{i}].name"), format!("{:?} is empty or not unique", b.name)));
+            return Err(err(
+                &format!("backends[{i}].name"),
+                format!("{:?} is empty or not unique", b.name),
+            ));
         }
         if b.host.is_empty() {
-            return Err(err(&format!("backends[{i}].host"), "must not be empty".into()));
+            return Err(err(
+                &format!("backends[{i}].host"),
+                "must not be empty".into(),
+            ));
         }
         if b.port == 0 {
-            return Err(err(&format!("backends[{i}].port"), "must be between 1 and 65535".into()));
+            return Err(err(
+                &format!("backends[{i}].port"),
+                "must be between 1 and 65535".into(),
+            ));
         }
         let failover = b.failover.unwrap_or(b.role == Role::Replica);
-        out.push(BackendConfig { name: b.name, host: b.host, port: b.port, role: b.role, weight: b.weight, failover });
+        out.push(BackendConfig {
+            name: b.name,
+            host: b.host,
+            port: b.port,
+            role: b.role,
+            weight: b.weight,
+            failover,
+        });
     }
     Ok(out)
 }
@@ -429,10 +497,24 @@ role = "primary"
     }
 
     #[test]
+    fn shipped_examples_are_valid() {
+        for (name, text) in [
+            ("pgpilot.toml", include_str!("../config/pgpilot.toml")),
+            ("rds-example.toml", include_str!("../config/rds-example.toml")),
+        ] {
+            parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
     fn errors_name_file_key_and_problem() {
         let e = parse(&format!("[server]\nbogus = 1\n{MINIMAL}")).unwrap_err();
         assert_eq!(e.key, "server.bogus");
-        assert!(e.to_string().starts_with("t.toml: server.bogus: unknown field"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml: server.bogus: unknown field"),
+            "{e}"
+        );
         let e = parse(&format!("[server]\npool_mode = \"statement\"\n{MINIMAL}")).unwrap_err();
         assert_eq!(e.key, "server.pool_mode");
         let e = parse(&MINIMAL.replace("port = 5432", "port = 0")).unwrap_err();

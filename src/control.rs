@@ -101,7 +101,12 @@ pub enum ControlMsg {
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the control plane until shutdown: re-resolves names and broadcasts changes.
-pub fn run(config: Arc<Config>, mut state: ClusterState, rx: Receiver<ControlMsg>, cores: Vec<Sender<CoreMsg>>) {
+pub fn run(
+    config: Arc<Config>,
+    mut state: ClusterState,
+    rx: Receiver<ControlMsg>,
+    cores: Vec<Sender<CoreMsg>>,
+) {
     loop {
         match rx.recv_timeout(RESOLVE_INTERVAL) {
             Ok(ControlMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
@@ -122,7 +127,12 @@ pub fn run(config: Arc<Config>, mut state: ClusterState, rx: Receiver<ControlMsg
                 if next.backends != state.backends {
                     for (new, old) in next.backends.iter().zip(&state.backends) {
                         if new.addr != old.addr {
-                            log::info!("backend {} moved from {:?} to {:?}", new.name, old.addr, new.addr);
+                            log::info!(
+                                "backend {} moved from {:?} to {:?}",
+                                new.name,
+                                old.addr,
+                                new.addr
+                            );
                         }
                     }
                     state = next;

@@ -110,11 +110,26 @@ impl Core {
         if let Some(p) = self.pools.borrow().get(&key) {
             return p.clone();
         }
-        let addr = self.state.borrow().backends.get(key.backend_id).and_then(|b| b.addr);
-        let password = self.config.user(&key.user).map(|u| Rc::<str>::from(u.password.as_str()));
+        let addr = self
+            .state
+            .borrow()
+            .backends
+            .get(key.backend_id)
+            .and_then(|b| b.addr);
+        let password = self
+            .config
+            .user(&key.user)
+            .map(|u| Rc::<str>::from(u.password.as_str()));
         let cfg = &self.config.pool;
         let size = core_share(cfg.size, self.workers, self.id);
-        let pool = Rc::new(Pool::new(key.clone(), password, addr, size, cfg.idle_timeout, cfg.max_lifetime));
+        let pool = Rc::new(Pool::new(
+            key.clone(),
+            password,
+            addr,
+            size,
+            cfg.idle_timeout,
+            cfg.max_lifetime,
+        ));
         self.pools.borrow_mut().insert(key, pool.clone());
         pool
     }

@@ -17,12 +17,20 @@ pub enum Error {
     /// A backend connection failed: drop it; the request may retry on another backend.
     Backend { addr: SocketAddr, source: io::Error },
     /// A backend sent something that is not PostgreSQL protocol: drop it.
-    BackendProtocol { addr: SocketAddr, source: ProtocolError },
+    BackendProtocol {
+        addr: SocketAddr,
+        source: ProtocolError,
+    },
     /// Logging in to a backend failed on our side (no password, unsupported method, bad proof).
     BackendAuth { addr: SocketAddr, reason: String },
     /// A backend refused us with an ErrorResponse (bad database, auth, too many connections):
     /// the frame is forwarded to the client as it came.
-    BackendRejected { addr: SocketAddr, code: String, message: String, frame: Bytes },
+    BackendRejected {
+        addr: SocketAddr,
+        code: String,
+        message: String,
+        frame: Bytes,
+    },
     /// Nothing free within `checkout_timeout_ms`: tell the client (53300), keep the session.
     PoolTimeout,
     /// No backend can serve the request (none resolved, all refused).
@@ -54,11 +62,20 @@ impl fmt::Display for Error {
             Error::ClientIo(e) => write!(f, "client connection: {e}"),
             Error::Backend { addr, source } => write!(f, "backend {addr}: {source}"),
             Error::BackendProtocol { addr, source } => write!(f, "backend {addr}: {source}"),
-            Error::BackendAuth { addr, reason } => write!(f, "cannot log in to backend {addr}: {reason}"),
-            Error::BackendRejected { addr, code, message, .. } => {
+            Error::BackendAuth { addr, reason } => {
+                write!(f, "cannot log in to backend {addr}: {reason}")
+            }
+            Error::BackendRejected {
+                addr,
+                code,
+                message,
+                ..
+            } => {
                 write!(f, "backend {addr} refused the connection: {code} {message}")
             }
-            Error::PoolTimeout => f.write_str("no backend connection available within checkout_timeout_ms"),
+            Error::PoolTimeout => {
+                f.write_str("no backend connection available within checkout_timeout_ms")
+            }
             Error::NoBackend => f.write_str("no backend is available"),
         }
     }

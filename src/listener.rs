@@ -15,7 +15,11 @@ use crate::session;
 
 /// Binds `count` listeners on `addr`. With port 0 the first picks the port and the others
 /// join it, so all cores serve one address.
-pub fn bind(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     warn_if_backlog_capped(backlog);
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
@@ -35,7 +39,9 @@ pub fn bind(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<std:
 }
 
 fn warn_if_backlog_capped(backlog: u32) {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else { return };
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else {
+        return;
+    };
     if let Ok(max) = text.trim().parse::<u32>() {
         if max < backlog {
             log::warn!(

@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["--version" | "-V"] => {
-            println!("pgpilot {} ({})", env!("CARGO_PKG_VERSION"), option_env!("PGPILOT_COMMIT").unwrap_or("unknown commit"));
+            println!(
+                "pgpilot {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                option_env!("PGPILOT_COMMIT").unwrap_or("unknown commit")
+            );
             ExitCode::SUCCESS
         }
         ["--help" | "-h"] => {
@@ -97,7 +101,9 @@ fn serve_until_signal(proxy: Proxy) -> ExitCode {
     let watcher = std::thread::spawn(move || {
         for signal in signals.forever() {
             match signal {
-                SIGHUP => log::warn!("SIGHUP: configuration reload is not implemented yet; ignoring"),
+                SIGHUP => {
+                    log::warn!("SIGHUP: configuration reload is not implemented yet; ignoring")
+                }
                 _ => {
                     log::info!("signal {signal}: shutting down");
                     let _ = control.send(ControlMsg::Shutdown);
@@ -134,7 +140,10 @@ fn demo(args: &[&str]) -> ExitCode {
     }
     if dir.join("primary").exists() {
         if !dir.join("pgpilot.toml").exists() {
-            eprintln!("demo: {} holds something that is not a pgpilot demo; pick another --dir", dir.display());
+            eprintln!(
+                "demo: {} holds something that is not a pgpilot demo; pick another --dir",
+                dir.display()
+            );
             return ExitCode::from(EXIT_USAGE);
         }
         stop_leftovers(&dir);
@@ -143,7 +152,10 @@ fn demo(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("pgpilot demo: creating a primary and 2 streaming replicas in {}", dir.display());
+    println!(
+        "pgpilot demo: creating a primary and 2 streaming replicas in {}",
+        dir.display()
+    );
     let cluster = match LocalCluster::create(&dir, 2) {
         Ok(c) => c,
         Err(e) => {
@@ -153,7 +165,9 @@ fn demo(args: &[&str]) -> ExitCode {
     };
     let config_path = dir.join("pgpilot.toml");
     let text = demo_config(&cluster, port);
-    let config = std::fs::write(&config_path, &text).map_err(|e| e.to_string()).and_then(|()| Config::load(&config_path).map_err(|e| e.to_string()));
+    let config = std::fs::write(&config_path, &text)
+        .map_err(|e| e.to_string())
+        .and_then(|()| Config::load(&config_path).map_err(|e| e.to_string()));
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -168,7 +182,10 @@ fn demo(args: &[&str]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("primary on 127.0.0.1:{}, replicas on 127.0.0.1:{} and :{}", cluster.ports[0], cluster.ports[1], cluster.ports[2]);
+    println!(
+        "primary on 127.0.0.1:{}, replicas on 127.0.0.1:{} and :{}",
+        cluster.ports[0], cluster.ports[1], cluster.ports[2]
+    );
     println!("config: {}", config_path.display());
     println!("connect: psql postgres://app:app@127.0.0.1:{port}/app   (or: PGPASSWORD=app psql -h 127.0.0.1 -p {port} -U app)");
     println!("Ctrl-C stops the proxy and the servers.");
@@ -180,13 +197,21 @@ fn demo(args: &[&str]) -> ExitCode {
 
 /// Stops servers a previous demo in `dir` left running (after a kill -9, say).
 fn stop_leftovers(dir: &Path) {
-    let Ok(bindir) = pgpilot::cluster::find_bindir() else { return };
+    let Ok(bindir) = pgpilot::cluster::find_bindir() else {
+        return;
+    };
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if entry.path().join("postmaster.pid").exists() {
             let _ = std::process::Command::new("runuser")
                 .args(["-u", "postgres", "--"])
                 .arg(bindir.join("pg_ctl"))
-                .args(["-D", &entry.path().to_string_lossy(), "-m", "immediate", "stop"])
+                .args([
+                    "-D",
+                    &entry.path().to_string_lossy(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
                 .output();
         }
     }
@@ -198,7 +223,11 @@ fn demo_config(cluster: &LocalCluster, port: u16) -> String {
          [auth]\nmethod = \"scram-sha-256\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n[pool]\nsize = 20\n"
     );
     for (i, p) in cluster.ports.iter().enumerate() {
-        let (name, role, weight) = if i == 0 { ("primary".to_owned(), "primary", 0) } else { (format!("replica{i}"), "replica", 1) };
+        let (name, role, weight) = if i == 0 {
+            ("primary".to_owned(), "primary", 0)
+        } else {
+            (format!("replica{i}"), "replica", 1)
+        };
         text.push_str(&format!("\n[[backends]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {p}\nrole = \"{role}\"\nweight = {weight}\n"));
     }
     text

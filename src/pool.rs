@@ -2,6 +2,7 @@
 //! bounded wait, checkin of clean connections only, and reaping of idle or old ones.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -41,11 +42,27 @@ pub struct Pool {
     permits: Rc<Semaphore>,
     idle_timeout: Duration,
     max_lifetime: Duration,
+    /// The ParameterStatus set a backend reported after a client parameter set was applied,
+    /// by the set's hash: lets later logins with the same set skip the backend.
+    logins: RefCell<HashMap<u64, ParamSet>>,
 }
+
+/// A ParameterStatus set as a backend reported it.
+pub type ParamSet = Rc<[(String, String)]>;
+
+/// Distinct client parameter sets remembered per pool.
+const MAX_LOGIN_SETS: usize = 256;
 
 impl Pool {
     /// A pool of at most `size` connections on this core.
-    pub fn new(key: PoolKey, password: Option<Rc<str>>, addr: Option<SocketAddr>, size: usize, idle_timeout: Duration, max_lifetime: Duration) -> Pool {
+    pub fn new(
+        key: PoolKey,
+        password: Option<Rc<str>>,
+        addr: Option<SocketAddr>,
+        size: usize,
+        idle_timeout: Duration,
+        max_lifetime: Duration,
+    ) -> Pool {
         Pool {
             key,
             password,
@@ -54,7 +71,22 @@ impl Pool {
             permits: Rc::new(Semaphore::new(size as u64)),
             idle_timeout,
             max_lifetime,
+            logins: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The ParameterStatus set a login with this parameter-set hash gets, if known.
+    pub fn login_params(&self, gucs_hash: u64) -> Option<ParamSet> {
+        self.logins.borrow().get(&gucs_hash).cloned()
+    }
+
+    /// Remembers the ParameterStatus set a backend reported for a parameter-set hash.
+    pub fn remember_login(&self, gucs_hash: u64, params: &[(String, String)]) {
+        let mut logins = self.logins.borrow_mut();
+        if logins.len() >= MAX_LOGIN_SETS {
+            logins.clear();
+        }
+        logins.insert(gucs_hash, params.into());
     }
 
     /// A clean connection within `wait`: an idle one, or a new one if capacity allows.
@@ -83,16 +115,29 @@ impl Pool {
             }
         }
         let addr = self.addr.get().ok_or(Error::NoBackend)?;
-        let login = Login { user: &self.key.user, password: self.password.as_deref(), database: &self.key.database };
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let login = Login {
+            user: &self.key.user,
+            password: self.password.as_deref(),
+            database: &self.key.database,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let connect = async { Ok(Backend::connect(addr, self.key.backend_id, &login).await) };
         let mut b = match glommio::timer::timeout(left, connect).await {
             Ok(result) => result?,
             Err(_) => {
-                return Err(Error::Backend { addr, source: std::io::ErrorKind::TimedOut.into() });
+                return Err(Error::Backend {
+                    addr,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                });
             }
         };
-        log::debug!("new backend connection to {addr} for {}@{}", self.key.user, self.key.database);
+        log::debug!(
+            "new backend connection to {addr} for {}@{}",
+            self.key.user,
+            self.key.database
+        );
         b.permit = Some(permit);
         Ok(b)
     }

@@ -27,7 +27,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum StartError {
     /// Binding the listen address failed.
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// RLIMIT_MEMLOCK is below what glommio needs.
     MemlockTooLow { limit: u64 },
     /// A worker executor did not start.
@@ -66,15 +69,22 @@ impl Proxy {
         check_memlock()?;
         let cpus = allowed_cpus();
         let workers = match config.server.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(cpus.len().max(1)),
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(cpus.len().max(1)),
             n => n,
         };
         let addr = config.server.listen;
         let listeners = listener::bind(addr, config.server.listen_backlog, workers)
             .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(addr);
+        let addr = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(addr);
         let state = Arc::new(ClusterState::resolve(&config, 1));
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded::<CoreMsg>()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| crossbeam_channel::unbounded::<CoreMsg>())
+            .unzip();
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
@@ -83,12 +93,18 @@ impl Proxy {
                 Some(&cpu) if pin => Placement::Fixed(cpu),
                 _ => Placement::Unbound,
             };
-            let (config, state, clients, peers) = (config.clone(), state.clone(), clients.clone(), senders.clone());
+            let (config, state, clients, peers) = (
+                config.clone(),
+                state.clone(),
+                clients.clone(),
+                senders.clone(),
+            );
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("pgpilot-{id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {
-                    let core = std::rc::Rc::new(Core::new(id, workers, config, state, clients, peers));
+                    let core =
+                        std::rc::Rc::new(Core::new(id, workers, config, state, clients, peers));
                     glommio::spawn_local(core.clone().drain_control(rx)).detach();
                     glommio::spawn_local(core.clone().reap()).detach();
                     listener::serve(core.clone(), listener).await;
@@ -97,7 +113,10 @@ impl Proxy {
                         glommio::timer::sleep(Duration::from_millis(20)).await;
                     }
                 })
-                .map_err(|e| StartError::Worker { core: id, reason: e.to_string() })?;
+                .map_err(|e| StartError::Worker {
+                    core: id,
+                    reason: e.to_string(),
+                })?;
             handles.push(handle);
         }
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -106,9 +125,20 @@ impl Proxy {
         let control_thread = std::thread::Builder::new()
             .name("pgpilot-control".into())
             .spawn(move || control::run(control_config, control_state, control_rx, senders))
-            .map_err(|e| StartError::Worker { core: workers, reason: e.to_string() })?;
-        log::info!("pgpilot listening on {addr} with {workers} worker(s), {:?} pooling", config.server.pool_mode);
-        Ok(Proxy { addr, control: control_tx, control_thread: Some(control_thread), workers: handles })
+            .map_err(|e| StartError::Worker {
+                core: workers,
+                reason: e.to_string(),
+            })?;
+        log::info!(
+            "pgpilot listening on {addr} with {workers} worker(s), {:?} pooling",
+            config.server.pool_mode
+        );
+        Ok(Proxy {
+            addr,
+            control: control_tx,
+            control_thread: Some(control_thread),
+            workers: handles,
+        })
     }
 
     /// The address clients connect to (with the real port when the config said 0).
@@ -157,12 +187,17 @@ impl Drop for Proxy {
 /// CPUs this process may run on, from the kernel's view of our affinity mask.
 fn allowed_cpus() -> Vec<usize> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) else {
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
         return Vec::new();
     };
     let mut cpus = Vec::new();
     for part in list.trim().split(',') {
-        let mut ends = part.split('-').filter_map(|n| n.trim().parse::<usize>().ok());
+        let mut ends = part
+            .split('-')
+            .filter_map(|n| n.trim().parse::<usize>().ok());
         match (ends.next(), ends.next()) {
             (Some(a), Some(b)) => cpus.extend(a..=b),
             (Some(a), None) => cpus.push(a),

@@ -20,7 +20,12 @@ pub fn pick(state: &ClusterState, target: Target, roll: u64) -> Option<usize> {
             .sum();
         if total > 0 {
             let mut at = roll % total;
-            for b in state.backends.iter().filter(usable).filter(|b| b.role == Role::Replica) {
+            for b in state
+                .backends
+                .iter()
+                .filter(usable)
+                .filter(|b| b.role == Role::Replica)
+            {
                 if at < u64::from(b.weight) {
                     return Some(b.id);
                 }
@@ -54,7 +59,11 @@ mod tests {
 
     #[test]
     fn writes_go_to_the_primary_and_reads_follow_weights() {
-        let s = state(&[(Role::Primary, 0, Status::Up), (Role::Replica, 1, Status::Up), (Role::Replica, 3, Status::Up)]);
+        let s = state(&[
+            (Role::Primary, 0, Status::Up),
+            (Role::Replica, 1, Status::Up),
+            (Role::Replica, 3, Status::Up),
+        ]);
         assert_eq!(pick(&s, Target::Primary, 7), Some(0));
         let mut counts = [0; 3];
         for roll in 0..400 {
@@ -65,7 +74,11 @@ mod tests {
 
     #[test]
     fn reads_fall_back_to_the_primary() {
-        let s = state(&[(Role::Primary, 0, Status::Up), (Role::Replica, 1, Status::Down), (Role::Replica, 0, Status::Up)]);
+        let s = state(&[
+            (Role::Primary, 0, Status::Up),
+            (Role::Replica, 1, Status::Down),
+            (Role::Replica, 0, Status::Up),
+        ]);
         assert_eq!(pick(&s, Target::Replica, 3), Some(0));
     }
 }

@@ -108,13 +108,23 @@ impl TransactionStatus {
 pub enum Authentication<'a> {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
+    Md5Password {
+        salt: [u8; 4],
+    },
     /// SASL mechanisms the server offers, as a list of C strings ending with an empty one.
-    Sasl { mechanisms: &'a [u8] },
-    SaslContinue { data: &'a [u8] },
-    SaslFinal { data: &'a [u8] },
+    Sasl {
+        mechanisms: &'a [u8],
+    },
+    SaslContinue {
+        data: &'a [u8],
+    },
+    SaslFinal {
+        data: &'a [u8],
+    },
     /// A method pgpilot does not speak (Kerberos, GSS, SSPI).
-    Unsupported { code: u32 },
+    Unsupported {
+        code: u32,
+    },
 }
 
 impl<'a> Authentication<'a> {
@@ -140,10 +150,16 @@ impl<'a> Fields<'a> {
                 return Ok(fields);
             }
             rest = cstr(tail)
-                .map_err(|_| ProtocolError::Malformed { tag: b'E', what: "unterminated field" })?
+                .map_err(|_| ProtocolError::Malformed {
+                    tag: b'E',
+                    what: "unterminated field",
+                })?
                 .0;
         }
-        Err(ProtocolError::Malformed { tag: b'E', what: "missing terminator" })
+        Err(ProtocolError::Malformed {
+            tag: b'E',
+            what: "missing terminator",
+        })
     }
 
     /// Iterates `(code, value)`.
@@ -167,7 +183,9 @@ impl<'a> Fields<'a> {
 
     /// SQLSTATE, `"XX000"` when absent.
     pub fn code(&self) -> &'a str {
-        self.get(b'C').and_then(|c| std::str::from_utf8(c).ok()).unwrap_or("XX000")
+        self.get(b'C')
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .unwrap_or("XX000")
     }
 
     /// Primary message text.
@@ -180,28 +198,55 @@ impl<'a> Fields<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage<'a> {
     Authentication(Authentication<'a>),
-    ParameterStatus { name: &'a str, value: &'a str },
-    BackendKeyData { pid: u32, secret: u32 },
-    ReadyForQuery { status: TransactionStatus },
+    ParameterStatus {
+        name: &'a str,
+        value: &'a str,
+    },
+    BackendKeyData {
+        pid: u32,
+        secret: u32,
+    },
+    ReadyForQuery {
+        status: TransactionStatus,
+    },
     ErrorResponse(Fields<'a>),
     NoticeResponse(Fields<'a>),
-    CommandComplete { tag: &'a [u8] },
+    CommandComplete {
+        tag: &'a [u8],
+    },
     /// CopyIn/Out/BothResponse: which one, overall format, column count.
-    CopyResponse { tag: BackendTag, format: u8, columns: u16 },
-    NotificationResponse { pid: u32, channel: &'a [u8], payload: &'a [u8] },
+    CopyResponse {
+        tag: BackendTag,
+        format: u8,
+        columns: u16,
+    },
+    NotificationResponse {
+        pid: u32,
+        channel: &'a [u8],
+        payload: &'a [u8],
+    },
     /// Any other message: not decoded, forwarded as is.
-    Other { tag: BackendTag },
+    Other {
+        tag: BackendTag,
+    },
 }
 
 impl<'a> BackendMessage<'a> {
     /// Decodes one whole frame (tag, length word and body).
     pub fn parse(frame: &'a [u8]) -> Result<Self, ProtocolError> {
-        let (&tag, _) = frame.split_first().ok_or(ProtocolError::UnknownTag { tag: 0 })?;
-        let body = frame.get(5..).ok_or(ProtocolError::Malformed { tag, what: "short frame" })?;
+        let (&tag, _) = frame
+            .split_first()
+            .ok_or(ProtocolError::UnknownTag { tag: 0 })?;
+        let body = frame.get(5..).ok_or(ProtocolError::Malformed {
+            tag,
+            what: "short frame",
+        })?;
         let bad = |what| ProtocolError::Malformed { tag, what };
         use BackendMessage as M;
         Ok(match BackendTag::try_from(tag)? {
-            BackendTag::Authentication => M::Authentication(parse_auth(body).ok_or(bad("bad auth"))?),
+            BackendTag::Authentication => {
+                M::Authentication(parse_auth(body).ok_or(bad("bad auth"))?)
+            }
             BackendTag::ParameterStatus => {
                 let (rest, name) = cstr_utf8(body).map_err(|_| bad("bad name"))?;
                 let (_, value) = cstr_utf8(rest).map_err(|_| bad("bad value"))?;
@@ -214,21 +259,35 @@ impl<'a> BackendMessage<'a> {
             }
             BackendTag::ReadyForQuery => {
                 let (_, b) = be_u8::<_, ()>(body).map_err(|_| bad("no status"))?;
-                M::ReadyForQuery { status: TransactionStatus::from_byte(b).ok_or(bad("bad status"))? }
+                M::ReadyForQuery {
+                    status: TransactionStatus::from_byte(b).ok_or(bad("bad status"))?,
+                }
             }
             BackendTag::ErrorResponse => M::ErrorResponse(Fields::parse(body)?),
             BackendTag::NoticeResponse => M::NoticeResponse(Fields::parse(body)?),
-            BackendTag::CommandComplete => M::CommandComplete { tag: cstr(body).map_err(|_| bad("no NUL"))?.1 },
-            t @ (BackendTag::CopyInResponse | BackendTag::CopyOutResponse | BackendTag::CopyBothResponse) => {
+            BackendTag::CommandComplete => M::CommandComplete {
+                tag: cstr(body).map_err(|_| bad("no NUL"))?.1,
+            },
+            t @ (BackendTag::CopyInResponse
+            | BackendTag::CopyOutResponse
+            | BackendTag::CopyBothResponse) => {
                 let (rest, format) = be_u8::<_, ()>(body).map_err(|_| bad("no format"))?;
                 let (_, columns) = be_i16::<_, ()>(rest).map_err(|_| bad("no columns"))?;
-                M::CopyResponse { tag: t, format, columns: columns as u16 }
+                M::CopyResponse {
+                    tag: t,
+                    format,
+                    columns: columns as u16,
+                }
             }
             BackendTag::NotificationResponse => {
                 let (rest, pid) = be_u32::<_, ()>(body).map_err(|_| bad("short"))?;
                 let (rest, channel) = cstr(rest).map_err(|_| bad("bad channel"))?;
                 let (_, payload) = cstr(rest).map_err(|_| bad("bad payload"))?;
-                M::NotificationResponse { pid, channel, payload }
+                M::NotificationResponse {
+                    pid,
+                    channel,
+                    payload,
+                }
             }
             tag => M::Other { tag },
         })
@@ -240,7 +299,9 @@ fn parse_auth(body: &[u8]) -> Option<Authentication<'_>> {
     Some(match code {
         0 => Authentication::Ok,
         3 => Authentication::CleartextPassword,
-        5 => Authentication::Md5Password { salt: *rest.first_chunk::<4>()? },
+        5 => Authentication::Md5Password {
+            salt: *rest.first_chunk::<4>()?,
+        },
         10 => Authentication::Sasl { mechanisms: rest },
         11 => Authentication::SaslContinue { data: rest },
         12 => Authentication::SaslFinal { data: rest },
@@ -287,7 +348,10 @@ mod tests {
         let wire = stream().freeze();
         let whole = decode_all(&mut BytesMut::from(&wire[..]));
         assert_eq!(whole.len(), 14);
-        assert_eq!(whole[3], "Authentication(Md5Password { salt: [1, 2, 3, 4] })");
+        assert_eq!(
+            whole[3],
+            "Authentication(Md5Password { salt: [1, 2, 3, 4] })"
+        );
         assert_eq!(whole[5], "Authentication(Ok)");
         assert_eq!(whole[7], "BackendKeyData { pid: 7, secret: 9 }");
         assert_eq!(whole[13], "ReadyForQuery { status: InTransaction }");
@@ -320,7 +384,9 @@ mod tests {
         let wire = b"Z\0\0\0\x05I";
         assert_eq!(
             BackendMessage::parse(wire).unwrap(),
-            BackendMessage::ReadyForQuery { status: TransactionStatus::Idle }
+            BackendMessage::ReadyForQuery {
+                status: TransactionStatus::Idle
+            }
         );
         let sasl = b"R\0\0\0\x2a\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
         let BackendMessage::Authentication(Authentication::Sasl { mechanisms }) =

@@ -75,10 +75,16 @@ pub struct Route {
 
 impl Route {
     const fn primary(reason: Reason) -> Route {
-        Route { target: Target::Primary, reason }
+        Route {
+            target: Target::Primary,
+            reason,
+        }
     }
     const fn replica(reason: Reason) -> Route {
-        Route { target: Target::Replica, reason }
+        Route {
+            target: Target::Replica,
+            reason,
+        }
     }
 }
 
@@ -116,7 +122,11 @@ fn is_ident_char(b: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     fn new(sql: &'a [u8]) -> Self {
-        Lexer { sql, pos: 0, broken: false }
+        Lexer {
+            sql,
+            pos: 0,
+            broken: false,
+        }
     }
 
     fn at(&self, i: usize) -> Option<u8> {
@@ -157,12 +167,16 @@ impl<'a> Lexer<'a> {
         self.pos += 1;
         loop {
             let rest = &self.sql[self.pos..];
-            let found = if backslash { memchr2(quote, b'\\', rest) } else { memchr(quote, rest) };
-            let Some(i) = found else { return self.give_up() };
+            let found = if backslash {
+                memchr2(quote, b'\\', rest)
+            } else {
+                memchr(quote, rest)
+            };
+            let Some(i) = found else {
+                return self.give_up();
+            };
             let at = self.pos + i;
-            if self.sql[at] == b'\\' {
-                self.pos = at + 2;
-            } else if self.sql.get(at + 1) == Some(&quote) {
+            if self.sql[at] == b'\\' || self.sql.get(at + 1) == Some(&quote) {
                 self.pos = at + 2;
             } else {
                 self.pos = at + 1;
@@ -179,7 +193,11 @@ impl<'a> Lexer<'a> {
         let start = self.pos;
         let mut end = start + 1;
         if self.sql.get(end).is_some_and(|&b| is_ident_start(b)) {
-            while self.sql.get(end).is_some_and(|&b| is_ident_char(b) && b != b'$') {
+            while self
+                .sql
+                .get(end)
+                .is_some_and(|&b| is_ident_char(b) && b != b'$')
+            {
                 end += 1;
             }
         }
@@ -230,7 +248,10 @@ impl<'a> Lexer<'a> {
                 }
                 b if is_ident_start(b) => return Some(self.word()),
                 b if b.is_ascii_digit() => {
-                    while self.at(0).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_') {
+                    while self
+                        .at(0)
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+                    {
                         self.pos += 1;
                     }
                     return Some(Token::Literal);
@@ -263,7 +284,10 @@ impl<'a> Lexer<'a> {
                 return Token::Literal;
             }
         }
-        if word.eq_ignore_ascii_case(b"u") && self.at(0) == Some(b'&') && matches!(self.at(1), Some(b'\'' | b'"')) {
+        if word.eq_ignore_ascii_case(b"u")
+            && self.at(0) == Some(b'&')
+            && matches!(self.at(1), Some(b'\'' | b'"'))
+        {
             self.pos += 1;
             let quote = self.sql[self.pos];
             self.skip_quoted(quote, false);
@@ -302,8 +326,13 @@ const WRITE_FUNCTIONS: &[&str] = &[
 ];
 
 fn is_write_function(name: &[u8]) -> bool {
-    let lower = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
-    lower("pg_advisory") || lower("pg_try_advisory") || WRITE_FUNCTIONS.iter().any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+    let lower =
+        |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    lower("pg_advisory")
+        || lower("pg_try_advisory")
+        || WRITE_FUNCTIONS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
 /// Classifies the SQL text of a Query or Parse: every statement in it must be a read for
@@ -343,7 +372,11 @@ pub fn classify(sql: &[u8]) -> Route {
 /// Classifies one statement's tokens.
 fn statement(tokens: &[Token<'_>]) -> Route {
     let first = tokens.first();
-    if is_kw(first, "select") || is_kw(first, "values") || is_kw(first, "table") || is_kw(first, "with") {
+    if is_kw(first, "select")
+        || is_kw(first, "values")
+        || is_kw(first, "table")
+        || is_kw(first, "with")
+    {
         return query(tokens);
     }
     if is_kw(first, "show") {
@@ -355,7 +388,10 @@ fn statement(tokens: &[Token<'_>]) -> Route {
     if is_kw(first, "begin") || is_kw(first, "start") {
         return begin(&tokens[1..]);
     }
-    if ["commit", "end", "rollback", "abort"].iter().any(|k| is_kw(first, k)) {
+    if ["commit", "end", "rollback", "abort"]
+        .iter()
+        .any(|k| is_kw(first, k))
+    {
         if tokens.iter().skip(1).any(|t| is_kw(Some(t), "prepared")) {
             return Route::primary(Reason::Write);
         }
@@ -364,7 +400,10 @@ fn statement(tokens: &[Token<'_>]) -> Route {
     if first == Some(&Token::LParen) {
         // A parenthesised query: `(SELECT 1) UNION (SELECT 2)`.
         let inner = &tokens[1..];
-        if is_kw(inner.first(), "select") || is_kw(inner.first(), "values") || is_kw(inner.first(), "with") {
+        if is_kw(inner.first(), "select")
+            || is_kw(inner.first(), "values")
+            || is_kw(inner.first(), "with")
+        {
             return query(inner);
         }
     }
@@ -393,7 +432,11 @@ fn query(tokens: &[Token<'_>]) -> Route {
             return Route::primary(Reason::WriteCte);
         }
         if kw("insert") || kw("delete") || kw("merge") {
-            return Route::primary(if is_with { Reason::WriteCte } else { Reason::Write });
+            return Route::primary(if is_with {
+                Reason::WriteCte
+            } else {
+                Reason::Write
+            });
         }
         if kw("into") {
             return Route::primary(Reason::SelectInto);
@@ -410,8 +453,13 @@ fn explain(tokens: &[Token<'_>]) -> Route {
     let mut analyze = false;
     let mut rest = tokens;
     if rest.first() == Some(&Token::LParen) {
-        let close = rest.iter().position(|t| *t == Token::RParen).unwrap_or(rest.len());
-        analyze = rest[..close].iter().any(|t| is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse"));
+        let close = rest
+            .iter()
+            .position(|t| *t == Token::RParen)
+            .unwrap_or(rest.len());
+        analyze = rest[..close]
+            .iter()
+            .any(|t| is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse"));
         rest = rest.get(close + 1..).unwrap_or_default();
     } else {
         while let Some(t) = rest.first() {

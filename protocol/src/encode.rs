@@ -299,12 +299,22 @@ pub struct ErrorFields {
 impl ErrorFields {
     /// An ERROR: the statement failed, the session goes on.
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorFields { severity: "ERROR", code, message: message.into(), detail: None }
+        ErrorFields {
+            severity: "ERROR",
+            code,
+            message: message.into(),
+            detail: None,
+        }
     }
 
     /// A FATAL: the session ends after this message.
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorFields { severity: "FATAL", code, message: message.into(), detail: None }
+        ErrorFields {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+            detail: None,
+        }
     }
 }
 
@@ -331,7 +341,12 @@ pub fn error_response(buf: &mut BytesMut, e: &ErrorFields) {
 
 /// NoticeResponse with severity NOTICE and SQLSTATE 00000.
 pub fn notice_response(buf: &mut BytesMut, message: &str) {
-    let e = ErrorFields { severity: "NOTICE", code: "00000", message: message.into(), detail: None };
+    let e = ErrorFields {
+        severity: "NOTICE",
+        code: "00000",
+        message: message.into(),
+        detail: None,
+    };
     tagged(buf, b'N', |b| put_fields(b, &e));
 }
 

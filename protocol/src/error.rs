@@ -26,7 +26,11 @@ impl fmt::Display for ProtocolError {
                 write!(f, "invalid length {msg_len} in message '{}'", show(tag))
             }
             ProtocolError::TooLarge { tag, msg_len } => {
-                write!(f, "message '{}' of {msg_len} bytes exceeds the limit", show(tag))
+                write!(
+                    f,
+                    "message '{}' of {msg_len} bytes exceeds the limit",
+                    show(tag)
+                )
             }
             ProtocolError::UnknownTag { tag } => write!(f, "unknown message type 0x{tag:02x}"),
             ProtocolError::Malformed { tag, what } => {

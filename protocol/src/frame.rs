@@ -84,7 +84,12 @@ pub struct FrameScan<'a> {
 impl<'a> FrameScan<'a> {
     /// Scans `buf` from its start.
     pub fn new(buf: &'a [u8], max_len: u32) -> Self {
-        FrameScan { buf, pos: 0, max_len, error: None }
+        FrameScan {
+            buf,
+            pos: 0,
+            max_len,
+            error: None,
+        }
     }
 
     /// Where the first message not yet yielded starts.
@@ -130,22 +135,34 @@ mod tests {
         for cut in 0..5 {
             assert_eq!(Header::peek(&wire[..cut], MAX), Ok(None), "cut at {cut}");
         }
-        assert_eq!(Header::peek(&wire, MAX).unwrap().unwrap().frame_len(), wire.len());
+        assert_eq!(
+            Header::peek(&wire, MAX).unwrap().unwrap().frame_len(),
+            wire.len()
+        );
     }
 
     #[test]
     fn lengths_are_bounded_before_allocation() {
         assert_eq!(
             Header::peek(&[b'Q', 0, 0, 0, 3], MAX),
-            Err(ProtocolError::BadLength { tag: b'Q', msg_len: 3 })
+            Err(ProtocolError::BadLength {
+                tag: b'Q',
+                msg_len: 3
+            })
         );
         assert_eq!(
             Header::peek(&[b'Q', 0x7f, 0xff, 0xff, 0xff], MAX),
-            Err(ProtocolError::TooLarge { tag: b'Q', msg_len: 0x7fff_ffff })
+            Err(ProtocolError::TooLarge {
+                tag: b'Q',
+                msg_len: 0x7fff_ffff
+            })
         );
         let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
         assert!(split_frame(&mut buf, MAX).is_err());
-        assert!(buf.capacity() < 1024, "nothing was reserved for a rejected length");
+        assert!(
+            buf.capacity() < 1024,
+            "nothing was reserved for a rejected length"
+        );
     }
 
     #[test]

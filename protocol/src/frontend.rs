@@ -55,38 +55,71 @@ impl TryFrom<u8> for FrontendTag {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendMessage<'a> {
     /// Simple query: SQL text without its NUL.
-    Query { sql: &'a [u8] },
+    Query {
+        sql: &'a [u8],
+    },
     /// Prepare a statement; `name` is empty for the unnamed statement.
-    Parse { name: &'a [u8], query: &'a [u8], param_types: Vec<u32> },
+    Parse {
+        name: &'a [u8],
+        query: &'a [u8],
+        param_types: Vec<u32>,
+    },
     /// Bind a portal to a statement; parameters are left undecoded.
-    Bind { portal: &'a [u8], statement: &'a [u8] },
+    Bind {
+        portal: &'a [u8],
+        statement: &'a [u8],
+    },
     /// Describe a statement (`b'S'`) or portal (`b'P'`).
-    Describe { kind: u8, name: &'a [u8] },
+    Describe {
+        kind: u8,
+        name: &'a [u8],
+    },
     /// Run a portal; `max_rows` 0 means all.
-    Execute { portal: &'a [u8], max_rows: i32 },
+    Execute {
+        portal: &'a [u8],
+        max_rows: i32,
+    },
     Sync,
     Flush,
     /// Close a statement (`b'S'`) or portal (`b'P'`).
-    Close { kind: u8, name: &'a [u8] },
-    CopyData { data: &'a [u8] },
+    Close {
+        kind: u8,
+        name: &'a [u8],
+    },
+    CopyData {
+        data: &'a [u8],
+    },
     CopyDone,
-    CopyFail { message: &'a [u8] },
+    CopyFail {
+        message: &'a [u8],
+    },
     /// Body of a `p` message; its meaning depends on the authentication in progress.
-    Password { body: &'a [u8] },
+    Password {
+        body: &'a [u8],
+    },
     /// Call a function by OID; arguments are left undecoded.
-    FunctionCall { oid: u32 },
+    FunctionCall {
+        oid: u32,
+    },
     Terminate,
 }
 
 impl<'a> FrontendMessage<'a> {
     /// Decodes one whole frame (tag, length word and body).
     pub fn parse(frame: &'a [u8]) -> Result<Self, ProtocolError> {
-        let (&tag, _) = frame.split_first().ok_or(ProtocolError::UnknownTag { tag: 0 })?;
-        let body = frame.get(5..).ok_or(ProtocolError::Malformed { tag, what: "short frame" })?;
+        let (&tag, _) = frame
+            .split_first()
+            .ok_or(ProtocolError::UnknownTag { tag: 0 })?;
+        let body = frame.get(5..).ok_or(ProtocolError::Malformed {
+            tag,
+            what: "short frame",
+        })?;
         let bad = |what| ProtocolError::Malformed { tag, what };
         use FrontendMessage as M;
         Ok(match FrontendTag::try_from(tag)? {
-            FrontendTag::Query => M::Query { sql: cstr(body).map_err(|_| bad("no NUL"))?.1 },
+            FrontendTag::Query => M::Query {
+                sql: cstr(body).map_err(|_| bad("no NUL"))?.1,
+            },
             FrontendTag::Parse => parse_parse(body).ok_or(bad("bad Parse"))?,
             FrontendTag::Bind => {
                 let (rest, portal) = cstr(body).map_err(|_| bad("bad portal"))?;
@@ -114,7 +147,9 @@ impl<'a> FrontendMessage<'a> {
             FrontendTag::Flush => M::Flush,
             FrontendTag::CopyData => M::CopyData { data: body },
             FrontendTag::CopyDone => M::CopyDone,
-            FrontendTag::CopyFail => M::CopyFail { message: cstr(body).map_err(|_| bad("no NUL"))?.1 },
+            FrontendTag::CopyFail => M::CopyFail {
+                message: cstr(body).map_err(|_| bad("no NUL"))?.1,
+            },
             FrontendTag::Password => M::Password { body },
             FrontendTag::FunctionCall => {
                 let (_, oid) = be_u32::<_, ()>(body).map_err(|_| bad("no oid"))?;
@@ -140,7 +175,11 @@ fn parse_parse(body: &[u8]) -> Option<FrontendMessage<'_>> {
         param_types.push(oid);
         rest = r;
     }
-    Some(FrontendMessage::Parse { name, query, param_types })
+    Some(FrontendMessage::Parse {
+        name,
+        query,
+        param_types,
+    })
 }
 
 /// The two shapes a `p` message takes in a SCRAM exchange.
@@ -155,7 +194,10 @@ pub struct SaslInitialResponse<'a> {
 impl<'a> SaslInitialResponse<'a> {
     /// Decodes the body of a `p` message sent as the first SASL step.
     pub fn parse(body: &'a [u8]) -> Result<Self, ProtocolError> {
-        let bad = ProtocolError::Malformed { tag: b'p', what: "bad SASLInitialResponse" };
+        let bad = ProtocolError::Malformed {
+            tag: b'p',
+            what: "bad SASLInitialResponse",
+        };
         let (rest, mechanism) = cstr_utf8(body).map_err(|_| bad)?;
         let (rest, len) = be_i32::<_, ()>(rest).map_err(|_| bad)?;
         let data = match len {
@@ -171,12 +213,18 @@ impl<'a> SaslInitialResponse<'a> {
 pub fn password(body: &[u8]) -> Result<&[u8], ProtocolError> {
     cstr(body)
         .map(|(_, p)| p)
-        .map_err(|_| ProtocolError::Malformed { tag: b'p', what: "password without NUL" })
+        .map_err(|_| ProtocolError::Malformed {
+            tag: b'p',
+            what: "password without NUL",
+        })
 }
 
 /// Statement name and query text of a Parse body, without allocating.
 pub fn statement_of(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
-    let bad = ProtocolError::Malformed { tag: b'P', what: "bad Parse" };
+    let bad = ProtocolError::Malformed {
+        tag: b'P',
+        what: "bad Parse",
+    };
     let (rest, name) = cstr(body).map_err(|_| bad)?;
     let (_, query) = cstr(rest).map_err(|_| bad)?;
     Ok((name, query))

@@ -10,7 +10,7 @@
 //! - [`encode`]: writers for the messages pgpilot originates.
 //! - [`classify`]: decides whether SQL text is provably read-only.
 //! - [`scram`]: SCRAM-SHA-256 (both sides) and MD5 password hashing, on RustCrypto.
-//! - [`error`]: [`ProtocolError`].
+//! - [`error`]: the crate's error type, `ProtocolError`.
 
 pub mod backend;
 pub mod classify;

@@ -111,7 +111,7 @@ fn attrs(msg: &str) -> impl Iterator<Item = (u8, &str)> {
     })
 }
 
-fn attr<'m>(msg: &'m str, key: u8) -> Option<&'m str> {
+fn attr(msg: &str, key: u8) -> Option<&str> {
     attrs(msg).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
@@ -125,7 +125,10 @@ pub struct ScramServer<'s> {
 impl<'s> ScramServer<'s> {
     /// Starts an exchange against `secret`.
     pub fn new(secret: &'s ScramSecret) -> Self {
-        ScramServer { secret, first: None }
+        ScramServer {
+            secret,
+            first: None,
+        }
     }
 
     /// Takes the client-first-message and returns the server-first-message.
@@ -146,7 +149,11 @@ impl<'s> ScramServer<'s> {
             _ => return Err(ScramError::Malformed("bad gs2 header")),
         };
         let client_nonce = attr(bare, b'r').ok_or(ScramError::Malformed("no nonce"))?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',')
+        {
             return Err(ScramError::Malformed("bad nonce"));
         }
         let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
@@ -161,18 +168,23 @@ impl<'s> ScramServer<'s> {
 
     /// Takes the client-final-message; returns the server-final-message when the proof holds.
     pub fn handle_client_final(&mut self, data: &[u8]) -> Result<String, ScramError> {
-        let (gs2, bare, server_first, nonce) =
-            self.first.take().ok_or(ScramError::Malformed("final before first"))?;
+        let (gs2, bare, server_first, nonce) = self
+            .first
+            .take()
+            .ok_or(ScramError::Malformed("final before first"))?;
         let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) =
-            msg.rsplit_once(",p=").ok_or(ScramError::Malformed("no proof"))?;
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("no proof"))?;
         if attr(without_proof, b'c') != Some(B64.encode(gs2.as_bytes()).as_str()) {
             return Err(ScramError::Malformed("channel binding mismatch"));
         }
         if attr(without_proof, b'r') != Some(nonce.as_str()) {
             return Err(ScramError::Malformed("nonce mismatch"));
         }
-        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("bad proof"))?;
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Malformed("bad proof"))?;
         let auth_message = format!("{bare},{server_first},{without_proof}");
         let signature = hmac(&self.secret.stored_key, &[auth_message.as_bytes()]);
         if proof.len() != 32 {
@@ -201,7 +213,12 @@ impl ScramClient {
         let nonce = B64.encode(random_bytes::<18>());
         let bare = format!("n=,r={nonce}");
         let first = format!("n,,{bare}").into_bytes();
-        let client = ScramClient { password: password.to_vec(), bare, nonce, expected_server_signature: None };
+        let client = ScramClient {
+            password: password.to_vec(),
+            bare,
+            nonce,
+            expected_server_signature: None,
+        };
         (client, first)
     }
 
@@ -213,7 +230,9 @@ impl ScramClient {
             return Err(ScramError::Malformed("server nonce does not extend ours"));
         }
         let salt = attr(msg, b's').ok_or(ScramError::Malformed("no salt"))?;
-        let salt = B64.decode(salt).map_err(|_| ScramError::Malformed("bad salt"))?;
+        let salt = B64
+            .decode(salt)
+            .map_err(|_| ScramError::Malformed("bad salt"))?;
         let iterations: u32 = attr(msg, b'i')
             .and_then(|i| i.parse().ok())
             .filter(|i| (1..=10_000_000).contains(i))
@@ -224,7 +243,11 @@ impl ScramClient {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{msg},{without_proof}", self.bare);
         let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         let server_key = hmac(&salted, &[b"Server Key"]);
         self.expected_server_signature = Some(hmac(&server_key, &[auth_message.as_bytes()]));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
@@ -237,7 +260,9 @@ impl ScramClient {
             return Err(ScramError::AuthFailed);
         }
         let v = attr(msg, b'v').ok_or(ScramError::Malformed("no verifier"))?;
-        let v = B64.decode(v).map_err(|_| ScramError::Malformed("bad verifier"))?;
+        let v = B64
+            .decode(v)
+            .map_err(|_| ScramError::Malformed("bad verifier"))?;
         match &self.expected_server_signature {
             Some(expected) if ct_eq(expected, &v) => Ok(()),
             _ => Err(ScramError::AuthFailed),
@@ -247,8 +272,14 @@ impl ScramClient {
 
 /// The PasswordMessage payload for MD5 auth: `"md5" + hex(md5(hex(md5(password + user)) + salt))`.
 pub fn md5_password(user: &[u8], password: &[u8], salt: [u8; 4]) -> Vec<u8> {
-    let inner = hex(&Md5::new().chain_update(password).chain_update(user).finalize());
-    let outer = hex(&Md5::new().chain_update(inner.as_bytes()).chain_update(salt).finalize());
+    let inner = hex(&Md5::new()
+        .chain_update(password)
+        .chain_update(user)
+        .finalize());
+    let outer = hex(&Md5::new()
+        .chain_update(inner.as_bytes())
+        .chain_update(salt)
+        .finalize());
     format!("md5{outer}").into_bytes()
 }
 
@@ -275,12 +306,22 @@ mod tests {
         let without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let auth = format!("{bare},{server_first},{without_proof}");
         let sig = hmac(&secret.server_key, &[auth.as_bytes()]);
-        assert_eq!(B64.encode(sig), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            B64.encode(sig),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
         let client_sig = hmac(&secret.stored_key, &[auth.as_bytes()]);
         let salted = salted_password(b"pencil", &salt, 4096);
         let client_key = hmac(&salted, &[b"Client Key"]);
-        let proof: Vec<u8> = client_key.iter().zip(client_sig).map(|(k, s)| k ^ s).collect();
-        assert_eq!(B64.encode(proof), "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(client_sig)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        assert_eq!(
+            B64.encode(proof),
+            "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        );
     }
 
     fn exchange(server_password: &[u8], client_password: &[u8]) -> Result<(), ScramError> {
@@ -303,11 +344,15 @@ mod tests {
     fn server_rejects_tampering() {
         let secret = ScramSecret::derive(b"pw", b"salt", 4096);
         let mut server = ScramServer::new(&secret);
-        assert!(server.handle_client_first(b"p=tls-server-end-point,,n=,r=x").is_err());
+        assert!(server
+            .handle_client_first(b"p=tls-server-end-point,,n=,r=x")
+            .is_err());
         assert!(server.handle_client_first(b"n,,n=,r=").is_err());
         let first = server.handle_client_first(b"n,,n=,r=abc").unwrap();
         let nonce = attr(&first, b'r').unwrap().to_owned();
-        assert!(server.handle_client_final(format!("c=eSws,r={nonce},p=AAAA").as_bytes()).is_err());
+        assert!(server
+            .handle_client_final(format!("c=eSws,r={nonce},p=AAAA").as_bytes())
+            .is_err());
         let mut server = ScramServer::new(&secret);
         server.handle_client_first(b"n,,n=,r=abc").unwrap();
         assert_eq!(
@@ -331,7 +376,10 @@ mod tests {
         // md5(md5("app" + "app") + salt) computed by hand with PostgreSQL's formula.
         let inner = hex(&Md5::digest(b"appapp"));
         let expected = hex(&Md5::digest([inner.as_bytes(), &[1, 2, 3, 4]].concat()));
-        assert_eq!(md5_password(b"app", b"app", [1, 2, 3, 4]), format!("md5{expected}").into_bytes());
+        assert_eq!(
+            md5_password(b"app", b"app", [1, 2, 3, 4]),
+            format!("md5{expected}").into_bytes()
+        );
         assert!(md5_matches(b"md5abc", b"md5abc"));
         assert!(!md5_matches(b"md5abc", b"md5abd"));
     }

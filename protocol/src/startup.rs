@@ -23,8 +23,14 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         return Ok(None);
     };
     match u32::from_be_bytes([a, b, c, d]) {
-        len @ 0..=7 => Err(ProtocolError::BadLength { tag: 0, msg_len: len }),
-        len if len > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge { tag: 0, msg_len: len }),
+        len @ 0..=7 => Err(ProtocolError::BadLength {
+            tag: 0,
+            msg_len: len,
+        }),
+        len if len > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge {
+            tag: 0,
+            msg_len: len,
+        }),
         len => Ok(Some(len as usize)),
     }
 }
@@ -61,7 +67,10 @@ pub struct StartupMessage<'a> {
 impl StartupMessage<'_> {
     /// The value of one parameter, if the client sent it.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -128,7 +137,9 @@ mod tests {
             assert!(need, "cut at {cut}");
         }
         assert_eq!(peek_len(&wire).unwrap(), Some(wire.len()));
-        let StartupPacket::Startup(msg) = parse(&wire).unwrap() else { panic!() };
+        let StartupPacket::Startup(msg) = parse(&wire).unwrap() else {
+            panic!()
+        };
         assert_eq!((msg.major, msg.minor), (3, 0));
         assert_eq!(msg.param("user"), Some("app"));
         assert_eq!(msg.param("database"), Some("db"));
@@ -145,7 +156,10 @@ mod tests {
         assert_eq!(&buf[..8], &[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]);
         assert_eq!(
             parse(&buf).unwrap(),
-            StartupPacket::CancelRequest { pid: 0x0102_0304, secret: 0xdead_beef }
+            StartupPacket::CancelRequest {
+                pid: 0x0102_0304,
+                secret: 0xdead_beef
+            }
         );
     }
 

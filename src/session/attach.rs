@@ -26,8 +26,15 @@ impl Session {
         let mut retries = 1;
         loop {
             let id = router::pick(&state, target, self.core.roll()).ok_or(Error::NoBackend)?;
-            let on_replica = state.backends.get(id).is_some_and(|b| b.role == Role::Replica);
-            let key = PoolKey { backend_id: id, user: self.user.clone(), database: self.database.clone() };
+            let on_replica = state
+                .backends
+                .get(id)
+                .is_some_and(|b| b.role == Role::Replica);
+            let key = PoolKey {
+                backend_id: id,
+                user: self.user.clone(),
+                database: self.database.clone(),
+            };
             let pool = self.core.pool(key);
             let result = match pool.checkout(self.core.config.pool.checkout_timeout).await {
                 Ok(backend) => self.install(backend, pool, on_replica).await,
@@ -36,7 +43,10 @@ impl Session {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && on_replica => {
-                    log::warn!("session={} replica {id} unusable, reading from the primary: {e}", self.pid);
+                    log::warn!(
+                        "session={} replica {id} unusable, reading from the primary: {e}",
+                        self.pid
+                    );
                     target = Target::Primary;
                 }
                 Err(e) if e.is_retryable() && retries > 0 => retries -= 1,
@@ -45,7 +55,12 @@ impl Session {
         }
     }
 
-    async fn install(&mut self, backend: Backend, pool: Rc<Pool>, on_replica: bool) -> Result<(), Error> {
+    async fn install(
+        &mut self,
+        backend: Backend,
+        pool: Rc<Pool>,
+        on_replica: bool,
+    ) -> Result<(), Error> {
         let mut att = Attached {
             backend,
             pool,
@@ -54,6 +69,9 @@ impl Session {
             hidden: 0,
             unsynced: false,
             status: TransactionStatus::Idle,
+            slots: std::collections::VecDeque::new(),
+            skipping: false,
+            copy_in: false,
         };
         if att.backend.applied != self.gucs.hash {
             let mut q = BytesMut::new();
@@ -63,7 +81,11 @@ impl Session {
             att.hidden = 1;
         }
         let (pid, secret) = att.backend.key;
-        self.cancel.set(Some(CancelTarget { addr: att.backend.addr, pid, secret }));
+        self.cancel.set(Some(CancelTarget {
+            addr: att.backend.addr,
+            pid,
+            secret,
+        }));
         let hidden = att.hidden;
         self.attached = Some(att);
         if hidden == 0 {
@@ -75,15 +97,25 @@ impl Session {
     /// Waits for the parameter setup of a fresh attach (login only): an error there means the
     /// client's startup parameters are invalid, and the client is refused as PostgreSQL would.
     pub(super) async fn finish_setup(&mut self) -> Result<(), ErrorFields> {
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
         let mut error = None;
         while att.hidden > 0 {
-            let frame = att.backend.recv().await.map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
+            let frame = att
+                .backend
+                .recv()
+                .await
+                .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
             match BackendMessage::parse(&frame.bytes) {
                 Ok(BackendMessage::ReadyForQuery { .. }) => att.hidden -= 1,
-                Ok(BackendMessage::ParameterStatus { name, value }) => att.backend.params.set(name, value),
+                Ok(BackendMessage::ParameterStatus { name, value }) => {
+                    att.backend.params.set(name, value)
+                }
                 Ok(BackendMessage::ErrorResponse(f)) => {
-                    error.get_or_insert_with(|| ErrorFields::fatal(intern_code(f.code()), f.message()));
+                    error.get_or_insert_with(|| {
+                        ErrorFields::fatal(intern_code(f.code()), f.message())
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => return Err(ErrorFields::fatal("08006", e.to_string())),
@@ -121,6 +153,14 @@ impl Session {
     pub(super) fn release(&mut self) {
         if let Some(att) = self.attached.take() {
             self.cancel.set(None);
+            if !att.slots.is_empty() {
+                log::warn!(
+                    "session={} released a backend still owing {:?}",
+                    self.pid,
+                    att.slots
+                );
+                return;
+            }
             att.pool.checkin(att.backend);
         }
     }
@@ -149,7 +189,12 @@ pub(super) async fn run_hidden_query(backend: &mut Backend, sql: &str) -> Result
             Ok(BackendMessage::ParameterStatus { name, value }) => backend.params.set(name, value),
             Ok(BackendMessage::ErrorResponse(f)) => failed = Some(f.code().to_owned()),
             Ok(_) => {}
-            Err(source) => return Err(Error::BackendProtocol { addr: backend.addr, source }),
+            Err(source) => {
+                return Err(Error::BackendProtocol {
+                    addr: backend.addr,
+                    source,
+                })
+            }
         }
     }
 }

@@ -4,10 +4,12 @@
 mod attach;
 mod params;
 mod relay;
+mod responses;
 mod startup;
+mod statements;
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +26,7 @@ use crate::error::Error;
 use crate::pool::Pool;
 
 pub use params::Gucs;
+use statements::{Slot, Stmt};
 
 /// A backend serving this session right now, and where its protocol state stands.
 struct Attached {
@@ -39,12 +42,22 @@ struct Attached {
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery.
     status: TransactionStatus,
+    /// Responses the client expects, in order (transaction mode; see `statements`).
+    slots: VecDeque<Slot>,
+    /// The backend skips messages until Sync after an error.
+    skipping: bool,
+    /// The backend is in copy-in mode and the client has not ended the COPY yet.
+    copy_in: bool,
 }
 
 impl Attached {
     /// Nothing outstanding, not in a transaction: the backend may serve someone else.
     fn is_idle(&self) -> bool {
-        self.pending == 0 && self.hidden == 0 && !self.unsynced && self.status == TransactionStatus::Idle
+        self.pending == 0
+            && self.hidden == 0
+            && !self.unsynced
+            && !self.copy_in
+            && self.status == TransactionStatus::Idle
     }
 }
 
@@ -64,8 +77,8 @@ pub struct Session {
     database: Rc<str>,
     gucs: Rc<Gucs>,
     attached: Option<Attached>,
-    /// Route of each named prepared statement, decided at its Parse.
-    statements: HashMap<Bytes, Target>,
+    /// The client's named prepared statements, with the route decided at their Parse.
+    statements: HashMap<Bytes, Stmt>,
     /// Route of the unnamed statement.
     unnamed: Target,
     /// Client frames wait until the backend is idle (a write after reads on a replica).
@@ -83,14 +96,18 @@ pub struct Session {
 /// Serves one accepted client until it leaves.
 pub async fn run(core: Rc<Core>, client: TcpStream) {
     let _ = client.set_nodelay(true);
-    let Some(mut session) = startup::start(core, client).await else { return };
+    let Some(mut session) = startup::start(core, client).await else {
+        return;
+    };
     let result = session.relay().await;
     match &result {
         Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", session.pid),
         Err(e) => log::info!("session={} ended: {e}", session.pid),
     }
     if let Err(Error::Client(e)) = &result {
-        session.send_error(&ErrorFields::fatal("08P01", e.to_string())).await;
+        session
+            .send_error(&ErrorFields::fatal("08P01", e.to_string()))
+            .await;
     }
     session.finish().await;
 }
@@ -119,7 +136,10 @@ impl Session {
             if att.is_idle() && att.backend.rbuf.is_empty() {
                 let reset = &self.core.config.pool.reset_query;
                 if self.mode == PoolMode::Session && !reset.is_empty() {
-                    if attach::run_hidden_query(&mut att.backend, reset).await.is_ok() {
+                    if attach::run_hidden_query(&mut att.backend, reset)
+                        .await
+                        .is_ok()
+                    {
                         att.backend.applied = u64::MAX;
                         att.pool.checkin(att.backend);
                     }

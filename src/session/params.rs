@@ -45,29 +45,40 @@ impl Gucs {
         Ok(Gucs { list, hash })
     }
 
-    /// SQL that brings a backend from the set with hash `applied` to this one.
+    /// SQL that brings a backend from the set with hash `applied` to this one. Values go
+    /// through `set_config`, which parses them as the startup packet would (lists included).
     pub fn setup_sql(&self, applied: u64) -> String {
         let mut sql = String::new();
         if applied != 0 {
             sql.push_str("RESET ALL;");
         }
-        for (name, value) in &self.list {
-            sql.push_str("SET ");
-            sql.push_str(&quote_ident(name));
-            sql.push_str(" TO ");
-            sql.push_str(&quote_literal(value));
-            sql.push(';');
+        if !self.list.is_empty() {
+            let calls: Vec<String> = self
+                .list
+                .iter()
+                .map(|(n, v)| {
+                    format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        quote_literal(n),
+                        quote_literal(v)
+                    )
+                })
+                .collect();
+            sql.push_str("SELECT ");
+            sql.push_str(&calls.join(", "));
         }
         sql
     }
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
+/// A string literal that means the same whatever `standard_conforming_strings` says.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let quoted = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// Splits the `options` startup parameter: `-c a=b`, `-ca=b`, `--a=b`, with `\ ` for a space.
@@ -93,11 +104,14 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
-            it.next().ok_or_else(|| "option -c needs name=value".to_owned())?
+            it.next()
+                .ok_or_else(|| "option -c needs name=value".to_owned())?
         } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
             rest.to_owned()
         } else {
-            return Err(format!("invalid command-line argument for server process: {w}"));
+            return Err(format!(
+                "invalid command-line argument for server process: {w}"
+            ));
         };
         let (name, value) = setting
             .split_once('=')
@@ -117,17 +131,30 @@ mod tests {
             ("user", "app"),
             ("database", "app"),
             ("application_name", "psql"),
-            ("options", "-c search_path=a\\ b --statement-timeout=5s -cwork_mem=64kB"),
+            (
+                "options",
+                "-c search_path=a\\ b --statement-timeout=5s -cwork_mem=64kB",
+            ),
             ("DateStyle", "ISO"),
         ])
         .unwrap();
         let names: Vec<_> = g.list.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        assert_eq!(names, ["application_name=psql", "datestyle=ISO", "search_path=a b", "statement_timeout=5s", "work_mem=64kB"]);
+        assert_eq!(
+            names,
+            [
+                "application_name=psql",
+                "datestyle=ISO",
+                "search_path=a b",
+                "statement_timeout=5s",
+                "work_mem=64kB"
+            ]
+        );
         assert_ne!(g.hash, 0);
         assert_eq!(
             g.setup_sql(0),
-            "SET \"application_name\" TO 'psql';SET \"datestyle\" TO 'ISO';SET \"search_path\" TO 'a b';\
-             SET \"statement_timeout\" TO '5s';SET \"work_mem\" TO '64kB';"
+            "SELECT pg_catalog.set_config('application_name', 'psql', false), \
+             pg_catalog.set_config('datestyle', 'ISO', false), pg_catalog.set_config('search_path', 'a b', false), \
+             pg_catalog.set_config('statement_timeout', '5s', false), pg_catalog.set_config('work_mem', '64kB', false)"
         );
         assert!(g.setup_sql(7).starts_with("RESET ALL;"));
         assert_eq!(Gucs::from_startup(&[("user", "u")]).unwrap().hash, 0);
@@ -136,7 +163,19 @@ mod tests {
     #[test]
     fn quotes_cannot_escape() {
         let g = Gucs::from_startup(&[("application_name", "x'; DROP TABLE t; --")]).unwrap();
-        assert_eq!(g.setup_sql(0), "SET \"application_name\" TO 'x''; DROP TABLE t; --';");
+        assert_eq!(
+            g.setup_sql(0),
+            "SELECT pg_catalog.set_config('application_name', 'x''; DROP TABLE t; --', false)"
+        );
+    }
+
+    #[test]
+    fn backslashes_survive_either_string_syntax() {
+        let g = Gucs::from_startup(&[("application_name", "a\\b")]).unwrap();
+        assert_eq!(
+            g.setup_sql(0),
+            "SELECT pg_catalog.set_config('application_name', E'a\\\\b', false)"
+        );
     }
 
     #[test]

@@ -8,18 +8,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
-use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{classify, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
-use pgpilot_protocol::frame::{split_frame, FrameScan};
+use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::statement_of;
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::startup::intern_code;
+use super::statements::{Rewrite, Stmt};
 use super::Session;
-use crate::backend::{MAX_BACKEND_MESSAGE, READ_CHUNK};
+use crate::backend::READ_CHUNK;
 use crate::config::PoolMode;
 use crate::error::Error;
 
@@ -66,11 +67,17 @@ impl Session {
                 Event::Client(Ok(0)) => return Ok(()),
                 Event::Client(Ok(_)) => {}
                 Event::Client(Err(e)) => return Err(Error::ClientIo(e)),
-                Event::Backend(Ok(0)) => self.backend_lost(io::ErrorKind::UnexpectedEof.into()).await?,
+                Event::Backend(Ok(0)) => {
+                    self.backend_lost(io::ErrorKind::UnexpectedEof.into())
+                        .await?
+                }
                 Event::Backend(Err(e)) => self.backend_lost(e).await?,
                 Event::Backend(Ok(_)) => self.pump_backend().await?,
                 Event::Shutdown => {
-                    let e = ErrorFields::fatal("57P01", "terminating connection due to administrator command");
+                    let e = ErrorFields::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    );
                     self.send_error(&e).await;
                     return Ok(());
                 }
@@ -91,7 +98,12 @@ impl Session {
                 }
             }
             if let Some(att) = attached.as_mut() {
-                if let Poll::Ready(r) = poll_fill(&mut att.backend.stream, &mut att.backend.rbuf, READ_CHUNK, cx) {
+                if let Poll::Ready(r) = poll_fill(
+                    &mut att.backend.stream,
+                    &mut att.backend.rbuf,
+                    READ_CHUNK,
+                    cx,
+                ) {
                     return Poll::Ready(Event::Backend(r));
                 }
             }
@@ -118,7 +130,12 @@ impl Session {
             }
             match h.tag {
                 b'X' => return Ok(false),
-                b'p' => return Err(Error::Client(ProtocolError::Malformed { tag: b'p', what: "password message after authentication" })),
+                b'p' => {
+                    return Err(Error::Client(ProtocolError::Malformed {
+                        tag: b'p',
+                        what: "password message after authentication",
+                    }))
+                }
                 _ => {}
             }
             if self.skip_until_sync {
@@ -146,7 +163,10 @@ impl Session {
         let mid_unit = self.attached.as_ref().is_some_and(|a| a.unsynced);
         if matches!(tag, b'd' | b'c' | b'f') && !mid_unit {
             // Copy data flows to the backend running COPY; outside COPY PostgreSQL ignores it.
-            let len = Header::peek(&self.cbuf, self.max_message).ok().flatten().map_or(0, |h| h.frame_len());
+            let len = Header::peek(&self.cbuf, self.max_message)
+                .ok()
+                .flatten()
+                .map_or(0, |h| h.frame_len());
             if self.attached.is_some() {
                 self.forward(len, 0, false).await?;
             } else {
@@ -171,9 +191,15 @@ impl Session {
                 return Ok(true);
             }
             self.flush_out().await?;
-            return self.forward(unit.len, unit.rfqs, !unit.complete).await.map(|()| true);
+            return self
+                .forward(unit.len, unit.rfqs, !unit.complete)
+                .await
+                .map(|()| true);
         };
-        let must_move = !mid_unit && att.on_replica && unit.target == Target::Primary && att.status == TransactionStatus::Idle;
+        let must_move = !mid_unit
+            && att.on_replica
+            && unit.target == Target::Primary
+            && att.status == TransactionStatus::Idle;
         if must_move {
             if att.is_idle() {
                 self.release();
@@ -204,7 +230,12 @@ impl Session {
 
     /// Finds the unit at the front of the client buffer and records the statements it prepares.
     fn scan_unit(&mut self) -> Result<Unit, Error> {
-        let mut unit = Unit { len: 0, target: Target::Primary, rfqs: 0, complete: false };
+        let mut unit = Unit {
+            len: 0,
+            target: Target::Primary,
+            rfqs: 0,
+            complete: false,
+        };
         let mut target = None;
         let mut scan = FrameScan::new(&self.cbuf, self.max_message);
         for (at, h) in &mut scan {
@@ -233,7 +264,9 @@ impl Session {
                     if name.is_empty() {
                         self.unnamed = t;
                     } else {
-                        self.statements.insert(bytes::Bytes::copy_from_slice(name), t);
+                        let stmt = Stmt::from_parse(body, name.len(), t);
+                        self.statements
+                            .insert(bytes::Bytes::copy_from_slice(name), stmt);
                     }
                     target = join(target, t);
                 }
@@ -271,111 +304,41 @@ impl Session {
         if name.is_empty() {
             return Some(self.unnamed);
         }
-        Some(self.statements.get(name).copied().unwrap_or(Target::Primary))
+        Some(
+            self.statements
+                .get(name)
+                .map_or(Target::Primary, |s| s.target),
+        )
     }
 
     /// Sends the first `len` buffered client bytes to the attached backend.
+    /// In transaction mode, named statements are rewritten for this backend on the way.
     async fn forward(&mut self, len: usize, rfqs: u32, unsynced: bool) -> Result<(), Error> {
-        let batch = self.cbuf.split_to(len).freeze();
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let mut batch = self.cbuf.split_to(len).freeze();
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
         att.pending += rfqs;
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;
         }
-        if let Err(Error::Backend { source, .. }) = att.backend.send(&batch).await {
-            return self.backend_lost(source).await;
-        }
-        Ok(())
-    }
-
-    /// Forwards every whole backend frame to the client; gives the backend back when idle.
-    async fn pump_backend(&mut self) -> Result<(), Error> {
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
-        let mut setup_done = false;
-        while att.hidden > 0 {
-            let frame = match split_frame(&mut att.backend.rbuf, MAX_BACKEND_MESSAGE) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)).await,
+        if self.mode == PoolMode::Transaction {
+            let mut rw = Rewrite {
+                prepared: &mut att.backend.prepared,
+                slots: &mut att.slots,
+                skipping: &mut att.skipping,
+                copy_in: &mut att.copy_in,
+                ignored_syncs: 0,
             };
-            match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => {
-                    att.hidden -= 1;
-                    setup_done = att.hidden == 0;
-                }
-                Ok(BackendMessage::ParameterStatus { name, value }) => att.backend.params.set(name, value),
-                Ok(BackendMessage::ErrorResponse(f)) => {
-                    log::warn!("session={} parameter setup failed on {}: {}", self.pid, att.backend.addr, f.message());
-                    att.backend.applied = u64::MAX;
-                }
-                _ => {}
-            }
+            batch = rw.unit(batch, &mut self.statements);
+            att.pending -= rw.ignored_syncs.min(att.pending);
         }
-        if setup_done {
-            self.sync_view();
-        }
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
-        let mut scan = FrameScan::new(&att.backend.rbuf, MAX_BACKEND_MESSAGE);
-        let mut n = 0;
-        for (at, h) in &mut scan {
-            let frame = &att.backend.rbuf[at..at + h.frame_len()];
-            match h.tag {
-                b'Z' => {
-                    att.pending = att.pending.saturating_sub(1);
-                    att.status = frame.get(5).copied().and_then(TransactionStatus::from_byte).unwrap_or(TransactionStatus::Failed);
-                }
-                b'S' => {
-                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::parse(frame) {
-                        att.backend.params.set(name, value);
-                        note_param(&mut self.view, name, value);
-                        self.view_version = att.backend.params.version;
-                    }
-                }
-                _ => {}
-            }
-            n = at + h.frame_len();
-        }
-        if let Some(e) = scan.error() {
-            return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)).await;
-        }
-        let batch = att.backend.rbuf.split_to(n).freeze();
-        let idle = att.is_idle() && att.backend.rbuf.is_empty();
-        let settled = att.pending == 0 && att.hidden == 0;
-        self.flush_out().await?;
         if !batch.is_empty() {
-            self.client.write_all(&batch).await.map_err(Error::ClientIo)?;
-        }
-        if self.mode == PoolMode::Transaction && idle {
-            self.release();
-        }
-        if settled {
-            self.blocked = false;
-        }
-        Ok(())
-    }
-
-    /// The attached backend failed. In transaction mode the client is told (08006) and goes on;
-    /// in session mode its session state is gone, so the session ends.
-    async fn backend_lost(&mut self, source: io::Error) -> Result<(), Error> {
-        let Some(att) = self.attached.take() else { return Ok(()) };
-        self.cancel.set(None);
-        self.blocked = false;
-        let addr = att.backend.addr;
-        log::warn!("session={} lost backend {addr}: {source}", self.pid);
-        if self.mode == PoolMode::Session {
-            self.send_error(&ErrorFields::fatal("08006", format!("lost the connection to the server {addr}"))).await;
-            return Err(Error::Backend { addr, source });
-        }
-        if att.pending > 0 || att.unsynced || att.status != TransactionStatus::Idle {
-            let e = ErrorFields::error("08006", format!("lost the connection to the server {addr}; the transaction is gone"));
-            encode::error_response(&mut self.out, &e);
-            for _ in 0..att.pending {
-                encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+            if let Err(Error::Backend { source, .. }) = att.backend.send(&batch).await {
+                return self.backend_lost(source).await;
             }
-            self.skip_until_sync = att.unsynced;
-            self.flush_out().await?;
         }
-        Ok(())
+        self.answer_fakes().await
     }
 
     /// No backend for a unit: tell the client and drop the unit (up to its Sync).
@@ -383,7 +346,9 @@ impl Session {
         log::warn!("session={} no backend: {e}", self.pid);
         let _ = self.cbuf.split_to(unit.len);
         let fields = match &e {
-            Error::BackendRejected { code, message, .. } => ErrorFields::error(intern_code(code), message.clone()),
+            Error::BackendRejected { code, message, .. } => {
+                ErrorFields::error(intern_code(code), message.clone())
+            }
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
         encode::error_response(&mut self.out, &fields);
@@ -400,15 +365,13 @@ fn memchr_nul(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == 0)
 }
 
-fn note_param(view: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match view.iter_mut().find(|(n, _)| n == name) {
-        Some((_, v)) => value.clone_into(v),
-        None => view.push((name.to_owned(), value.to_owned())),
-    }
-}
-
 /// Reads what the socket has into the spare room of `buf` (at least `chunk` bytes of room).
-fn poll_fill(stream: &mut TcpStream, buf: &mut BytesMut, chunk: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+fn poll_fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     let start = buf.len();
     if buf.capacity() - start < chunk {
         buf.reserve(chunk);

@@ -21,6 +21,8 @@ use super::{Gucs, Session};
 use crate::config::{AuthMethod, PoolMode};
 use crate::core::Core;
 use crate::error::Error;
+use crate::pool::PoolKey;
+use crate::router;
 
 /// Auth messages are small; anything bigger is a protocol violation.
 const MAX_AUTH_MESSAGE: u32 = 8192;
@@ -58,14 +60,19 @@ impl Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
-        self.stream.write_all(bytes).await.map_err(|_| Refusal::Silent)
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|_| Refusal::Silent)
     }
 
     /// The next untagged startup packet.
     async fn startup_packet(&mut self) -> Result<bytes::Bytes, Refusal> {
         loop {
             match startup::peek_len(&self.buf) {
-                Ok(Some(len)) if self.buf.len() >= len => return Ok(self.buf.split_to(len).freeze()),
+                Ok(Some(len)) if self.buf.len() >= len => {
+                    return Ok(self.buf.split_to(len).freeze())
+                }
                 Ok(_) => self.fill().await?,
                 Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
             }
@@ -78,7 +85,9 @@ impl Conn {
             match split_frame(&mut self.buf, MAX_AUTH_MESSAGE) {
                 Ok(Some(f)) if f.tag == b'p' => return Ok(f),
                 Ok(Some(f)) if f.tag == b'X' => return Err(Refusal::Silent),
-                Ok(Some(_)) => return Err(ErrorFields::fatal("08P01", "expected a password response").into()),
+                Ok(Some(_)) => {
+                    return Err(ErrorFields::fatal("08P01", "expected a password response").into())
+                }
                 Ok(None) => self.fill().await?,
                 Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
             }
@@ -95,12 +104,19 @@ struct Startup {
 
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
 pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> {
-    let mut conn = Conn { stream, buf: BytesMut::new() };
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::new(),
+    };
     let limit = core.config.server.startup_timeout;
     let handshake = async { Ok(handshake(&core, &mut conn).await) };
     let outcome = match glommio::timer::timeout(limit, handshake).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(ErrorFields::fatal("08006", "startup did not finish within startup_timeout_ms").into()),
+        Err(_) => Err(ErrorFields::fatal(
+            "08006",
+            "startup did not finish within startup_timeout_ms",
+        )
+        .into()),
     };
     let st = match outcome {
         Ok(st) => st,
@@ -139,7 +155,12 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
     match session.login(secret).await {
         Ok(()) => Some(session),
         Err(e) => {
-            log::info!("session={} login failed: {} {}", session.pid, e.code, e.message);
+            log::info!(
+                "session={} login failed: {} {}",
+                session.pid,
+                e.code,
+                e.message
+            );
             session.send_error(&e).await;
             session.finish().await;
             None
@@ -169,20 +190,42 @@ async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal>
     // From here on the client is counted; every exit path must release it.
     let admitted = Admitted(core.clone());
     let user = msg.param("user").filter(|u| !u.is_empty());
-    let user = user.ok_or_else(|| ErrorFields::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
-    let database = msg.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
-    if msg.param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(ErrorFields::fatal("08P01", "pgpilot does not proxy replication connections").into());
+    let user = user.ok_or_else(|| {
+        ErrorFields::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let database = msg
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
+    if msg
+        .param("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(
+            ErrorFields::fatal("08P01", "pgpilot does not proxy replication connections").into(),
+        );
     }
     let gucs = Gucs::from_startup(&msg.params).map_err(|e| ErrorFields::fatal("22023", e))?;
-    let unknown: Vec<&str> = msg.params.iter().map(|(n, _)| *n).filter(|n| n.starts_with("_pq_.")).collect();
+    let unknown: Vec<&str> = msg
+        .params
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| n.starts_with("_pq_."))
+        .collect();
     if msg.minor > 0 || !unknown.is_empty() {
         let mut out = BytesMut::new();
         encode::negotiate_protocol_version(&mut out, 0, &unknown);
         conn.send(&out).await?;
     }
     authenticate(core, conn, user).await?;
-    let st = Startup { user: user.into(), database: database.into(), gucs };
+    let st = Startup {
+        user: user.into(),
+        database: database.into(),
+        gucs,
+    };
     // The session now owns the client count; `Session::finish` releases it.
     std::mem::forget(admitted);
     Ok(st)
@@ -200,12 +243,21 @@ impl Drop for Admitted {
 async fn authenticate(core: &Rc<Core>, conn: &mut Conn, user: &str) -> Result<(), Refusal> {
     let config = &core.config;
     let known = config.user(user);
-    let failed = || ErrorFields::fatal("28P01", format!("password authentication failed for user \"{user}\""));
+    let failed = || {
+        ErrorFields::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
     let mut out = BytesMut::new();
     match config.auth_method {
         AuthMethod::Trust => {
             if known.is_none() {
-                return Err(ErrorFields::fatal("28000", format!("role \"{user}\" is not served by pgpilot")).into());
+                return Err(ErrorFields::fatal(
+                    "28000",
+                    format!("role \"{user}\" is not served by pgpilot"),
+                )
+                .into());
             }
         }
         AuthMethod::Md5 => {
@@ -213,8 +265,14 @@ async fn authenticate(core: &Rc<Core>, conn: &mut Conn, user: &str) -> Result<()
             encode::auth_md5(&mut out, salt);
             conn.send(&out).await?;
             let frame = conn.password_frame().await?;
-            let got = frontend::password(frame.body()).map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
-            let ok = known.is_some_and(|u| scram::md5_matches(got, &scram::md5_password(user.as_bytes(), u.password.as_bytes(), salt)));
+            let got = frontend::password(frame.body())
+                .map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
+            let ok = known.is_some_and(|u| {
+                scram::md5_matches(
+                    got,
+                    &scram::md5_password(user.as_bytes(), u.password.as_bytes(), salt),
+                )
+            });
             if !ok {
                 return Err(failed().into());
             }
@@ -247,7 +305,11 @@ async fn scram_exchange(conn: &mut Conn, secret: &ScramSecret) -> Result<(), Ref
     let frame = conn.password_frame().await?;
     let init = SaslInitialResponse::parse(frame.body()).map_err(bad)?;
     if init.mechanism != scram::MECHANISM {
-        return Err(ErrorFields::fatal("28000", "client selected an invalid SASL authentication mechanism").into());
+        return Err(ErrorFields::fatal(
+            "28000",
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .into());
     }
     let mut server = ScramServer::new(secret);
     let first = server
@@ -271,19 +333,55 @@ impl Session {
     /// Logs the authenticated client in: a backend checks its parameters and provides the
     /// ParameterStatus set; then BackendKeyData and ReadyForQuery.
     async fn login(&mut self, secret: u32) -> Result<(), ErrorFields> {
+        if self.mode == PoolMode::Session || !self.login_from_cache() {
+            self.login_on_backend().await?;
+        }
+        encode::backend_key_data(&mut self.out, self.pid, secret);
+        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+        self.flush_out()
+            .await
+            .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
+        if self.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// Transaction mode, parameter set seen before on the primary's pool: no backend needed.
+    fn login_from_cache(&mut self) -> bool {
+        let Some(id) = router::pick(&self.core.state(), Target::Primary, 0) else {
+            return false;
+        };
+        let key = PoolKey {
+            backend_id: id,
+            user: self.user.clone(),
+            database: self.database.clone(),
+        };
+        let Some(params) = self.core.pool(key).login_params(self.gucs.hash) else {
+            return false;
+        };
+        for (name, value) in params.iter() {
+            encode::parameter_status(&mut self.out, name, value);
+        }
+        self.view = params.to_vec();
+        self.view_version = u64::MAX;
+        true
+    }
+
+    async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
         if let Err(e) = self.attach(Target::Primary).await {
             return Err(match e {
-                Error::BackendRejected { code, message, .. } => ErrorFields::fatal(intern_code(&code), message),
+                Error::BackendRejected { code, message, .. } => {
+                    ErrorFields::fatal(intern_code(&code), message)
+                }
                 Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
                 e => ErrorFields::fatal("08006", e.to_string()),
             });
         }
         self.finish_setup().await?;
-        encode::backend_key_data(&mut self.out, self.pid, secret);
-        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
-        self.flush_out().await.map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
-        if self.mode == PoolMode::Transaction {
-            self.release();
+        if let Some(att) = &self.attached {
+            att.pool
+                .remember_login(self.gucs.hash, &att.backend.params.list);
         }
         Ok(())
     }
@@ -291,6 +389,12 @@ impl Session {
 
 /// SQLSTATEs we pass on from backends at login, as `&'static str`.
 pub(super) fn intern_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &["3D000", "28P01", "28000", "53300", "57P03", "42704", "22023", "0A000", "55P02", "42501"];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("08006")
+    const KNOWN: &[&str] = &[
+        "3D000", "28P01", "28000", "53300", "57P03", "42704", "22023", "0A000", "55P02", "42501",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("08006")
 }

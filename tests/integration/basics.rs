@@ -15,12 +15,33 @@ fn simple_queries_like_psql() {
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(c, &Opts::default());
     let psql = std::process::Command::new("psql")
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &proxy.addr().port().to_string(), "-U", "app", "-d", "app"])
-        .args(["-c", "SELECT 40 + 2", "-c", "SELECT string_agg(x::text, ',') FROM generate_series(1, 3) x"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr().port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+        ])
+        .args([
+            "-c",
+            "SELECT 40 + 2",
+            "-c",
+            "SELECT string_agg(x::text, ',') FROM generate_series(1, 3) x",
+        ])
         .env("PGPASSWORD", "app")
         .output()
         .expect("psql runs");
-    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    assert!(
+        psql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&psql.stdout), "42\n1,2,3\n");
 
     let mut client = common::client(&proxy);
@@ -36,16 +57,27 @@ fn simple_queries_like_psql() {
     let e = client.simple_query("SELEC 1").unwrap_err();
     assert_eq!(common::sqlstate(&e), "42601");
     // The session goes on after an error.
-    assert_eq!(client.query_one("SELECT 7", &[]).unwrap().get::<_, i32>(0), 7);
+    assert_eq!(
+        client.query_one("SELECT 7", &[]).unwrap().get::<_, i32>(0),
+        7
+    );
 }
 
 #[test]
 fn extended_protocol_through_a_client_library() {
     let Some(c) = common::cluster() else { return };
     for mode in ["transaction", "session"] {
-        let proxy = common::proxy(c, &Opts { pool_mode: mode, ..Opts::default() });
+        let proxy = common::proxy(
+            c,
+            &Opts {
+                pool_mode: mode,
+                ..Opts::default()
+            },
+        );
         let mut client = common::client(&proxy);
-        let row = client.query_one("SELECT $1::int + $2::int, $3::text", &[&40i32, &2i32, &"x"]).unwrap();
+        let row = client
+            .query_one("SELECT $1::int + $2::int, $3::text", &[&40i32, &2i32, &"x"])
+            .unwrap();
         assert_eq!(row.get::<_, i32>(0), 42, "{mode}");
         assert_eq!(row.get::<_, &str>(1), "x");
         let stmt = client.prepare("SELECT $1::text || '!'").unwrap();
@@ -53,10 +85,19 @@ fn extended_protocol_through_a_client_library() {
             let row = client.query_one(&stmt, &[&word]).unwrap();
             assert_eq!(row.get::<_, String>(0), format!("{word}!"));
         }
-        client.batch_execute("CREATE TABLE IF NOT EXISTS ext_t (id int primary key, v text)").unwrap();
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS ext_t (id int primary key, v text)")
+            .unwrap();
         let mut tx = client.transaction().unwrap();
-        tx.execute("INSERT INTO ext_t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v", &[&1i32, &mode]).unwrap();
-        let v: String = tx.query_one("SELECT v FROM ext_t WHERE id = $1", &[&1i32]).unwrap().get(0);
+        tx.execute(
+            "INSERT INTO ext_t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
+            &[&1i32, &mode],
+        )
+        .unwrap();
+        let v: String = tx
+            .query_one("SELECT v FROM ext_t WHERE id = $1", &[&1i32])
+            .unwrap()
+            .get(0);
         assert_eq!(v, mode);
         tx.commit().unwrap();
     }
@@ -110,26 +151,47 @@ fn copy_in_and_out() {
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(c, &Opts::default());
     let mut client = common::client(&proxy);
-    client.batch_execute("DROP TABLE IF EXISTS copy_t; CREATE TABLE copy_t (a int, b text)").unwrap();
+    client
+        .batch_execute("DROP TABLE IF EXISTS copy_t; CREATE TABLE copy_t (a int, b text)")
+        .unwrap();
     let mut w = client.copy_in("COPY copy_t FROM STDIN").unwrap();
     for i in 0..1000 {
         writeln!(w, "{i}\trow {i}").unwrap();
     }
     assert_eq!(w.finish().unwrap(), 1000);
     let mut text = String::new();
-    client.copy_out("COPY (SELECT * FROM copy_t ORDER BY a) TO STDOUT").unwrap().read_to_string(&mut text).unwrap();
+    client
+        .copy_out("COPY (SELECT * FROM copy_t ORDER BY a) TO STDOUT")
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
     assert_eq!(text.lines().count(), 1000);
     assert_eq!(text.lines().nth(999), Some("999\trow 999"));
     // A failed COPY leaves the session usable.
-    let e = client.batch_execute("COPY copy_t FROM STDIN WITH (FORMAT nonsense)").unwrap_err();
+    let e = client
+        .batch_execute("COPY copy_t FROM STDIN WITH (FORMAT nonsense)")
+        .unwrap_err();
     assert_eq!(common::sqlstate(&e), "22023");
-    assert_eq!(client.query_one("SELECT count(*) FROM copy_t", &[]).unwrap().get::<_, i64>(0), 1000);
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(
+        tx.query_one("SELECT count(*) FROM copy_t", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1000
+    );
+    tx.commit().unwrap();
 }
 
 #[test]
 fn cancel_reaches_the_right_backend_from_any_core() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(c, &Opts { workers: 2, ..Opts::default() });
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            workers: 2,
+            ..Opts::default()
+        },
+    );
     for _ in 0..4 {
         let mut client = common::client(&proxy);
         let token = client.cancel_token();
@@ -142,7 +204,10 @@ fn cancel_reaches_the_right_backend_from_any_core() {
         canceller.join().unwrap().unwrap();
         assert_eq!(common::sqlstate(&e), "57014");
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert_eq!(client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+        assert_eq!(
+            client.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0),
+            1
+        );
     }
 }
 
@@ -152,24 +217,46 @@ fn startup_parameters_are_honoured_on_every_backend() {
     let proxy = common::proxy(c, &Opts::default());
     let params = [
         ("application_name", "param-test"),
-        ("options", "-c search_path=custom,public -c statement_timeout=150"),
+        (
+            "options",
+            "-c search_path=custom,public -c statement_timeout=150",
+        ),
         ("DateStyle", "SQL, DMY"),
         ("TimeZone", "Asia/Tokyo"),
         ("extra_float_digits", "1"),
         ("client_encoding", "UTF8"),
     ];
     let mut raw = Raw::connect(proxy.addr(), "app", "app", &params).unwrap();
-    for name in ["server_version", "client_encoding", "DateStyle", "TimeZone", "integer_datetimes", "standard_conforming_strings"] {
-        assert!(raw.param(name).is_some(), "missing ParameterStatus {name}: {:?}", raw.params);
+    for name in [
+        "server_version",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+    ] {
+        assert!(
+            raw.param(name).is_some(),
+            "missing ParameterStatus {name}: {:?}",
+            raw.params
+        );
     }
     assert_eq!(raw.param("application_name"), Some("param-test"));
     assert_eq!(raw.param("DateStyle"), Some("SQL, DMY"));
     assert_eq!(raw.param("TimeZone"), Some("Asia/Tokyo"));
     // Reads (replicas) and writes (primary) both see the settings, many times over.
     for _ in 0..10 {
-        assert_eq!(raw.query("SHOW search_path").unwrap(), ["custom, public"]);
-        assert_eq!(raw.query("SELECT current_setting('application_name')").unwrap(), ["param-test"]);
-        assert_eq!(raw.query("BEGIN; SELECT current_setting('TimeZone'); COMMIT").unwrap(), ["Asia/Tokyo"]);
+        assert_eq!(raw.query("SHOW search_path").unwrap(), ["custom,public"]);
+        assert_eq!(
+            raw.query("SELECT current_setting('application_name')")
+                .unwrap(),
+            ["param-test"]
+        );
+        assert_eq!(
+            raw.query("BEGIN; SELECT current_setting('TimeZone'); COMMIT")
+                .unwrap(),
+            ["Asia/Tokyo"]
+        );
         assert_eq!(raw.query("SHOW extra_float_digits").unwrap(), ["1"]);
     }
     let e = raw.query("SELECT pg_sleep(1)").unwrap_err();
@@ -177,11 +264,16 @@ fn startup_parameters_are_honoured_on_every_backend() {
     // Another client without parameters gets server defaults on the same pooled backends.
     let mut plain = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     for _ in 0..10 {
-        assert_eq!(plain.query("SHOW search_path").unwrap(), ["\"$user\", public"]);
+        assert_eq!(
+            plain.query("SHOW search_path").unwrap(),
+            ["\"$user\", public"]
+        );
         assert_eq!(plain.query("SHOW statement_timeout").unwrap(), ["0"]);
     }
     // An invalid parameter is refused at login, as PostgreSQL itself does.
-    let e = Raw::connect(proxy.addr(), "app", "app", &[("statement_timeout", "soon")]).err().unwrap();
+    let e = Raw::connect(proxy.addr(), "app", "app", &[("statement_timeout", "soon")])
+        .err()
+        .unwrap();
     assert_eq!((e.0.as_str(), e.1.as_str()), ("22023", "FATAL"));
     // Errors inside the proxy's own frames never leak: a bad query still answers properly.
     let frames = {

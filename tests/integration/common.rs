@@ -37,7 +37,9 @@ pub fn cluster() -> Option<&'static Cluster> {
             let _ = std::fs::remove_dir_all(&dir);
             match LocalCluster::create(&dir, 2) {
                 Ok(c) => {
-                    let info = Cluster { ports: c.ports.clone() };
+                    let info = Cluster {
+                        ports: c.ports.clone(),
+                    };
                     *RUNNING.lock().unwrap() = Some(c);
                     register_atexit();
                     Some(info)
@@ -67,18 +69,28 @@ fn register_atexit() {
 
 /// Stops clusters left by test binaries that died without running their exit handler.
 fn remove_stale_clusters() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("pgpilot-test-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name
+            .strip_prefix("pgpilot-test-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if PathBuf::from(format!("/proc/{pid}")).exists() {
             continue;
         }
         for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
             if sub.path().join("postmaster.pid").exists() {
-                let pidfile = std::fs::read_to_string(sub.path().join("postmaster.pid")).unwrap_or_default();
+                let pidfile =
+                    std::fs::read_to_string(sub.path().join("postmaster.pid")).unwrap_or_default();
                 if let Some(pm) = pidfile.lines().next() {
-                    let _ = std::process::Command::new("kill").args(["-QUIT", pm.trim()]).output();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-QUIT", pm.trim()])
+                        .output();
                 }
             }
         }
@@ -123,10 +135,16 @@ pub fn config_text(c: &Cluster, o: &Opts) -> String {
         o.workers, o.pool_mode, o.max_clients, o.max_message_bytes, o.auth, o.pool_size, o.checkout_timeout_ms
     );
     for (name, password, _, _) in pgpilot::cluster::ROLES {
-        t.push_str(&format!("\n[[users]]\nname = \"{name}\"\npassword = \"{password}\"\n"));
+        t.push_str(&format!(
+            "\n[[users]]\nname = \"{name}\"\npassword = \"{password}\"\n"
+        ));
     }
     for (i, port) in c.ports.iter().enumerate() {
-        let (role, weight) = if i == 0 { ("primary", 0) } else { ("replica", o.replica_weights[i - 1]) };
+        let (role, weight) = if i == 0 {
+            ("primary", 0)
+        } else {
+            ("replica", o.replica_weights[i - 1])
+        };
         t.push_str(&format!("\n[[backends]]\nname = \"b{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\nweight = {weight}\n"));
     }
     t
@@ -135,23 +153,30 @@ pub fn config_text(c: &Cluster, o: &Opts) -> String {
 /// A proxy in front of the test cluster.
 pub fn proxy(c: &Cluster, o: &Opts) -> Proxy {
     let _ = env_logger::builder().is_test(true).try_init();
-    let config: Arc<Config> = Config::parse(&config_text(c, o), std::path::Path::new("test.toml")).expect("test config is valid");
+    let config: Arc<Config> = Config::parse(&config_text(c, o), std::path::Path::new("test.toml"))
+        .expect("test config is valid");
     Proxy::start(config).expect("proxy starts")
 }
 
 /// A connection string for the postgres crate.
 pub fn dsn(port: u16, user: &str, password: &str) -> String {
-    format!("host=127.0.0.1 port={port} user={user} password={password} dbname=app connect_timeout=10")
+    format!(
+        "host=127.0.0.1 port={port} user={user} password={password} dbname=app connect_timeout=10"
+    )
 }
 
 /// A client through the proxy as `app`.
 pub fn client(proxy: &Proxy) -> postgres::Client {
-    postgres::Client::connect(&dsn(proxy.addr().port(), "app", "app"), postgres::NoTls).expect("connect through the proxy")
+    postgres::Client::connect(&dsn(proxy.addr().port(), "app", "app"), postgres::NoTls)
+        .expect("connect through the proxy")
 }
 
 /// A superuser client straight to server `i` (0 = primary).
 pub fn direct(c: &Cluster, i: usize) -> postgres::Client {
-    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=app", c.ports[i]);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        c.ports[i]
+    );
     postgres::Client::connect(&dsn, postgres::NoTls).expect("connect to the server")
 }
 
@@ -169,5 +194,7 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The SQLSTATE of a postgres crate error.
 pub fn sqlstate(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }

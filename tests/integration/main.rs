@@ -1,5 +1,8 @@
 //! Integration tests: pgpilot in-process in front of a real primary and two streaming replicas.
 
+// Test helpers panic on purpose, and run on plain threads where sleeping blocks no executor.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 mod common;
 mod raw;
 

@@ -12,11 +12,27 @@ fn pgbench_data(c: &Cluster) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let out = Command::new("pgbench")
-            .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &c.ports[0].to_string(), "-U", "app", "app"])
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &c.ports[0].to_string(),
+                "-U",
+                "app",
+                "app",
+            ])
             .env("PGPASSWORD", "app")
             .output()
             .expect("pgbench runs");
-        assert!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for i in 1..c.ports.len() {
             let mut replica = common::direct(c, i);
             assert!(common::eventually(Duration::from_secs(30), || {
@@ -31,16 +47,40 @@ fn pgbench_data(c: &Cluster) {
 
 fn run_pgbench(port: u16, args: &[&str]) -> String {
     let out = Command::new("pgbench")
-        .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-c", "8", "-j", "2", "-t", "150"])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "app",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-t",
+            "150",
+        ])
         .args(args)
         .arg("app")
         .env("PGPASSWORD", "app")
         .output()
         .expect("pgbench runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    assert!(text.contains("number of failed transactions: 0 "), "pgbench {args:?}:\n{text}");
-    assert!(text.contains("number of transactions actually processed: 1200/1200"), "pgbench {args:?}:\n{text}");
+    assert!(
+        text.contains("number of failed transactions: 0 "),
+        "pgbench {args:?}:\n{text}"
+    );
+    assert!(
+        text.contains("number of transactions actually processed: 1200/1200"),
+        "pgbench {args:?}:\n{text}"
+    );
     text
 }
 
@@ -48,7 +88,13 @@ fn run_pgbench(port: u16, args: &[&str]) -> String {
 fn pgbench_in_transaction_mode() {
     let Some(c) = common::cluster() else { return };
     pgbench_data(c);
-    let proxy = common::proxy(c, &Opts { pool_size: 4, ..Opts::default() });
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_size: 4,
+            ..Opts::default()
+        },
+    );
     for protocol in ["simple", "extended"] {
         run_pgbench(proxy.addr().port(), &["-S", "-M", protocol]);
         run_pgbench(proxy.addr().port(), &["-M", protocol]);
@@ -59,7 +105,14 @@ fn pgbench_in_transaction_mode() {
 fn pgbench_in_session_mode() {
     let Some(c) = common::cluster() else { return };
     pgbench_data(c);
-    let proxy = common::proxy(c, &Opts { pool_mode: "session", pool_size: 10, ..Opts::default() });
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_mode: "session",
+            pool_size: 20,
+            ..Opts::default()
+        },
+    );
     for protocol in ["simple", "extended", "prepared"] {
         run_pgbench(proxy.addr().port(), &["-S", "-M", protocol]);
         run_pgbench(proxy.addr().port(), &["-M", protocol]);

@@ -34,11 +34,23 @@ pub fn error_of(frame: &Frame) -> Option<(String, String, String)> {
 
 impl Raw {
     /// Connects and logs in; `Err` holds the ErrorResponse the server sent instead.
-    pub fn connect(addr: SocketAddr, user: &str, password: &str, params: &[(&str, &str)]) -> Result<Raw, (String, String, String)> {
+    pub fn connect(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Raw, (String, String, String)> {
         let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        let mut raw = Raw { stream, buf: BytesMut::new(), params: Vec::new(), key: (0, 0) };
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            params: Vec::new(),
+            key: (0, 0),
+        };
         let mut startup = vec![("user", user), ("database", "app")];
         startup.extend_from_slice(params);
         let mut out = BytesMut::new();
@@ -62,15 +74,24 @@ impl Raw {
                         let reply = scram.as_mut().unwrap().handle_server_first(data).unwrap();
                         encode::sasl_response(&mut out, &reply);
                     }
-                    Authentication::SaslFinal { data } => scram.as_ref().unwrap().verify_server_final(data).unwrap(),
-                    Authentication::Md5Password { salt } => {
-                        encode::password_message(&mut out, &md5_password(user.as_bytes(), password.as_bytes(), salt));
+                    Authentication::SaslFinal { data } => {
+                        scram.as_ref().unwrap().verify_server_final(data).unwrap()
                     }
-                    Authentication::CleartextPassword => encode::password_message(&mut out, password.as_bytes()),
+                    Authentication::Md5Password { salt } => {
+                        encode::password_message(
+                            &mut out,
+                            &md5_password(user.as_bytes(), password.as_bytes(), salt),
+                        );
+                    }
+                    Authentication::CleartextPassword => {
+                        encode::password_message(&mut out, password.as_bytes())
+                    }
                     Authentication::Ok => {}
                     other => panic!("unexpected auth request {other:?}"),
                 },
-                BackendMessage::ParameterStatus { name, value } => raw.params.push((name.into(), value.into())),
+                BackendMessage::ParameterStatus { name, value } => {
+                    raw.params.push((name.into(), value.into()))
+                }
                 BackendMessage::BackendKeyData { pid, secret } => raw.key = (pid, secret),
                 BackendMessage::ReadyForQuery { .. } => return Ok(raw),
                 _ => {}
@@ -82,7 +103,10 @@ impl Raw {
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -135,7 +159,11 @@ pub fn rows_of(frames: &[Frame]) -> Result<Vec<String>, (String, String, String)
         if f.tag == b'D' {
             let body = f.body();
             let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
-            rows.push(if len < 0 { "NULL".into() } else { String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned() });
+            rows.push(if len < 0 {
+                "NULL".into()
+            } else {
+                String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned()
+            });
         }
     }
     Ok(rows)

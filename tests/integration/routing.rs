@@ -13,19 +13,35 @@ fn autocommit_reads_land_on_replicas_and_writes_on_the_primary() {
     let proxy = common::proxy(c, &Opts::default());
     let mut client = common::client(&proxy);
     for _ in 0..20 {
-        assert!(in_recovery(&mut client, "SELECT pg_is_in_recovery()"), "a plain read goes to a replica");
+        assert!(
+            in_recovery(&mut client, "SELECT pg_is_in_recovery()"),
+            "a plain read goes to a replica"
+        );
     }
     // Locking reads and writing functions are writes.
-    assert!(!in_recovery(&mut client, "SELECT pg_is_in_recovery() FROM (SELECT 1) s FOR UPDATE"));
-    client.batch_execute("CREATE SEQUENCE IF NOT EXISTS route_seq").unwrap();
-    let row = client.query_one("SELECT nextval('route_seq') > 0, pg_is_in_recovery()", &[]).unwrap();
+    assert!(!in_recovery(
+        &mut client,
+        "SELECT pg_is_in_recovery() FROM (SELECT 1) s FOR UPDATE"
+    ));
+    client
+        .batch_execute("CREATE SEQUENCE IF NOT EXISTS route_seq")
+        .unwrap();
+    let row = client
+        .query_one("SELECT nextval('route_seq') > 0, pg_is_in_recovery()", &[])
+        .unwrap();
     assert!(!row.get::<_, bool>(1), "nextval runs on the primary");
     // Both replicas take reads (weights 1:1).
     let mut ports = std::collections::HashSet::new();
     for _ in 0..60 {
-        ports.insert(client.query_one("SELECT inet_server_port()", &[]).unwrap().get::<_, i32>(0));
+        ports.insert(
+            client
+                .query_one("SELECT inet_server_port()", &[])
+                .unwrap()
+                .get::<_, i32>(0),
+        );
     }
-    let replicas: std::collections::HashSet<i32> = c.ports[1..].iter().map(|p| i32::from(*p)).collect();
+    let replicas: std::collections::HashSet<i32> =
+        c.ports[1..].iter().map(|p| i32::from(*p)).collect();
     assert_eq!(ports, replicas);
 }
 
@@ -34,7 +50,8 @@ fn transactions_go_to_the_primary_unless_read_only() {
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(c, &Opts::default());
     let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
-    raw.query("CREATE TABLE IF NOT EXISTS route_t (v int)").unwrap();
+    raw.query("CREATE TABLE IF NOT EXISTS route_t (v int)")
+        .unwrap();
     raw.query("BEGIN").unwrap();
     assert_eq!(raw.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
     raw.query("INSERT INTO route_t VALUES (1)").unwrap();
@@ -43,8 +60,11 @@ fn transactions_go_to_the_primary_unless_read_only() {
 
     raw.query("BEGIN READ ONLY").unwrap();
     assert_eq!(raw.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
-    let e = raw.query("INSERT INTO route_t VALUES (2)").unwrap_err();
-    assert_eq!(e.0, "25006", "a write in a read-only block fails as PostgreSQL says");
+    let e = raw.query("CREATE TABLE route_ro (v int)").unwrap_err();
+    assert_eq!(
+        e.0, "25006",
+        "a write in a read-only block fails as PostgreSQL says"
+    );
     raw.query("ROLLBACK").unwrap();
 
     raw.query("START TRANSACTION READ ONLY").unwrap();
@@ -54,7 +74,9 @@ fn transactions_go_to_the_primary_unless_read_only() {
     // Extended protocol: a statement's route is decided by its Parse.
     let mut client = common::client(&proxy);
     let read = client.prepare("SELECT pg_is_in_recovery()").unwrap();
-    let write = client.prepare("INSERT INTO route_t VALUES ($1) RETURNING pg_is_in_recovery()").unwrap();
+    let write = client
+        .prepare("INSERT INTO route_t VALUES ($1) RETURNING pg_is_in_recovery()")
+        .unwrap();
     for i in 0..5 {
         assert!(client.query_one(&read, &[]).unwrap().get::<_, bool>(0));
         assert!(!client.query_one(&write, &[&i]).unwrap().get::<_, bool>(0));
@@ -64,7 +86,13 @@ fn transactions_go_to_the_primary_unless_read_only() {
 #[test]
 fn reads_fall_back_to_the_primary_without_replicas() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(c, &Opts { replica_weights: [0, 0], ..Opts::default() });
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            replica_weights: [0, 0],
+            ..Opts::default()
+        },
+    );
     let mut client = common::client(&proxy);
     assert!(!in_recovery(&mut client, "SELECT pg_is_in_recovery()"));
 }

@@ -45,15 +45,35 @@ fn writes_and_locks_go_to_the_primary() {
     check("select * from t for share", Primary, LockingClause);
     check("SELECT * FROM t FOR KEY SHARE", Primary, LockingClause);
     check("SELECT * INTO t2 FROM t", Primary, SelectInto);
-    check("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Primary, WriteCte);
-    check("WITH a AS (WITH b AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1) SELECT 1", Primary, WriteCte);
-    check("WITH u AS (UPDATE t SET a = 1 RETURNING 1) SELECT 1", Primary, WriteCte);
+    check(
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        Primary,
+        WriteCte,
+    );
+    check(
+        "WITH a AS (WITH b AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT 1) SELECT 1",
+        Primary,
+        WriteCte,
+    );
+    check(
+        "WITH u AS (UPDATE t SET a = 1 RETURNING 1) SELECT 1",
+        Primary,
+        WriteCte,
+    );
     check("SELECT nextval('s')", Primary, WriteFunction);
     check("SELECT public.nextval('s')", Primary, WriteFunction);
     check("SELECT \"nextval\"('s')", Primary, WriteFunction);
     check("SELECT pg_advisory_lock(1)", Primary, WriteFunction);
-    check("SELECT PG_TRY_ADVISORY_XACT_LOCK(1)", Primary, WriteFunction);
-    check("SELECT set_config('a.b', '1', false)", Primary, WriteFunction);
+    check(
+        "SELECT PG_TRY_ADVISORY_XACT_LOCK(1)",
+        Primary,
+        WriteFunction,
+    );
+    check(
+        "SELECT set_config('a.b', '1', false)",
+        Primary,
+        WriteFunction,
+    );
     check("UPDATE t SET a = 1", Primary, Write);
     check("insert into t values (1)", Primary, Write);
     check("CREATE TABLE t (a int)", Primary, Write);
@@ -75,15 +95,28 @@ fn transactions() {
     check("BEGIN", Primary, Write);
     check("BEGIN READ ONLY", Replica, ReadOnlyTransaction);
     check("START TRANSACTION READ ONLY", Replica, ReadOnlyTransaction);
-    check("begin transaction isolation level repeatable read read only", Replica, ReadOnlyTransaction);
-    check("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Primary, Write);
+    check(
+        "begin transaction isolation level repeatable read read only",
+        Replica,
+        ReadOnlyTransaction,
+    );
+    check(
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        Primary,
+        Write,
+    );
     check("BEGIN READ WRITE", Primary, Write);
     check("BEGIN READ ONLY; SELECT 1", Replica, ReadOnlyTransaction);
 }
 
 #[test]
 fn wrapping_a_write_never_makes_it_a_read() {
-    let writes = ["UPDATE t SET a = 1", "SELECT nextval('s')", "SELECT * FROM t FOR UPDATE", "DELETE FROM t"];
+    let writes = [
+        "UPDATE t SET a = 1",
+        "SELECT nextval('s')",
+        "SELECT * FROM t FOR UPDATE",
+        "DELETE FROM t",
+    ];
     for w in writes {
         for wrapped in [
             format!("/* SELECT */ {w}"),
