@@ -41,7 +41,9 @@ fn framing(c: &mut Criterion) {
             black_box(n)
         })
     });
-    g.bench_function("scan", |b| b.iter(|| black_box(FrameScan::new(black_box(&wire), 1 << 30).count())));
+    g.bench_function("scan", |b| {
+        b.iter(|| black_box(FrameScan::new(black_box(&wire), 1 << 30).count()))
+    });
     g.finish();
 }
 
@@ -74,7 +76,11 @@ fn scram(c: &mut Criterion) {
         let (_, first) = ScramClient::new(b"app");
         b.iter(|| {
             let mut server = ScramServer::new(&secret);
-            black_box(server.handle_client_first(black_box(&first)).expect("valid first"))
+            black_box(
+                server
+                    .handle_client_first(black_box(&first))
+                    .expect("valid first"),
+            )
         })
     });
     // Both sides of a whole login with a pre-derived server secret: what a churning client
@@ -84,9 +90,13 @@ fn scram(c: &mut Criterion) {
             let mut server = ScramServer::new(&secret);
             let (mut client, first) = ScramClient::new(b"app");
             let sf = server.handle_client_first(&first).expect("valid first");
-            let cf = client.handle_server_first(sf.as_bytes()).expect("valid server first");
+            let cf = client
+                .handle_server_first(sf.as_bytes())
+                .expect("valid server first");
             let fin = server.handle_client_final(&cf).expect("right password");
-            client.verify_server_final(fin.as_bytes()).expect("server proves itself")
+            client
+                .verify_server_final(fin.as_bytes())
+                .expect("server proves itself")
         })
     });
 }

@@ -500,7 +500,10 @@ role = "primary"
     fn shipped_examples_are_valid() {
         for (name, text) in [
             ("pgpilot.toml", include_str!("../config/pgpilot.toml")),
-            ("rds-example.toml", include_str!("../config/rds-example.toml")),
+            (
+                "rds-example.toml",
+                include_str!("../config/rds-example.toml"),
+            ),
         ] {
             parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

@@ -22,6 +22,8 @@ use crate::pool::{core_share, Pool, PoolKey};
 
 /// How often a core looks at its control channel.
 const CONTROL_TICK: Duration = Duration::from_millis(5);
+/// How long a core leaves alone a replica it could not reach.
+const BENCH_TIME: Duration = Duration::from_secs(5);
 /// How often idle backend connections are reaped.
 const REAP_TICK: Duration = Duration::from_secs(1);
 
@@ -58,6 +60,8 @@ pub struct Core {
     clients: Arc<AtomicUsize>,
     /// Channels to every core (including this one), to forward CancelRequests.
     peers: Vec<Sender<CoreMsg>>,
+    /// Replicas this core failed to reach, and until when it leaves them alone.
+    benched: RefCell<HashMap<usize, Instant>>,
     shutting_down: Cell<bool>,
     shutdown_wakers: RefCell<HashMap<u32, Waker>>,
     rng: Cell<u64>,
@@ -84,6 +88,7 @@ impl Core {
             next_session: Cell::new(0),
             clients,
             peers,
+            benched: RefCell::new(HashMap::new()),
             shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
@@ -93,6 +98,23 @@ impl Core {
     /// The current cluster snapshot.
     pub fn state(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()
+    }
+
+    /// Leaves a backend this core failed to reach alone for a moment (until health checks
+    /// decide for the whole proxy).
+    pub fn bench(&self, backend_id: usize) {
+        self.benched
+            .borrow_mut()
+            .insert(backend_id, Instant::now() + BENCH_TIME);
+    }
+
+    /// Whether this core is leaving a backend alone right now.
+    pub fn is_benched(&self, backend_id: usize) -> bool {
+        let benched = self.benched.borrow();
+        match benched.get(&backend_id) {
+            None => false,
+            Some(until) => *until > Instant::now(),
+        }
     }
 
     /// A fast non-cryptographic random number (xorshift), for weighted picks.

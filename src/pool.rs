@@ -98,7 +98,15 @@ impl Pool {
                 let permits = self.permits.clone();
                 glommio::timer::timeout(wait, async move { permits.acquire_static_permit(1).await })
                     .await
-                    .map_err(|_| Error::PoolTimeout)?
+                    .map_err(|_| {
+                        log::debug!(
+                            "pool {:?}: no permit within {wait:?} ({} idle, {} permits free)",
+                            self.key,
+                            self.idle.borrow().len(),
+                            self.permits.available()
+                        );
+                        Error::PoolTimeout
+                    })?
             }
         };
         let now = Instant::now();

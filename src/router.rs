@@ -4,12 +4,18 @@
 use pgpilot_protocol::classify::Target;
 
 use crate::config::Role;
-use crate::control::{ClusterState, Status};
+use crate::control::{BackendState, ClusterState, Status};
 
-/// The backend id for `target`; `roll` is a uniformly random number for the weighted pick.
-/// Reads go to the primary when no replica with weight is up.
-pub fn pick(state: &ClusterState, target: Target, roll: u64) -> Option<usize> {
-    let usable = |b: &&crate::control::BackendState| b.status == Status::Up && b.addr.is_some();
+/// The backend id for `target`; `roll` is a uniformly random number for the weighted pick;
+/// `benched` says which backends this core saw fail a moment ago. Reads go to the primary when
+/// no replica with weight is usable.
+pub fn pick(
+    state: &ClusterState,
+    target: Target,
+    roll: u64,
+    benched: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let usable = |b: &&BackendState| b.status == Status::Up && b.addr.is_some() && !benched(b.id);
     if target == Target::Replica {
         let total: u64 = state
             .backends
@@ -39,7 +45,6 @@ pub fn pick(state: &ClusterState, target: Target, roll: u64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::BackendState;
 
     fn state(weights: &[(Role, u32, Status)]) -> ClusterState {
         let backends = weights
@@ -64,12 +69,25 @@ mod tests {
             (Role::Replica, 1, Status::Up),
             (Role::Replica, 3, Status::Up),
         ]);
-        assert_eq!(pick(&s, Target::Primary, 7), Some(0));
+        assert_eq!(pick(&s, Target::Primary, 7, |_| false), Some(0));
         let mut counts = [0; 3];
         for roll in 0..400 {
-            counts[pick(&s, Target::Replica, roll).unwrap()] += 1;
+            counts[pick(&s, Target::Replica, roll, |_| false).unwrap()] += 1;
         }
         assert_eq!(counts, [0, 100, 300]);
+    }
+
+    #[test]
+    fn benched_replicas_are_skipped() {
+        let s = state(&[
+            (Role::Primary, 0, Status::Up),
+            (Role::Replica, 1, Status::Up),
+            (Role::Replica, 1, Status::Up),
+        ]);
+        for roll in 0..10 {
+            assert_eq!(pick(&s, Target::Replica, roll, |id| id == 1), Some(2));
+        }
+        assert_eq!(pick(&s, Target::Replica, 0, |id| id != 0), Some(0));
     }
 
     #[test]
@@ -79,6 +97,6 @@ mod tests {
             (Role::Replica, 1, Status::Down),
             (Role::Replica, 0, Status::Up),
         ]);
-        assert_eq!(pick(&s, Target::Replica, 3), Some(0));
+        assert_eq!(pick(&s, Target::Replica, 3, |_| false), Some(0));
     }
 }

@@ -25,7 +25,9 @@ impl Session {
         let mut target = target;
         let mut retries = 1;
         loop {
-            let id = router::pick(&state, target, self.core.roll()).ok_or(Error::NoBackend)?;
+            let core = &self.core;
+            let id = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
+                .ok_or(Error::NoBackend)?;
             let on_replica = state
                 .backends
                 .get(id)

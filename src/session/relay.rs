@@ -264,7 +264,7 @@ impl Session {
                     if name.is_empty() {
                         self.unnamed = t;
                     } else {
-                        let stmt = Stmt::from_parse(body, name.len(), t);
+                        let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
                         self.statements
                             .insert(bytes::Bytes::copy_from_slice(name), stmt);
                     }
@@ -333,6 +333,16 @@ impl Session {
             batch = rw.unit(batch, &mut self.statements);
             att.pending -= rw.ignored_syncs.min(att.pending);
         }
+        log::trace!(
+            "session={} -> backend {}: {:?} pending={} slots={:?}",
+            self.pid,
+            att.backend.key.0,
+            FrameScan::new(&batch, u32::MAX)
+                .map(|(_, h)| h.tag as char)
+                .collect::<String>(),
+            att.pending,
+            att.slots
+        );
         if !batch.is_empty() {
             if let Err(Error::Backend { source, .. }) = att.backend.send(&batch).await {
                 return self.backend_lost(source).await;

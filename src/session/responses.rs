@@ -159,6 +159,16 @@ impl Session {
         let raw = att.backend.rbuf.split_to(consumed).freeze();
         let batch = if changed { out.freeze() } else { raw };
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
+        log::trace!(
+            "session={} <- backend {}: {:?} pending={} slots={:?} idle={idle}",
+            self.pid,
+            att.backend.key.0,
+            FrameScan::new(&batch, u32::MAX)
+                .map(|(_, h)| h.tag as char)
+                .collect::<String>(),
+            att.pending,
+            att.slots
+        );
         let settled = att.pending == 0 && att.hidden == 0;
         self.flush_out().await?;
         if !batch.is_empty() {

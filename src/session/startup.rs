@@ -349,7 +349,7 @@ impl Session {
 
     /// Transaction mode, parameter set seen before on the primary's pool: no backend needed.
     fn login_from_cache(&mut self) -> bool {
-        let Some(id) = router::pick(&self.core.state(), Target::Primary, 0) else {
+        let Some(id) = router::pick(&self.core.state(), Target::Primary, 0, |_| false) else {
             return false;
         };
         let key = PoolKey {

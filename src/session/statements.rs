@@ -26,9 +26,12 @@ pub(super) struct Stmt {
 
 impl Stmt {
     /// Builds the record of a Parse body whose statement name is `name_len` bytes long.
-    pub fn from_parse(body: &[u8], name_len: usize, target: Target) -> Stmt {
+    /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
+    /// the meaning of the same text (search_path) from sharing a backend statement.
+    pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
         let rest = &body[name_len + 1..];
         let mut h = DefaultHasher::new();
+        scope.hash(&mut h);
         rest.hash(&mut h);
         Stmt {
             hash: h.finish(),
@@ -319,7 +322,7 @@ mod tests {
         let parse_body = frames(&unit)[0].1.clone();
         stmts.insert(
             Bytes::from_static(b"s1"),
-            Stmt::from_parse(&parse_body, 2, Target::Replica),
+            Stmt::from_parse(&parse_body, 2, Target::Replica, 0),
         );
         let hash = stmts[&b"s1"[..]].hash;
         let mut rw = Rewrite {
@@ -383,7 +386,7 @@ mod tests {
         let body = frames(&p)[0].1.clone();
         stmts.insert(
             Bytes::from_static(b"s2"),
-            Stmt::from_parse(&body, 2, Target::Primary),
+            Stmt::from_parse(&body, 2, Target::Primary, 0),
         );
         let (mut prepared, mut slots, mut skipping, mut copy_in) =
             (HashSet::new(), VecDeque::new(), false, false);

@@ -109,6 +109,8 @@ pub struct Opts {
     pub auth: &'static str,
     pub checkout_timeout_ms: u64,
     pub replica_weights: [u32; 2],
+    /// Adds a replica on a port nobody listens on, with this weight.
+    pub dead_replica_weight: Option<u32>,
 }
 
 impl Default for Opts {
@@ -122,6 +124,7 @@ impl Default for Opts {
             auth: "scram-sha-256",
             checkout_timeout_ms: 5000,
             replica_weights: [1, 1],
+            dead_replica_weight: None,
         }
     }
 }
@@ -146,6 +149,10 @@ pub fn config_text(c: &Cluster, o: &Opts) -> String {
             ("replica", o.replica_weights[i - 1])
         };
         t.push_str(&format!("\n[[backends]]\nname = \"b{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\nweight = {weight}\n"));
+    }
+    if let Some(weight) = o.dead_replica_weight {
+        let port = pgpilot::cluster::free_port().expect("a free port");
+        t.push_str(&format!("\n[[backends]]\nname = \"dead\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"replica\"\nweight = {weight}\n"));
     }
     t
 }

@@ -88,6 +88,7 @@ fn run_pgbench(port: u16, args: &[&str]) -> String {
 fn pgbench_in_transaction_mode() {
     let Some(c) = common::cluster() else { return };
     pgbench_data(c);
+    // 8 clients share 4 backend connections.
     let proxy = common::proxy(
         c,
         &Opts {
@@ -99,6 +100,19 @@ fn pgbench_in_transaction_mode() {
         run_pgbench(proxy.addr().port(), &["-S", "-M", protocol]);
         run_pgbench(proxy.addr().port(), &["-M", protocol]);
     }
+    // pgbench -M prepared prepares each statement with a blocking PQprepare inside its first
+    // transaction while other clients of the same pgbench thread hold backends in theirs: with
+    // fewer backends than clients per worker that waits out checkout_timeout_ms (a client-side
+    // deadlock that a pool of any proxy shares). Give every client a backend.
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_size: 16,
+            ..Opts::default()
+        },
+    );
+    run_pgbench(proxy.addr().port(), &["-S", "-M", "prepared"]);
+    run_pgbench(proxy.addr().port(), &["-M", "prepared"]);
 }
 
 #[test]

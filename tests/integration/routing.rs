@@ -96,3 +96,26 @@ fn reads_fall_back_to_the_primary_without_replicas() {
     let mut client = common::client(&proxy);
     assert!(!in_recovery(&mut client, "SELECT pg_is_in_recovery()"));
 }
+
+#[test]
+fn an_unreachable_replica_is_skipped() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            dead_replica_weight: Some(100),
+            ..Opts::default()
+        },
+    );
+    let mut client = common::client(&proxy);
+    for _ in 0..20 {
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .unwrap()
+            .get(0);
+        assert!(
+            c.ports.iter().any(|p| i32::from(*p) == port),
+            "served by a live server"
+        );
+    }
+}
