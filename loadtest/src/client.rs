@@ -1,0 +1,237 @@
+//! A small blocking PostgreSQL client on the protocol crate: startup with SCRAM-SHA-256, MD5
+//! or trust, simple and extended queries. One per load-generating connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgpilot_protocol::backend::{Authentication, BackendMessage};
+use pgpilot_protocol::frame::split_frame;
+use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
+use pgpilot_protocol::{encode, Frame};
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Label in reports.
+    pub name: String,
+    /// Address.
+    pub addr: SocketAddr,
+    /// Role.
+    pub user: String,
+    /// Password (SCRAM or MD5, as the server asks).
+    pub password: String,
+    /// Database.
+    pub database: String,
+}
+
+/// What went wrong: an I/O failure or an ErrorResponse with its SQLSTATE.
+#[derive(Debug)]
+pub enum ClientError {
+    Io(io::Error),
+    Server { code: String, message: String },
+    Protocol(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "I/O: {e}"),
+            ClientError::Server { code, message } => write!(f, "{code}: {message}"),
+            ClientError::Protocol(m) => write!(f, "protocol: {m}"),
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl ClientError {
+    /// SQLSTATE for counting errors; I/O and protocol failures get their own labels.
+    pub fn code(&self) -> String {
+        match self {
+            ClientError::Io(_) => "io".into(),
+            ClientError::Server { code, .. } => code.clone(),
+            ClientError::Protocol(_) => "protocol".into(),
+        }
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    out: BytesMut,
+}
+
+impl Conn {
+    /// Connects and authenticates.
+    pub fn connect(t: &Target) -> Result<Conn, ClientError> {
+        let stream = TcpStream::connect_timeout(&t.addr, Duration::from_secs(10))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut c = Conn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            out: BytesMut::with_capacity(1024),
+        };
+        encode::startup_message(
+            &mut c.out,
+            &[
+                ("user", &t.user),
+                ("database", &t.database),
+                ("application_name", "pgpilot-loadtest"),
+            ],
+        );
+        c.flush()?;
+        let mut scram = None;
+        loop {
+            let frame = c.recv()?;
+            match BackendMessage::parse(&frame.bytes)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                BackendMessage::Authentication(a) => match a {
+                    Authentication::Ok => {}
+                    Authentication::CleartextPassword => {
+                        encode::password_message(&mut c.out, t.password.as_bytes())
+                    }
+                    Authentication::Md5Password { salt } => encode::password_message(
+                        &mut c.out,
+                        &md5_password(t.user.as_bytes(), t.password.as_bytes(), salt),
+                    ),
+                    Authentication::Sasl { .. } => {
+                        let (client, first) = ScramClient::new(t.password.as_bytes());
+                        scram = Some(client);
+                        encode::sasl_initial_response(&mut c.out, MECHANISM, &first);
+                    }
+                    Authentication::SaslContinue { data } => {
+                        let client = scram
+                            .as_mut()
+                            .ok_or_else(|| ClientError::Protocol("SASLContinue first".into()))?;
+                        let reply = client
+                            .handle_server_first(data)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        encode::sasl_response(&mut c.out, &reply);
+                    }
+                    Authentication::SaslFinal { data } => {
+                        let client = scram
+                            .as_ref()
+                            .ok_or_else(|| ClientError::Protocol("SASLFinal first".into()))?;
+                        client
+                            .verify_server_final(data)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    }
+                    Authentication::Unsupported { code } => {
+                        return Err(ClientError::Protocol(format!("auth method {code}")))
+                    }
+                },
+                BackendMessage::ErrorResponse(f) => {
+                    return Err(ClientError::Server {
+                        code: f.code().into(),
+                        message: f.message(),
+                    })
+                }
+                BackendMessage::ReadyForQuery { .. } => return Ok(c),
+                _ => {}
+            }
+            if !c.out.is_empty() {
+                c.flush()?;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            if let Some(f) = split_frame(&mut self.buf, 1 << 30)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                return Ok(f);
+            }
+            let start = self.buf.len();
+            self.buf.resize(start + 8192, 0);
+            let n = self.stream.read(&mut self.buf[start..]);
+            let got = *n.as_ref().unwrap_or(&0);
+            self.buf.truncate(start + got);
+            match n {
+                Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads up to ReadyForQuery; returns the first error, if any, after draining.
+    fn until_ready(&mut self) -> Result<usize, ClientError> {
+        let mut error = None;
+        let mut rows = 0;
+        loop {
+            let f = self.recv()?;
+            match f.tag {
+                b'D' => rows += 1,
+                b'E' => {
+                    if let Ok(BackendMessage::ErrorResponse(fields)) =
+                        BackendMessage::parse(&f.bytes)
+                    {
+                        error.get_or_insert(ClientError::Server {
+                            code: fields.code().into(),
+                            message: fields.message(),
+                        });
+                    }
+                }
+                b'Z' => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs SQL with the simple protocol; returns the number of rows.
+    pub fn simple(&mut self, sql: &str) -> Result<usize, ClientError> {
+        encode::query(&mut self.out, sql.as_bytes());
+        self.flush()?;
+        self.until_ready()
+    }
+
+    /// Runs SQL with the extended protocol (unnamed statement, text parameters).
+    pub fn extended(&mut self, sql: &str, params: &[&[u8]]) -> Result<usize, ClientError> {
+        encode::parse(&mut self.out, b"", sql.as_bytes(), &[]);
+        self.bind_execute(b"", params)
+    }
+
+    /// Prepares a named statement.
+    pub fn prepare(&mut self, name: &str, sql: &str) -> Result<(), ClientError> {
+        encode::parse(&mut self.out, name.as_bytes(), sql.as_bytes(), &[]);
+        encode::sync(&mut self.out);
+        self.flush()?;
+        self.until_ready().map(|_| ())
+    }
+
+    /// Runs a statement prepared with [`Conn::prepare`].
+    pub fn execute_prepared(&mut self, name: &str, params: &[&[u8]]) -> Result<usize, ClientError> {
+        self.bind_execute(name.as_bytes(), params)
+    }
+
+    fn bind_execute(&mut self, statement: &[u8], params: &[&[u8]]) -> Result<usize, ClientError> {
+        let params: Vec<Option<&[u8]>> = params.iter().map(|p| Some(*p)).collect();
+        encode::bind(&mut self.out, b"", statement, &params);
+        encode::execute(&mut self.out, b"", 0);
+        encode::sync(&mut self.out);
+        self.flush()?;
+        self.until_ready()
+    }
+
+    /// Says goodbye.
+    pub fn close(mut self) {
+        encode::terminate(&mut self.out);
+        let _ = self.flush();
+    }
+}

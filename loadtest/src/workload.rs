@@ -1,0 +1,316 @@
+//! The workloads and the loop that runs one of them against one target for a while.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::client::{ClientError, Conn, Target};
+
+/// What each client does in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Point lookup on pgbench_accounts, simple protocol.
+    Select,
+    /// The same lookup, extended protocol with an unnamed statement.
+    SelectExtended,
+    /// The same lookup through a statement prepared once per connection.
+    Prepared,
+    /// pgbench's TPC-B-like transaction, simple protocol.
+    Tpcb,
+    /// Select, with `write_share` of the transactions TPC-B-like.
+    Mixed,
+    /// Connect, authenticate, one query, disconnect.
+    Churn,
+    /// Open the connections and hold them.
+    Idle,
+}
+
+impl Workload {
+    /// Parses a `--workload` name.
+    pub fn parse(s: &str) -> Option<Workload> {
+        Some(match s {
+            "select" => Workload::Select,
+            "select-extended" => Workload::SelectExtended,
+            "prepared" => Workload::Prepared,
+            "tpcb" => Workload::Tpcb,
+            "mixed" => Workload::Mixed,
+            "churn" => Workload::Churn,
+            "idle" => Workload::Idle,
+            _ => return None,
+        })
+    }
+
+    /// The name reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Select => "select",
+            Workload::SelectExtended => "select-extended",
+            Workload::Prepared => "prepared",
+            Workload::Tpcb => "tpcb",
+            Workload::Mixed => "mixed",
+            Workload::Churn => "churn",
+            Workload::Idle => "idle",
+        }
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub workload: Workload,
+    pub write_share: f64,
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Open loop at this many transactions per second over all clients; closed loop if None.
+    pub rate: Option<f64>,
+    /// pgbench scale: 100,000 accounts per unit.
+    pub scale: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            workload: Workload::Select,
+            write_share: 0.1,
+            clients: 32,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            rate: None,
+            scale: 1,
+        }
+    }
+}
+
+/// What one run measured.
+pub struct RunResult {
+    /// Transactions completed in the measured window.
+    pub transactions: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+    /// Latency in microseconds (open loop: from the intended start).
+    pub latency: Histogram<u64>,
+    /// Errors by SQLSTATE (or "io", "protocol", "connect").
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl RunResult {
+    /// Transactions per second.
+    pub fn tps(&self) -> f64 {
+        self.transactions as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+
+/// One transaction of the workload on an open connection.
+fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(), ClientError> {
+    let accounts = u64::from(s.scale.max(1)) * 100_000;
+    let aid = rng.next() % accounts + 1;
+    let write = match s.workload {
+        Workload::Tpcb => true,
+        Workload::Mixed => (rng.next() % 10_000) as f64 / 10_000.0 < s.write_share,
+        _ => false,
+    };
+    if write {
+        let (bid, tid, delta) = (
+            rng.next() % u64::from(s.scale.max(1)) + 1,
+            rng.next() % (10 * u64::from(s.scale.max(1))) + 1,
+            (rng.next() % 10_001) as i64 - 5000,
+        );
+        conn.simple("BEGIN")?;
+        conn.simple(&format!(
+            "UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}"
+        ))?;
+        conn.simple(&format!(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"
+        ))?;
+        conn.simple(&format!(
+            "UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}"
+        ))?;
+        conn.simple(&format!(
+            "UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid}"
+        ))?;
+        conn.simple(&format!(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"
+        ))?;
+        conn.simple("END")?;
+        return Ok(());
+    }
+    let aid = aid.to_string();
+    match s.workload {
+        Workload::SelectExtended => conn.extended(SELECT, &[aid.as_bytes()]).map(|_| ()),
+        Workload::Prepared => conn
+            .execute_prepared("lt_select", &[aid.as_bytes()])
+            .map(|_| ()),
+        _ => conn
+            .simple(&format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"
+            ))
+            .map(|_| ()),
+    }
+}
+
+/// Runs the workload against one target with `clients` connections.
+pub fn run(target: &Target, s: &Settings) -> RunResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let measure_from = start + s.warmup;
+    let end = measure_from + s.duration;
+    let handles: Vec<_> = (0..s.clients)
+        .map(|i| {
+            let (target, s, stop) = (target.clone(), s.clone(), stop.clone());
+            std::thread::spawn(move || client_loop(&target, &s, i, measure_from, end, &stop))
+        })
+        .collect();
+    let mut total = RunResult {
+        transactions: 0,
+        elapsed: s.duration,
+        latency: new_histogram(),
+        errors: BTreeMap::new(),
+    };
+    for h in handles {
+        if let Ok(r) = h.join() {
+            total.transactions += r.transactions;
+            let _ = total.latency.add(&r.latency);
+            for (k, v) in r.errors {
+                *total.errors.entry(k).or_default() += v;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    total
+}
+
+fn client_loop(
+    target: &Target,
+    s: &Settings,
+    i: usize,
+    measure_from: Instant,
+    end: Instant,
+    stop: &AtomicBool,
+) -> RunResult {
+    let mut r = RunResult {
+        transactions: 0,
+        elapsed: s.duration,
+        latency: new_histogram(),
+        errors: BTreeMap::new(),
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x2545_f491_4f6c_dd1d));
+    let interval = s
+        .rate
+        .map(|rate| Duration::from_secs_f64(s.clients as f64 / rate.max(1e-3)));
+    let mut next = Instant::now();
+    let mut conn = None;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        let intended = match interval {
+            Some(iv) => {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                let t = next;
+                next += iv;
+                t
+            }
+            None => Instant::now(),
+        };
+        let outcome = one(target, s, &mut conn, &mut rng);
+        let done = Instant::now();
+        if intended < measure_from || done > end {
+            continue;
+        }
+        match outcome {
+            Ok(()) => {
+                r.transactions += 1;
+                let _ = r
+                    .latency
+                    .record((done - intended).as_micros().max(1) as u64);
+            }
+            Err(e) => {
+                *r.errors.entry(e.code()).or_default() += 1;
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        c.close();
+    }
+    r
+}
+
+/// One unit of work, connecting first when needed.
+fn one(
+    target: &Target,
+    s: &Settings,
+    conn: &mut Option<Conn>,
+    rng: &mut Rng,
+) -> Result<(), ClientError> {
+    match s.workload {
+        Workload::Churn => {
+            let mut c = Conn::connect(target)?;
+            c.simple("SELECT 1")?;
+            c.close();
+            Ok(())
+        }
+        Workload::Idle => {
+            if conn.is_none() {
+                *conn = Some(Conn::connect(target)?);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        }
+        _ => {
+            if conn.is_none() {
+                let mut c = Conn::connect(target)?;
+                if s.workload == Workload::Prepared {
+                    c.prepare("lt_select", SELECT)?;
+                }
+                *conn = Some(c);
+            }
+            match conn.as_mut() {
+                Some(c) => transaction(c, s, rng),
+                None => Err(ClientError::Protocol("no connection".into())),
+            }
+        }
+    }
+}
+
+/// Creates the pgbench tables at `scale` (like `pgbench -i`), through `target`.
+pub fn init(target: &Target, scale: u32) -> Result<(), ClientError> {
+    let mut c = Conn::connect(target)?;
+    let scale = scale.max(1);
+    for sql in [
+        "DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history".to_owned(),
+        "CREATE TABLE pgbench_branches (bid int primary key, bbalance int, filler char(88))".to_owned(),
+        "CREATE TABLE pgbench_tellers (tid int primary key, bid int, tbalance int, filler char(84))".to_owned(),
+        "CREATE TABLE pgbench_accounts (aid int primary key, bid int, abalance int, filler char(84))".to_owned(),
+        "CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22))".to_owned(),
+        format!("INSERT INTO pgbench_branches SELECT b, 0, '' FROM generate_series(1, {scale}) b"),
+        format!("INSERT INTO pgbench_tellers SELECT t, (t - 1) / 10 + 1, 0, '' FROM generate_series(1, {}) t", scale * 10),
+        format!("INSERT INTO pgbench_accounts SELECT a, (a - 1) / 100000 + 1, 0, '' FROM generate_series(1, {}) a", scale * 100_000),
+        "ANALYZE pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history".to_owned(),
+    ] {
+        c.simple(&sql)?;
+    }
+    c.close();
+    Ok(())
+}
