@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgpilot_protocol::scram::{random_bytes, ScramSecret, DEFAULT_ITERATIONS};
+use pgpilot_protocol::scram::ScramSecret;
 use serde::Deserialize;
+
+mod raw;
 
 /// A config that cannot be used: `PATH: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,108 +59,6 @@ pub enum AuthMethod {
 pub enum Role {
     Primary,
     Replica,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    auth: RawAuth,
-    #[serde(default)]
-    users: Vec<RawUser>,
-    #[serde(default)]
-    pool: RawPool,
-    #[serde(default)]
-    backends: Vec<RawBackend>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: String,
-    workers: usize,
-    listen_backlog: u32,
-    pool_mode: PoolMode,
-    max_client_connections: usize,
-    max_message_bytes: u32,
-    startup_timeout_ms: u64,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        RawServer {
-            listen: "127.0.0.1:6432".into(),
-            workers: 0,
-            listen_backlog: 4096,
-            pool_mode: PoolMode::Transaction,
-            max_client_connections: 10_000,
-            max_message_bytes: 64 << 20,
-            startup_timeout_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAuth {
-    method: AuthMethod,
-}
-
-impl Default for RawAuth {
-    fn default() -> Self {
-        RawAuth {
-            method: AuthMethod::ScramSha256,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: String,
-    password: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPool {
-    size: usize,
-    checkout_timeout_ms: u64,
-    idle_timeout_ms: u64,
-    max_lifetime_ms: u64,
-    reset_query: String,
-}
-
-impl Default for RawPool {
-    fn default() -> Self {
-        RawPool {
-            size: 20,
-            checkout_timeout_ms: 5_000,
-            idle_timeout_ms: 600_000,
-            max_lifetime_ms: 3_600_000,
-            reset_query: "DISCARD ALL".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackend {
-    name: String,
-    host: String,
-    #[serde(default = "default_port")]
-    port: u16,
-    role: Role,
-    #[serde(default)]
-    weight: u32,
-    #[serde(default)]
-    failover: Option<bool>,
-}
-
-fn default_port() -> u16 {
-    5432
 }
 
 /// `[server]`: the listening side.
@@ -258,7 +158,7 @@ impl Config {
 
     /// Parses and validates config text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Arc<Config>, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             path: path.to_owned(),
             key: e
                 .span()
@@ -266,7 +166,7 @@ impl Config {
                 .unwrap_or_else(|| "(file)".into()),
             problem: e.message().trim().replace('\n', "; "),
         })?;
-        validate(raw, path).map(Arc::new)
+        raw::validate(raw, path).map(Arc::new)
     }
 
     /// The user entry for a name.
@@ -299,170 +199,6 @@ fn key_at(text: &str, offset: usize) -> String {
         (false, None) => section,
         (true, None) => line.trim().to_owned(),
     }
-}
-
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-    let err = |key: &str, problem: String| ConfigError {
-        path: path.to_owned(),
-        key: key.into(),
-        problem,
-    };
-    let s = raw.server;
-    let listen = s
-        .listen
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            err(
-                "server.listen",
-                format!("{:?} is not a host:port address", s.listen),
-            )
-        })?;
-    if s.workers > 1024 {
-        return Err(err(
-            "server.workers",
-            format!("{} is more than 1024", s.workers),
-        ));
-    }
-    if s.listen_backlog == 0 {
-        return Err(err("server.listen_backlog", "must be at least 1".into()));
-    }
-    if s.max_client_connections == 0 {
-        return Err(err(
-            "server.max_client_connections",
-            "must be at least 1".into(),
-        ));
-    }
-    if !(1024..=1 << 30).contains(&s.max_message_bytes) {
-        return Err(err(
-            "server.max_message_bytes",
-            "must be between 1024 and 1073741824".into(),
-        ));
-    }
-    if s.startup_timeout_ms == 0 {
-        return Err(err(
-            "server.startup_timeout_ms",
-            "must be at least 1".into(),
-        ));
-    }
-    let mut users = HashMap::new();
-    for (i, u) in raw.users.into_iter().enumerate() {
-        if u.name.is_empty() || u.name.contains('\0') {
-            return Err(err(
-                &format!("users[{i}].name"),
-                "must be a non-empty role name".into(),
-            ));
-        }
-        let scram = ScramSecret::derive(
-            u.password.as_bytes(),
-            &random_bytes::<16>(),
-            DEFAULT_ITERATIONS,
-        );
-        let name = u.name.clone();
-        if users
-            .insert(
-                name.clone(),
-                User {
-                    name: u.name,
-                    password: u.password,
-                    scram,
-                },
-            )
-            .is_some()
-        {
-            return Err(err(
-                &format!("users[{i}].name"),
-                format!("user {name:?} is listed twice"),
-            ));
-        }
-    }
-    let p = raw.pool;
-    if p.size == 0 {
-        return Err(err("pool.size", "must be at least 1".into()));
-    }
-    for (key, v) in [
-        ("pool.checkout_timeout_ms", p.checkout_timeout_ms),
-        ("pool.idle_timeout_ms", p.idle_timeout_ms),
-        ("pool.max_lifetime_ms", p.max_lifetime_ms),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be at least 1".into()));
-        }
-    }
-    let backends = validate_backends(raw.backends, &err)?;
-    Ok(Config {
-        path: path.to_owned(),
-        server: ServerConfig {
-            listen,
-            workers: s.workers,
-            listen_backlog: s.listen_backlog,
-            pool_mode: s.pool_mode,
-            max_client_connections: s.max_client_connections,
-            max_message_bytes: s.max_message_bytes,
-            startup_timeout: Duration::from_millis(s.startup_timeout_ms),
-        },
-        auth_method: raw.auth.method,
-        users,
-        pool: PoolConfig {
-            size: p.size,
-            checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
-            idle_timeout: Duration::from_millis(p.idle_timeout_ms),
-            max_lifetime: Duration::from_millis(p.max_lifetime_ms),
-            reset_query: p.reset_query,
-        },
-        backends,
-    })
-}
-
-fn validate_backends(
-    raw: Vec<RawBackend>,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Vec<BackendConfig>, ConfigError> {
-    if raw.is_empty() {
-        return Err(err(
-            "backends",
-            "at least one [[backends]] entry is needed".into(),
-        ));
-    }
-    let primaries = raw.iter().filter(|b| b.role == Role::Primary).count();
-    if primaries != 1 {
-        return Err(err(
-            "backends",
-            format!("exactly one backend must have role = \"primary\", found {primaries}"),
-        ));
-    }
-    let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
-    for (i, b) in raw.into_iter().enumerate() {
-        if b.name.is_empty() || out.iter().any(|o| o.name == b.name) {
-            return Err(err(
-                &format!("backends[{i}].name"),
-                format!("{:?} is empty or not unique", b.name),
-            ));
-        }
-        if b.host.is_empty() {
-            return Err(err(
-                &format!("backends[{i}].host"),
-                "must not be empty".into(),
-            ));
-        }
-        if b.port == 0 {
-            return Err(err(
-                &format!("backends[{i}].port"),
-                "must be between 1 and 65535".into(),
-            ));
-        }
-        let failover = b.failover.unwrap_or(b.role == Role::Replica);
-        out.push(BackendConfig {
-            name: b.name,
-            host: b.host,
-            port: b.port,
-            role: b.role,
-            weight: b.weight,
-            failover,
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -69,9 +69,18 @@ impl ClusterState {
     }
 }
 
+/// The address to use for a host: IPv4 first (what RDS endpoints and most servers listen on,
+/// while `localhost` often resolves to `::1` first), else the first address.
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next(),
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+        }
         Err(e) => {
             log::warn!("cannot resolve backend host {host}: {e}");
             None
@@ -143,5 +152,20 @@ pub fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_ipv4_first() {
+        assert_eq!(
+            resolve("localhost", 5432),
+            Some(([127, 0, 0, 1], 5432).into())
+        );
+        assert_eq!(resolve("127.0.0.2", 1), Some(([127, 0, 0, 2], 1).into()));
+        assert_eq!(resolve("no-such-host.invalid", 1), None);
     }
 }

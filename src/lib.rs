@@ -25,6 +25,7 @@
 //! - [`pool`]: per-core connection pools with bounded checkout.
 //! - [`backend`]: one server connection: connect, authenticate, parameters.
 //! - [`cluster`]: starts a local primary + streaming replicas (demo and tests).
+//! - [`demo`]: `pgpilot demo`.
 //! - [`error`]: the daemon's error type.
 
 pub mod backend;
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod demo;
 pub mod error;
 pub mod listener;
 pub mod pool;

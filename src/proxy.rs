@@ -99,25 +99,8 @@ impl Proxy {
                 clients.clone(),
                 senders.clone(),
             );
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("pgpilot-{id}"))
-                .io_memory(IO_MEMORY)
-                .spawn(move || async move {
-                    let core =
-                        std::rc::Rc::new(Core::new(id, workers, config, state, clients, peers));
-                    glommio::spawn_local(core.clone().drain_control(rx)).detach();
-                    glommio::spawn_local(core.clone().reap()).detach();
-                    listener::serve(core.clone(), listener).await;
-                    let deadline = Instant::now() + SHUTDOWN_GRACE;
-                    while core.session_count() > 0 && Instant::now() < deadline {
-                        glommio::timer::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-                .map_err(|e| StartError::Worker {
-                    core: id,
-                    reason: e.to_string(),
-                })?;
-            handles.push(handle);
+            let make = move || Core::new(id, workers, config, state, clients, peers);
+            handles.push(spawn_worker(id, make, placement, listener, rx)?);
         }
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let control_state = (*state).clone();
@@ -182,6 +165,34 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts one worker executor: drains control messages, reaps idle backends, accepts clients
+/// until shutdown, then gives sessions in a transaction up to `SHUTDOWN_GRACE` to finish.
+fn spawn_worker(
+    id: usize,
+    make: impl FnOnce() -> Core + Send + 'static,
+    placement: Placement,
+    listener: std::net::TcpListener,
+    rx: crossbeam_channel::Receiver<CoreMsg>,
+) -> Result<ExecutorJoinHandle<()>, StartError> {
+    LocalExecutorBuilder::new(placement)
+        .name(&format!("pgpilot-{id}"))
+        .io_memory(IO_MEMORY)
+        .spawn(move || async move {
+            let core = std::rc::Rc::new(make());
+            glommio::spawn_local(core.clone().drain_control(rx)).detach();
+            glommio::spawn_local(core.clone().reap()).detach();
+            listener::serve(core.clone(), listener).await;
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while core.session_count() > 0 && Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .map_err(|e| StartError::Worker {
+            core: id,
+            reason: e.to_string(),
+        })
 }
 
 /// CPUs this process may run on, from the kernel's view of our affinity mask.

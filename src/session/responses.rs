@@ -5,17 +5,47 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::{split_frame, FrameScan};
+use pgpilot_protocol::ProtocolError;
 
 use super::statements::{put_fake, start_copy_in, Slot};
-use super::Session;
+use super::{Attached, Session};
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
 use crate::error::Error;
+
+/// The parts of an attached backend the slot queue moves.
+struct SlotQueue<'a> {
+    slots: &'a mut VecDeque<Slot>,
+    prepared: &'a mut HashSet<u64>,
+    skipping: &'a mut bool,
+}
+
+impl SlotQueue<'_> {
+    /// Moves the queue along for one backend message; false when the client must not see it.
+    fn follow(self, tag: u8, pending: &mut u32, copy_in: &mut bool) -> bool {
+        if tag == b'G' {
+            let (dropped, open) = start_copy_in(self.slots);
+            *pending = pending.saturating_sub(dropped);
+            *copy_in = open;
+        }
+        let Some(slot) = self.slots.front().copied() else {
+            return true;
+        };
+        if tag == b'E' && !slot.is_sync_point() {
+            drop_until_sync(self.slots, self.prepared, self.skipping);
+            return true;
+        }
+        if slot.ends_with(tag) {
+            self.slots.pop_front();
+        }
+        !matches!(slot, Slot::Parse { visible: false, .. })
+    }
+}
 
 /// After an error PostgreSQL skips to the next Sync: the responses the skipped messages would
 /// have had never come, and statements they would have prepared do not exist.
@@ -30,6 +60,77 @@ fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut HashSet<u64>, skip
         slots.pop_front();
     }
     *skipping = true;
+}
+
+impl Attached {
+    /// Cuts the whole frames off the read buffer as the batch for the client, keeping track of
+    /// ReadyForQuery and ParameterStatus, and (when `tracked`) following the slot queue: hidden
+    /// ParseCompletes are dropped and made-up responses inserted. The batch is the read buffer's
+    /// own bytes unless a frame had to be dropped or added.
+    fn take_responses(
+        &mut self,
+        tracked: bool,
+        view: &mut Vec<(String, String)>,
+    ) -> Result<Bytes, ProtocolError> {
+        let mut out = BytesMut::new();
+        let mut changed = false;
+        let mut consumed = 0;
+        let rbuf = &self.backend.rbuf;
+        let mut scan = FrameScan::new(rbuf, MAX_BACKEND_MESSAGE);
+        for (at, h) in &mut scan {
+            let frame = &rbuf[at..at + h.frame_len()];
+            match h.tag {
+                b'Z' => {
+                    self.pending = self.pending.saturating_sub(1);
+                    let status = frame.get(5).copied().and_then(TransactionStatus::from_byte);
+                    self.status = status.unwrap_or(TransactionStatus::Failed);
+                }
+                b'S' => {
+                    if let Ok(BackendMessage::ParameterStatus { name, value }) =
+                        BackendMessage::parse(frame)
+                    {
+                        self.backend.params.set(name, value);
+                        note_param(view, name, value);
+                    }
+                }
+                _ => {}
+            }
+            let mut keep = true;
+            if tracked && !matches!(h.tag, b'N' | b'A' | b'S') {
+                while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
+                {
+                    if let Slot::Fake(tag) = slot {
+                        if !changed {
+                            out.put_slice(&rbuf[..at]);
+                            changed = true;
+                        }
+                        put_fake(&mut out, tag);
+                    }
+                    self.slots.pop_front();
+                }
+                let q = SlotQueue {
+                    slots: &mut self.slots,
+                    prepared: &mut self.backend.prepared,
+                    skipping: &mut self.skipping,
+                };
+                keep = q.follow(h.tag, &mut self.pending, &mut self.copy_in);
+            }
+            if keep {
+                if changed {
+                    out.put_slice(frame);
+                }
+            } else if !changed {
+                out.put_slice(&rbuf[..at]);
+                changed = true;
+            }
+            consumed = at + h.frame_len();
+        }
+        if let Some(e) = scan.error() {
+            return Err(e);
+        }
+        let raw = self.backend.rbuf.split_to(consumed).freeze();
+        Ok(if changed { out.freeze() } else { raw })
+    }
 }
 
 impl Session {
@@ -81,84 +182,17 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
-        let mut out = BytesMut::new();
-        let mut changed = false;
-        let mut consumed = 0;
-        let rbuf = &att.backend.rbuf;
-        let mut scan = FrameScan::new(rbuf, MAX_BACKEND_MESSAGE);
-        for (at, h) in &mut scan {
-            let frame = &rbuf[at..at + h.frame_len()];
-            match h.tag {
-                b'Z' => {
-                    att.pending = att.pending.saturating_sub(1);
-                    att.status = frame
-                        .get(5)
-                        .copied()
-                        .and_then(TransactionStatus::from_byte)
-                        .unwrap_or(TransactionStatus::Failed);
-                }
-                b'S' => {
-                    if let Ok(BackendMessage::ParameterStatus { name, value }) =
-                        BackendMessage::parse(frame)
-                    {
-                        att.backend.params.set(name, value);
-                        note_param(&mut self.view, name, value);
-                        self.view_version = att.backend.params.version;
-                    }
-                }
-                _ => {}
+        let batch = match att.take_responses(tracked, &mut self.view) {
+            Ok(batch) => batch,
+            Err(e) => {
+                return self
+                    .backend_lost(io::Error::new(io::ErrorKind::InvalidData, e))
+                    .await
             }
-            let mut keep = true;
-            if tracked && !matches!(h.tag, b'N' | b'A' | b'S') {
-                while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = att.slots.front().copied()
-                {
-                    if let Slot::Fake(tag) = slot {
-                        if !changed {
-                            out.put_slice(&rbuf[..at]);
-                            changed = true;
-                        }
-                        put_fake(&mut out, tag);
-                    }
-                    att.slots.pop_front();
-                }
-                if h.tag == b'G' {
-                    let (dropped, open) = start_copy_in(&mut att.slots);
-                    att.pending = att.pending.saturating_sub(dropped);
-                    att.copy_in = open;
-                }
-                if let Some(slot) = att.slots.front().copied() {
-                    if h.tag == b'E' && !slot.is_sync_point() {
-                        drop_until_sync(
-                            &mut att.slots,
-                            &mut att.backend.prepared,
-                            &mut att.skipping,
-                        );
-                    } else {
-                        keep = !matches!(slot, Slot::Parse { visible: false, .. });
-                        if slot.ends_with(h.tag) {
-                            att.slots.pop_front();
-                        }
-                    }
-                }
-            }
-            if keep {
-                if changed {
-                    out.put_slice(frame);
-                }
-            } else if !changed {
-                out.put_slice(&rbuf[..at]);
-                changed = true;
-            }
-            consumed = at + h.frame_len();
-        }
-        if let Some(e) = scan.error() {
-            return self
-                .backend_lost(io::Error::new(io::ErrorKind::InvalidData, e))
-                .await;
-        }
-        let raw = att.backend.rbuf.split_to(consumed).freeze();
-        let batch = if changed { out.freeze() } else { raw };
+        };
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
+        let settled = att.pending == 0 && att.hidden == 0;
+        self.view_version = att.backend.params.version;
         log::trace!(
             "session={} <- backend {}: {:?} pending={} slots={:?} idle={idle}",
             self.pid,
@@ -169,7 +203,6 @@ impl Session {
             att.pending,
             att.slots
         );
-        let settled = att.pending == 0 && att.hidden == 0;
         self.flush_out().await?;
         if !batch.is_empty() {
             self.client

@@ -160,71 +160,10 @@ impl Rewrite<'_> {
         out: &mut BytesMut,
     ) -> bool {
         match tag {
-            b'P' => {
-                let name = statement_of(body).map(|(n, _)| n).unwrap_or_default();
-                let Some(stmt) = (!name.is_empty()).then(|| stmts.get(name)).flatten() else {
-                    self.push(Slot::Parse {
-                        hash: None,
-                        visible: true,
-                    });
-                    return true;
-                };
-                if self.prepared.contains(&stmt.hash) || *self.skipping {
-                    self.push(Slot::Fake(b'1'));
-                } else {
-                    put_parse(out, stmt);
-                    self.prepared.insert(stmt.hash);
-                    self.push(Slot::Parse {
-                        hash: Some(stmt.hash),
-                        visible: true,
-                    });
-                }
-                false
-            }
-            b'B' => {
-                let Some((portal, name, rest)) = split_bind(body) else {
-                    self.push(Slot::Pass(b'B'));
-                    return true;
-                };
-                let Some(stmt) = (!name.is_empty()).then(|| stmts.get(name)).flatten() else {
-                    self.push(Slot::Pass(b'B'));
-                    return true;
-                };
-                self.ensure(stmt, out);
-                let mut msg = BytesMut::with_capacity(body.len() + 24);
-                msg.put_slice(portal);
-                msg.put_u8(0);
-                msg.put_slice(&backend_name(stmt.hash));
-                msg.put_u8(0);
-                msg.put_slice(rest);
-                put_tagged(out, b'B', &msg);
-                self.push(Slot::Pass(b'B'));
-                false
-            }
+            b'P' => self.parse(body, stmts, out),
+            b'B' => self.bind(body, stmts, out),
             b'D' | b'C' if body.first() == Some(&b'S') => {
-                let name = body[1..].split(|&b| b == 0).next().unwrap_or_default();
-                if name.is_empty() {
-                    self.push(Slot::Pass(tag));
-                    return true;
-                }
-                if tag == b'C' {
-                    // Shared on the backend: the client's Close only forgets its name.
-                    stmts.remove(name);
-                    self.push(Slot::Fake(b'3'));
-                    return false;
-                }
-                let Some(stmt) = stmts.get(name) else {
-                    self.push(Slot::Pass(b'D'));
-                    return true;
-                };
-                self.ensure(stmt, out);
-                let mut msg = BytesMut::with_capacity(26);
-                msg.put_u8(b'S');
-                msg.put_slice(&backend_name(stmt.hash));
-                msg.put_u8(0);
-                put_tagged(out, b'D', &msg);
-                self.push(Slot::Pass(b'D'));
-                false
+                self.describe_or_close(tag, body, stmts, out)
             }
             b'S' if *self.copy_in => {
                 self.ignored_syncs += 1;
@@ -242,6 +181,85 @@ impl Rewrite<'_> {
             }
             _ => true,
         }
+    }
+
+    /// Parse of a named statement: sent under the shared name, or answered here if the backend
+    /// has it already.
+    fn parse(&mut self, body: &[u8], stmts: &HashMap<Bytes, Stmt>, out: &mut BytesMut) -> bool {
+        let name = statement_of(body).map(|(n, _)| n).unwrap_or_default();
+        let Some(stmt) = (!name.is_empty()).then(|| stmts.get(name)).flatten() else {
+            self.push(Slot::Parse {
+                hash: None,
+                visible: true,
+            });
+            return true;
+        };
+        if self.prepared.contains(&stmt.hash) || *self.skipping {
+            self.push(Slot::Fake(b'1'));
+        } else {
+            put_parse(out, stmt);
+            self.prepared.insert(stmt.hash);
+            self.push(Slot::Parse {
+                hash: Some(stmt.hash),
+                visible: true,
+            });
+        }
+        false
+    }
+
+    /// Bind to a named statement: renamed, after a hidden Parse if the backend lacks it.
+    fn bind(&mut self, body: &[u8], stmts: &HashMap<Bytes, Stmt>, out: &mut BytesMut) -> bool {
+        let named = split_bind(body).and_then(|(portal, name, rest)| {
+            let stmt = (!name.is_empty()).then(|| stmts.get(name)).flatten()?;
+            Some((portal, stmt, rest))
+        });
+        let Some((portal, stmt, rest)) = named else {
+            self.push(Slot::Pass(b'B'));
+            return true;
+        };
+        self.ensure(stmt, out);
+        let mut msg = BytesMut::with_capacity(body.len() + 24);
+        msg.put_slice(portal);
+        msg.put_u8(0);
+        msg.put_slice(&backend_name(stmt.hash));
+        msg.put_u8(0);
+        msg.put_slice(rest);
+        put_tagged(out, b'B', &msg);
+        self.push(Slot::Pass(b'B'));
+        false
+    }
+
+    /// Describe or Close of a statement. Close of a named one only forgets the client's name
+    /// (the backend statement is shared) and is answered here.
+    fn describe_or_close(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        stmts: &mut HashMap<Bytes, Stmt>,
+        out: &mut BytesMut,
+    ) -> bool {
+        let name = body[1..].split(|&b| b == 0).next().unwrap_or_default();
+        if name.is_empty() {
+            self.push(Slot::Pass(tag));
+            return true;
+        }
+        if tag == b'C' {
+            stmts.remove(name);
+            self.push(Slot::Fake(b'3'));
+            return false;
+        }
+        let Some(stmt) = stmts.get(name) else {
+            self.push(Slot::Pass(b'D'));
+            return true;
+        };
+        self.ensure(stmt, out);
+        let mut msg = BytesMut::with_capacity(26);
+        msg.put_u8(b'S');
+        msg.put_slice(&backend_name(stmt.hash));
+        msg.put_u8(0);
+        put_tagged(out, b'D', &msg);
+        self.push(Slot::Pass(b'D'));
+        false
     }
 }
 

@@ -284,3 +284,52 @@ fn startup_parameters_are_honoured_on_every_backend() {
     };
     assert_eq!(error_of(&frames[0]).unwrap().0, "42703");
 }
+
+#[test]
+fn notices_and_notifications_reach_the_client() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_mode: "session",
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let mut out = BytesMut::new();
+    encode::query(
+        &mut out,
+        b"DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$",
+    );
+    raw.send(&out);
+    let frames = raw.until_ready();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.tag == b'N'
+                && String::from_utf8_lossy(f.body()).contains("hello from plpgsql"))
+    );
+    raw.query("LISTEN pgpilot_chan").unwrap();
+    let mut other = common::client(&proxy);
+    other
+        .batch_execute("NOTIFY pgpilot_chan, 'payload-1'")
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..10 {
+        let frames = {
+            out.clear();
+            encode::query(&mut out, b"SELECT 1");
+            raw.send(&out);
+            raw.until_ready()
+        };
+        if frames
+            .iter()
+            .any(|f| f.tag == b'A' && String::from_utf8_lossy(f.body()).contains("payload-1"))
+        {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen, "NotificationResponse passed through");
+}

@@ -185,3 +185,37 @@ fn shutdown_tells_idle_clients_57p01() {
     );
     stopper.join().unwrap();
 }
+
+#[test]
+fn idle_backends_are_closed_after_idle_timeout() {
+    let Some(c) = common::cluster() else { return };
+    let text = common::config_text(c, &Opts::default())
+        .replace("[pool]\n", "[pool]\nidle_timeout_ms = 300\n");
+    let config = pgpilot::Config::parse(&text, std::path::Path::new("idle.toml")).unwrap();
+    let proxy = pgpilot::Proxy::start(config).unwrap();
+    let dsn = format!(
+        "{} application_name=idle-reaper",
+        common::dsn(proxy.addr().port(), "app", "app")
+    );
+    let mut client = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    client.batch_execute("BEGIN; SELECT 1; COMMIT").unwrap();
+    let mut direct = common::direct(c, 0);
+    let count = |d: &mut postgres::Client| -> i64 {
+        d.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle-reaper'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(
+        count(&mut direct) >= 1,
+        "the backend is pooled after the transaction"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || count(&mut direct) == 0),
+        "idle backend closed"
+    );
+    // The client still works: a fresh backend is made.
+    client.batch_execute("BEGIN; SELECT 1; COMMIT").unwrap();
+}

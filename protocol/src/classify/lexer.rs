@@ -1,0 +1,214 @@
+//! The SQL lexer behind the classifier: skips whitespace, comments (nested `/* */`, `--`),
+//! strings (`'…'`, `E'…'`, `B'…'`, `U&'…'`), dollar quotes and quoted identifiers without
+//! copying, and yields the tokens the classifier looks at.
+
+use memchr::{memchr, memchr2, memmem};
+
+/// One lexical token; strings and comments are skipped, not returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Token<'a> {
+    /// An unquoted identifier or keyword.
+    Word(&'a [u8]),
+    /// A double-quoted identifier's contents.
+    Quoted(&'a [u8]),
+    /// A literal: string, number, `$n` parameter.
+    Literal,
+    Semi,
+    LParen,
+    RParen,
+    Dot,
+    /// Any other operator character.
+    Op,
+}
+
+pub(super) struct Lexer<'a> {
+    sql: &'a [u8],
+    pos: usize,
+    /// Set when the text ends inside a string, comment or identifier.
+    pub(super) broken: bool,
+}
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+impl<'a> Lexer<'a> {
+    pub(super) fn new(sql: &'a [u8]) -> Self {
+        Lexer {
+            sql,
+            pos: 0,
+            broken: false,
+        }
+    }
+
+    fn at(&self, i: usize) -> Option<u8> {
+        self.sql.get(self.pos + i).copied()
+    }
+
+    /// Moves past the end of the text, marking it unparsable.
+    fn give_up(&mut self) {
+        self.pos = self.sql.len();
+        self.broken = true;
+    }
+
+    fn skip_block_comment(&mut self) {
+        let mut depth = 0usize;
+        while let Some(i) = memchr2(b'*', b'/', &self.sql[self.pos..]) {
+            let at = self.pos + i;
+            match (self.sql[at], self.sql.get(at + 1)) {
+                (b'/', Some(b'*')) => {
+                    depth += 1;
+                    self.pos = at + 2;
+                }
+                (b'*', Some(b'/')) => {
+                    depth -= 1;
+                    self.pos = at + 2;
+                    if depth == 0 {
+                        return;
+                    }
+                }
+                _ => self.pos = at + 1,
+            }
+        }
+        self.give_up();
+    }
+
+    /// Skips a quoted run that ends at `quote`, where a doubled quote is an escaped one and,
+    /// for E'' strings, a backslash escapes the next byte.
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        self.pos += 1;
+        loop {
+            let rest = &self.sql[self.pos..];
+            let found = if backslash {
+                memchr2(quote, b'\\', rest)
+            } else {
+                memchr(quote, rest)
+            };
+            let Some(i) = found else {
+                return self.give_up();
+            };
+            let at = self.pos + i;
+            if self.sql[at] == b'\\' || self.sql.get(at + 1) == Some(&quote) {
+                self.pos = at + 2;
+            } else {
+                self.pos = at + 1;
+                return;
+            }
+            if self.pos > self.sql.len() {
+                return self.give_up();
+            }
+        }
+    }
+
+    /// `$tag$ … $tag$`; returns false when the `$` does not start a dollar quote.
+    fn skip_dollar_quote(&mut self) -> bool {
+        let start = self.pos;
+        let mut end = start + 1;
+        if self.sql.get(end).is_some_and(|&b| is_ident_start(b)) {
+            while self
+                .sql
+                .get(end)
+                .is_some_and(|&b| is_ident_char(b) && b != b'$')
+            {
+                end += 1;
+            }
+        }
+        if self.sql.get(end) != Some(&b'$') {
+            return false;
+        }
+        let tag = &self.sql[start..=end];
+        match memmem::find(&self.sql[end + 1..], tag) {
+            Some(i) => self.pos = end + 1 + i + tag.len(),
+            None => self.give_up(),
+        }
+        true
+    }
+
+    pub(super) fn next_token(&mut self) -> Option<Token<'a>> {
+        loop {
+            let b = self.at(0)?;
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos += 1,
+                b'-' if self.at(1) == Some(b'-') => match memchr(b'\n', &self.sql[self.pos..]) {
+                    Some(i) => self.pos += i + 1,
+                    None => self.pos = self.sql.len(),
+                },
+                b'/' if self.at(1) == Some(b'*') => self.skip_block_comment(),
+                b'\'' => {
+                    self.skip_quoted(b'\'', false);
+                    return Some(Token::Literal);
+                }
+                b'"' => {
+                    let start = self.pos + 1;
+                    self.skip_quoted(b'"', false);
+                    let end = self.pos.saturating_sub(1).max(start);
+                    return Some(Token::Quoted(&self.sql[start..end]));
+                }
+                b'$' if self.at(1).is_some_and(|c| c.is_ascii_digit()) => {
+                    self.pos += 1;
+                    while self.at(0).is_some_and(|c| c.is_ascii_digit()) {
+                        self.pos += 1;
+                    }
+                    return Some(Token::Literal);
+                }
+                b'$' => {
+                    if !self.skip_dollar_quote() {
+                        self.pos += 1;
+                        return Some(Token::Op);
+                    }
+                    return Some(Token::Literal);
+                }
+                b if is_ident_start(b) => return Some(self.word()),
+                b if b.is_ascii_digit() => {
+                    while self
+                        .at(0)
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+                    {
+                        self.pos += 1;
+                    }
+                    return Some(Token::Literal);
+                }
+                _ => {
+                    self.pos += 1;
+                    return Some(match b {
+                        b';' => Token::Semi,
+                        b'(' => Token::LParen,
+                        b')' => Token::RParen,
+                        b'.' => Token::Dot,
+                        _ => Token::Op,
+                    });
+                }
+            }
+        }
+    }
+
+    fn word(&mut self) -> Token<'a> {
+        let start = self.pos;
+        while self.at(0).is_some_and(is_ident_char) {
+            self.pos += 1;
+        }
+        let word = &self.sql[start..self.pos];
+        // String constants with a prefix: E'…' (backslash escapes), B'…', X'…', N'…', U&'…'.
+        if self.at(0) == Some(b'\'') && word.len() == 1 {
+            let escapes = word[0].eq_ignore_ascii_case(&b'e');
+            if escapes || b"bBxXnN".contains(&word[0]) {
+                self.skip_quoted(b'\'', escapes);
+                return Token::Literal;
+            }
+        }
+        if word.eq_ignore_ascii_case(b"u")
+            && self.at(0) == Some(b'&')
+            && matches!(self.at(1), Some(b'\'' | b'"'))
+        {
+            self.pos += 1;
+            let quote = self.sql[self.pos];
+            self.skip_quoted(quote, false);
+            return Token::Literal;
+        }
+        Token::Word(word)
+    }
+}

@@ -1,0 +1,280 @@
+//! The config file as written (serde model with defaults) and its validation into [`Config`].
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::time::Duration;
+
+use pgpilot_protocol::scram::{random_bytes, ScramSecret, DEFAULT_ITERATIONS};
+use serde::Deserialize;
+
+use super::{
+    AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, ServerConfig, User,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    workers: usize,
+    listen_backlog: u32,
+    pool_mode: PoolMode,
+    max_client_connections: usize,
+    max_message_bytes: u32,
+    startup_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:6432".into(),
+            workers: 0,
+            listen_backlog: 4096,
+            pool_mode: PoolMode::Transaction,
+            max_client_connections: 10_000,
+            max_message_bytes: 64 << 20,
+            startup_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    method: AuthMethod,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            method: AuthMethod::ScramSha256,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPool {
+    size: usize,
+    checkout_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_lifetime_ms: u64,
+    reset_query: String,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool {
+            size: 20,
+            checkout_timeout_ms: 5_000,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 3_600_000,
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    role: Role,
+    #[serde(default)]
+    weight: u32,
+    #[serde(default)]
+    failover: Option<bool>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// Builds a [`ConfigError`] for a key.
+type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// Checks every key and builds the immutable [`Config`].
+pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let err = |key: &str, problem: String| ConfigError {
+        path: path.to_owned(),
+        key: key.into(),
+        problem,
+    };
+    Ok(Config {
+        path: path.to_owned(),
+        server: validate_server(raw.server, &err)?,
+        auth_method: raw.auth.method,
+        users: validate_users(raw.users, &err)?,
+        pool: validate_pool(raw.pool, &err)?,
+        backends: validate_backends(raw.backends, &err)?,
+    })
+}
+
+fn at_least_one(key: &str, value: u64, err: Problem<'_>) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(err(key, "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn validate_server(s: RawServer, err: Problem<'_>) -> Result<ServerConfig, ConfigError> {
+    let listen = s
+        .listen
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            err(
+                "server.listen",
+                format!("{:?} is not a host:port address", s.listen),
+            )
+        })?;
+    // The worker number lives in the top bits of every BackendKeyData pid (7 bits).
+    if s.workers > 128 {
+        return Err(err(
+            "server.workers",
+            format!("{} is more than 128", s.workers),
+        ));
+    }
+    at_least_one("server.listen_backlog", s.listen_backlog.into(), err)?;
+    at_least_one(
+        "server.max_client_connections",
+        s.max_client_connections as u64,
+        err,
+    )?;
+    at_least_one("server.startup_timeout_ms", s.startup_timeout_ms, err)?;
+    if !(1024..=1 << 30).contains(&s.max_message_bytes) {
+        return Err(err(
+            "server.max_message_bytes",
+            "must be between 1024 and 1073741824".into(),
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        workers: s.workers,
+        listen_backlog: s.listen_backlog,
+        pool_mode: s.pool_mode,
+        max_client_connections: s.max_client_connections,
+        max_message_bytes: s.max_message_bytes,
+        startup_timeout: Duration::from_millis(s.startup_timeout_ms),
+    })
+}
+
+/// Users by name, each with its SCRAM secret derived once here.
+fn validate_users(
+    raw: Vec<RawUser>,
+    err: Problem<'_>,
+) -> Result<HashMap<String, User>, ConfigError> {
+    let mut users = HashMap::new();
+    for (i, u) in raw.into_iter().enumerate() {
+        let key = format!("users[{i}].name");
+        if u.name.is_empty() || u.name.contains('\0') {
+            return Err(err(&key, "must be a non-empty role name".into()));
+        }
+        if users.contains_key(&u.name) {
+            return Err(err(&key, format!("user {:?} is listed twice", u.name)));
+        }
+        let scram = ScramSecret::derive(
+            u.password.as_bytes(),
+            &random_bytes::<16>(),
+            DEFAULT_ITERATIONS,
+        );
+        users.insert(
+            u.name.clone(),
+            User {
+                name: u.name,
+                password: u.password,
+                scram,
+            },
+        );
+    }
+    Ok(users)
+}
+
+fn validate_pool(p: RawPool, err: Problem<'_>) -> Result<PoolConfig, ConfigError> {
+    at_least_one("pool.size", p.size as u64, err)?;
+    at_least_one("pool.checkout_timeout_ms", p.checkout_timeout_ms, err)?;
+    at_least_one("pool.idle_timeout_ms", p.idle_timeout_ms, err)?;
+    at_least_one("pool.max_lifetime_ms", p.max_lifetime_ms, err)?;
+    Ok(PoolConfig {
+        size: p.size,
+        checkout_timeout: Duration::from_millis(p.checkout_timeout_ms),
+        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        max_lifetime: Duration::from_millis(p.max_lifetime_ms),
+        reset_query: p.reset_query,
+    })
+}
+
+fn validate_backends(
+    raw: Vec<RawBackend>,
+    err: Problem<'_>,
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(err(
+            "backends",
+            "at least one [[backends]] entry is needed".into(),
+        ));
+    }
+    let primaries = raw.iter().filter(|b| b.role == Role::Primary).count();
+    if primaries != 1 {
+        return Err(err(
+            "backends",
+            format!("exactly one backend must have role = \"primary\", found {primaries}"),
+        ));
+    }
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        if b.name.is_empty() || out.iter().any(|o| o.name == b.name) {
+            return Err(err(
+                &format!("backends[{i}].name"),
+                format!("{:?} is empty or not unique", b.name),
+            ));
+        }
+        if b.host.is_empty() {
+            return Err(err(
+                &format!("backends[{i}].host"),
+                "must not be empty".into(),
+            ));
+        }
+        if b.port == 0 {
+            return Err(err(
+                &format!("backends[{i}].port"),
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        let failover = b.failover.unwrap_or(b.role == Role::Replica);
+        out.push(BackendConfig {
+            name: b.name,
+            host: b.host,
+            port: b.port,
+            role: b.role,
+            weight: b.weight,
+            failover,
+        });
+    }
+    Ok(out)
+}
