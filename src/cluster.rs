@@ -173,7 +173,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn create_roles(&self) -> Result<(), ClusterError> {
+    /// Runs each statement with psql as the superuser, one `-c` each (so that CREATE DATABASE
+    /// is not inside a transaction block).
+    fn psql(&self, database: &str, statements: &[String]) -> Result<(), ClusterError> {
         let port = self.ports[0].to_string();
         let mut args = vec![
             "-X",
@@ -187,38 +189,26 @@ impl LocalCluster {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            database,
         ];
-        let mut sql = Vec::new();
-        for (name, password, _, encryption) in ROLES {
-            sql.push(format!("SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'"));
-        }
-        sql.push("CREATE DATABASE app OWNER app".into());
-        sql.push("GRANT ALL ON DATABASE app TO PUBLIC".into());
-        for s in &sql {
+        for s in statements {
             args.push("-c");
             args.push(s);
         }
-        self.run("psql", &args)?;
-        let grant = "GRANT ALL ON SCHEMA public TO PUBLIC";
-        self.run(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "app",
-                "-c",
-                grant,
-            ],
-        )?;
-        Ok(())
+        self.run("psql", &args).map(|_| ())
+    }
+
+    fn create_roles(&self) -> Result<(), ClusterError> {
+        let mut sql: Vec<String> = ROLES
+            .iter()
+            .map(|(name, password, _, encryption)| {
+                format!("SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+            })
+            .collect();
+        sql.push("CREATE DATABASE app OWNER app".into());
+        sql.push("GRANT ALL ON DATABASE app TO PUBLIC".into());
+        self.psql("postgres", &sql)?;
+        self.psql("app", &["GRANT ALL ON SCHEMA public TO PUBLIC".into()])
     }
 
     fn init_replica(&self, i: usize) -> Result<(), ClusterError> {

@@ -128,6 +128,76 @@ fn is_write_function(name: &[u8]) -> bool {
             .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
+/// What a statement does to session state that outlives its transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionEffect {
+    /// Nothing that a pooled backend would carry to its next client.
+    None,
+    /// Session-level `SET` / `RESET` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`).
+    Settings,
+    /// `DISCARD` or `DEALLOCATE`: prepared statements (and with DISCARD ALL, settings) are gone.
+    Discard,
+}
+
+/// The strongest session effect of the statements in a Query or Parse.
+pub fn session_effect(sql: &[u8]) -> SessionEffect {
+    let mut lexer = Lexer::new(sql);
+    let mut effect = SessionEffect::None;
+    let mut first: Option<Token<'_>> = None;
+    let mut second: Option<Token<'_>> = None;
+    let mut at = 0;
+    loop {
+        let tok = lexer.next_token();
+        match tok {
+            None | Some(Token::Semi) => {
+                let e = match (first, second) {
+                    (Some(Token::Word(w)), next) if w.eq_ignore_ascii_case(b"set") => {
+                        let scoped = ["local", "transaction", "constraints"]
+                            .iter()
+                            .any(|k| is_kw(next.as_ref(), k));
+                        if scoped {
+                            SessionEffect::None
+                        } else {
+                            SessionEffect::Settings
+                        }
+                    }
+                    (Some(Token::Word(w)), _) if w.eq_ignore_ascii_case(b"reset") => {
+                        SessionEffect::Settings
+                    }
+                    (Some(Token::Word(w)), _)
+                        if w.eq_ignore_ascii_case(b"discard")
+                            || w.eq_ignore_ascii_case(b"deallocate") =>
+                    {
+                        SessionEffect::Discard
+                    }
+                    _ => SessionEffect::None,
+                };
+                effect = match (effect, e) {
+                    (SessionEffect::Discard, _) | (_, SessionEffect::Discard) => {
+                        SessionEffect::Discard
+                    }
+                    (SessionEffect::Settings, _) | (_, SessionEffect::Settings) => {
+                        SessionEffect::Settings
+                    }
+                    _ => SessionEffect::None,
+                };
+                if tok.is_none() || lexer.broken {
+                    return effect;
+                }
+                (first, second, at) = (None, None, 0);
+            }
+            Some(t) => {
+                match at {
+                    0 => first = Some(t),
+                    1 => second = Some(t),
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+    }
+}
+
 /// Classifies the SQL text of a Query or Parse: every statement in it must be a read for
 /// the whole to go to a replica.
 pub fn classify(sql: &[u8]) -> Route {

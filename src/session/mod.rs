@@ -93,6 +93,13 @@ pub struct Session {
     cancel: Rc<Cell<Option<CancelTarget>>>,
 }
 
+/// The message tags in a buffer of whole frames, for trace logs.
+fn tags(buf: &[u8]) -> String {
+    pgpilot_protocol::frame::FrameScan::new(buf, u32::MAX)
+        .map(|(_, h)| h.tag as char)
+        .collect()
+}
+
 /// Serves one accepted client until it leaves.
 pub async fn run(core: Rc<Core>, client: TcpStream) {
     let _ = client.set_nodelay(true);

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
-use pgpilot_protocol::classify::{classify, Target};
+use pgpilot_protocol::classify::{classify, session_effect, SessionEffect, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::statement_of;
@@ -47,6 +47,16 @@ struct Unit {
     rfqs: u32,
     /// It ended with Sync, Query or FunctionCall (false: more frames of it are to come).
     complete: bool,
+    /// What its statements do to session state a pooled backend would keep.
+    effect: SessionEffect,
+}
+
+fn stronger(a: SessionEffect, b: SessionEffect) -> SessionEffect {
+    match (a, b) {
+        (SessionEffect::Discard, _) | (_, SessionEffect::Discard) => SessionEffect::Discard,
+        (SessionEffect::Settings, _) | (_, SessionEffect::Settings) => SessionEffect::Settings,
+        _ => SessionEffect::None,
+    }
 }
 
 fn join(a: Option<Target>, b: Target) -> Option<Target> {
@@ -191,6 +201,7 @@ impl Session {
                 return Ok(true);
             }
             self.flush_out().await?;
+            self.note_effect(unit.effect);
             return self
                 .forward(unit.len, unit.rfqs, !unit.complete)
                 .await
@@ -208,8 +219,25 @@ impl Session {
             self.blocked = true;
             return Ok(false);
         }
+        self.note_effect(unit.effect);
         self.forward(unit.len, unit.rfqs, !unit.complete).await?;
         Ok(true)
+    }
+
+    /// A unit that changes session state leaves its backend in a state no other client may
+    /// inherit: the next attach resets it (transaction mode does not yet carry a client's own
+    /// SET over to other backends), and after DISCARD / DEALLOCATE its shared statements are gone.
+    fn note_effect(&mut self, effect: SessionEffect) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        if self.mode == PoolMode::Session || effect == SessionEffect::None {
+            return;
+        }
+        att.backend.applied = u64::MAX;
+        if effect == SessionEffect::Discard {
+            att.backend.prepared.clear();
+        }
     }
 
     /// Length of the whole frames at the front, stopping before Terminate (session mode).
@@ -235,6 +263,7 @@ impl Session {
             target: Target::Primary,
             rfqs: 0,
             complete: false,
+            effect: SessionEffect::None,
         };
         let mut target = None;
         let mut scan = FrameScan::new(&self.cbuf, self.max_message);
@@ -246,6 +275,7 @@ impl Session {
                 b'Q' => {
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
                     target = join(target, classify(sql).target);
+                    unit.effect = stronger(unit.effect, session_effect(sql));
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
@@ -261,6 +291,7 @@ impl Session {
                 b'P' => {
                     let (name, query) = statement_of(body).map_err(Error::Client)?;
                     let t = classify(query).target;
+                    unit.effect = stronger(unit.effect, session_effect(query));
                     if name.is_empty() {
                         self.unnamed = t;
                     } else {
@@ -337,9 +368,7 @@ impl Session {
             "session={} -> backend {}: {:?} pending={} slots={:?}",
             self.pid,
             att.backend.key.0,
-            FrameScan::new(&batch, u32::MAX)
-                .map(|(_, h)| h.tag as char)
-                .collect::<String>(),
+            super::tags(&batch),
             att.pending,
             att.slots
         );

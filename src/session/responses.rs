@@ -197,9 +197,7 @@ impl Session {
             "session={} <- backend {}: {:?} pending={} slots={:?} idle={idle}",
             self.pid,
             att.backend.key.0,
-            FrameScan::new(&batch, u32::MAX)
-                .map(|(_, h)| h.tag as char)
-                .collect::<String>(),
+            super::tags(&batch),
             att.pending,
             att.slots
         );

@@ -119,3 +119,29 @@ fn an_unreachable_replica_is_skipped() {
         );
     }
 }
+
+#[test]
+fn a_clients_set_never_reaches_another_client_in_transaction_mode() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_size: 1,
+            workers: 1,
+            replica_weights: [0, 0],
+            ..Opts::default()
+        },
+    );
+    let mut a = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let mut b = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    a.query("SET search_path TO leaked_schema").unwrap();
+    a.query("SET statement_timeout = 1").unwrap();
+    // One backend in the pool: b gets the one a just used.
+    assert_eq!(b.query("SHOW search_path").unwrap(), ["\"$user\", public"]);
+    assert_eq!(b.query("SHOW statement_timeout").unwrap(), ["0"]);
+    // DISCARD ALL drops the backend's prepared statements; shared ones are made again.
+    let mut client = common::client(&proxy);
+    let stmt = client.prepare("SELECT 41 + 1").unwrap();
+    a.query("DISCARD ALL").unwrap();
+    assert_eq!(client.query_one(&stmt, &[]).unwrap().get::<_, i32>(0), 42);
+}

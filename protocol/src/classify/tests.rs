@@ -149,3 +149,26 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn session_effects() {
+    use SessionEffect as E;
+    for (sql, effect) in [
+        ("SELECT 1", E::None),
+        ("SET search_path TO x", E::Settings),
+        ("set statement_timeout = 5", E::Settings),
+        ("SET SESSION search_path TO x", E::Settings),
+        ("SET LOCAL search_path TO x", E::None),
+        ("SET TRANSACTION READ ONLY", E::None),
+        ("SET CONSTRAINTS ALL DEFERRED", E::None),
+        ("RESET ALL", E::Settings),
+        ("DISCARD ALL", E::Discard),
+        ("DEALLOCATE ALL", E::Discard),
+        ("SELECT 1; SET work_mem = '1MB'", E::Settings),
+        ("SET a.b = 1; DISCARD PLANS", E::Discard),
+        ("SELECT 'SET x = 1'", E::None),
+        ("/* SET */ SELECT 1", E::None),
+    ] {
+        assert_eq!(session_effect(sql.as_bytes()), effect, "{sql}");
+    }
+}
