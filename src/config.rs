@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgpilot_protocol::classify::Functions;
 use pgpilot_protocol::scram::ScramSecret;
 use serde::Deserialize;
 
@@ -111,6 +112,60 @@ pub struct PoolConfig {
     pub reset_query: String,
 }
 
+/// Where a routing rule sends a session's statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleTarget {
+    /// Everything to the primary (a migration job).
+    Primary,
+    /// Everything to replicas, which refuse writes themselves (a reporting application).
+    Replica,
+}
+
+/// One `[[routing.rules]]` entry: every matcher given must equal the session's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Role name to match.
+    pub user: Option<String>,
+    /// Database to match.
+    pub database: Option<String>,
+    /// `application_name` from the client's startup parameters to match.
+    pub application_name: Option<String>,
+    /// Where the matching sessions' statements go.
+    pub target: RuleTarget,
+}
+
+/// `[routing]`: what the classifier knows beyond SQL, and per-session rules.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingConfig {
+    /// Built-in writing functions plus `write_functions`, minus `read_only_functions`.
+    pub functions: Functions,
+    /// Checked in order; the first match decides.
+    pub rules: Vec<Rule>,
+}
+
+impl RoutingConfig {
+    /// The rule for a session, if any matches.
+    pub fn rule_for(
+        &self,
+        user: &str,
+        database: &str,
+        application_name: Option<&str>,
+    ) -> Option<RuleTarget> {
+        let matches = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| Some(w) == have)
+        };
+        self.rules
+            .iter()
+            .find(|r| {
+                matches(&r.user, Some(user))
+                    && matches(&r.database, Some(database))
+                    && matches(&r.application_name, application_name)
+            })
+            .map(|r| r.target)
+    }
+}
+
 /// One `[[backends]]` entry.
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
@@ -143,6 +198,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// `[[backends]]` in file order; the index is the backend id.
     pub backends: Vec<BackendConfig>,
+    /// `[routing]`.
+    pub routing: RoutingConfig,
 }
 
 impl Config {
@@ -243,6 +300,37 @@ role = "primary"
         ] {
             parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn routing_rules_and_functions() {
+        let text = format!(
+            "{MINIMAL}\n[routing]\nwrite_functions = [\"audit\"]\nread_only_functions = [\"nextval\"]\n\n\
+             [[routing.rules]]\napplication_name = \"reports\"\ntarget = \"replica\"\n\n\
+             [[routing.rules]]\nuser = \"migrator\"\ntarget = \"primary\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.routing.functions.is_write(b"audit"));
+        assert!(!c.routing.functions.is_write(b"nextval"));
+        assert_eq!(
+            c.routing.rule_for("app", "app", Some("reports")),
+            Some(RuleTarget::Replica)
+        );
+        assert_eq!(
+            c.routing.rule_for("migrator", "app", None),
+            Some(RuleTarget::Primary)
+        );
+        assert_eq!(c.routing.rule_for("app", "app", Some("web")), None);
+        let e = parse(&format!(
+            "{MINIMAL}\n[[routing.rules]]\ntarget = \"primary\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "routing.rules[0]");
+        let e = parse(&format!(
+            "{MINIMAL}\n[routing]\nwrite_functions = [\"a.b\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "routing.write_functions");
     }
 
     #[test]

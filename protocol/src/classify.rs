@@ -6,6 +6,8 @@
 
 mod lexer;
 
+use std::collections::HashSet;
+
 use lexer::{Lexer, Token};
 
 /// Where a statement may run.
@@ -44,6 +46,12 @@ pub enum Reason {
     Empty,
     /// Text the lexer could not follow (unterminated string or comment).
     Unparsed,
+    /// A `/* pgpilot:primary */` or `/* pgpilot:replica */` comment decided.
+    Hint,
+    /// A `/* pgpilot:replica */` hint on a statement that may write: refused, never obeyed.
+    HintRefused,
+    /// A `[[routing.rules]]` entry decided.
+    Rule,
 }
 
 impl Reason {
@@ -62,6 +70,9 @@ impl Reason {
             Reason::Write => "write",
             Reason::Empty => "empty",
             Reason::Unparsed => "unparsed",
+            Reason::Hint => "hint",
+            Reason::HintRefused => "hint_refused",
+            Reason::Rule => "rule",
         }
     }
 }
@@ -118,7 +129,7 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "lo_truncate64",
 ];
 
-fn is_write_function(name: &[u8]) -> bool {
+fn is_builtin_write_function(name: &[u8]) -> bool {
     let lower =
         |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
     lower("pg_advisory")
@@ -126,6 +137,57 @@ fn is_write_function(name: &[u8]) -> bool {
         || WRITE_FUNCTIONS
             .iter()
             .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
+/// Which functions may write: the built-in list, plus names configured (or read from the
+/// catalog) as writing, minus names configured as read-only. Names are unqualified and
+/// case-folded; any overload that may write makes the name a write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Functions {
+    write: HashSet<Box<[u8]>>,
+    read_only: HashSet<Box<[u8]>>,
+}
+
+impl Functions {
+    /// Built-in knowledge plus these overrides.
+    pub fn new<'a>(
+        write: impl IntoIterator<Item = &'a str>,
+        read_only: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let fold = |n: &str| n.to_ascii_lowercase().into_bytes().into_boxed_slice();
+        Functions {
+            write: write.into_iter().map(fold).collect(),
+            read_only: read_only.into_iter().map(fold).collect(),
+        }
+    }
+
+    /// Whether a call to `name` may write.
+    pub fn is_write(&self, name: &[u8]) -> bool {
+        if self.write.is_empty() && self.read_only.is_empty() {
+            return is_builtin_write_function(name);
+        }
+        let folded = name.to_ascii_lowercase();
+        if self.read_only.contains(folded.as_slice()) {
+            return false;
+        }
+        self.write.contains(folded.as_slice()) || is_builtin_write_function(name)
+    }
+}
+
+/// The routing hint in a comment that opens the text: `/* pgpilot:primary */` or
+/// `/* pgpilot:replica */` (whitespace inside the comment is ignored).
+pub fn hint(sql: &[u8]) -> Option<Target> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = sql[start..].strip_prefix(b"/*")?;
+    let end = memchr::memmem::find(rest, b"*/")?;
+    let body = rest[..end].trim_ascii();
+    if body.eq_ignore_ascii_case(b"pgpilot:primary") {
+        Some(Target::Primary)
+    } else if body.eq_ignore_ascii_case(b"pgpilot:replica") {
+        Some(Target::Replica)
+    } else {
+        None
+    }
 }
 
 /// What a statement does to session state that outlives its transaction.
@@ -201,6 +263,22 @@ pub fn session_effect(sql: &[u8]) -> SessionEffect {
 /// Classifies the SQL text of a Query or Parse: every statement in it must be a read for
 /// the whole to go to a replica.
 pub fn classify(sql: &[u8]) -> Route {
+    classify_with(sql, &Functions::default())
+}
+
+/// [`classify`] with configured function knowledge; a leading hint comment is honoured
+/// (a replica hint only where the statement is provably a read).
+pub fn classify_with(sql: &[u8], functions: &Functions) -> Route {
+    let route = classify_text(sql, functions);
+    match hint(sql) {
+        None => route,
+        Some(Target::Primary) => Route::primary(Reason::Hint),
+        Some(Target::Replica) if route.target == Target::Replica => Route::replica(Reason::Hint),
+        Some(Target::Replica) => Route::primary(Reason::HintRefused),
+    }
+}
+
+fn classify_text(sql: &[u8], functions: &Functions) -> Route {
     let mut lexer = Lexer::new(sql);
     let mut tokens = Vec::with_capacity(32);
     let mut overall: Option<Route> = None;
@@ -218,7 +296,7 @@ pub fn classify(sql: &[u8]) -> Route {
             return Route::primary(Reason::Unparsed);
         }
         if !tokens.is_empty() {
-            let route = statement(&tokens);
+            let route = statement(&tokens, functions);
             if route.target == Target::Primary {
                 return route;
             }
@@ -233,20 +311,20 @@ pub fn classify(sql: &[u8]) -> Route {
 }
 
 /// Classifies one statement's tokens.
-fn statement(tokens: &[Token<'_>]) -> Route {
+fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
     let first = tokens.first();
     if is_kw(first, "select")
         || is_kw(first, "values")
         || is_kw(first, "table")
         || is_kw(first, "with")
     {
-        return query(tokens);
+        return query(tokens, functions);
     }
     if is_kw(first, "show") {
         return Route::replica(Reason::Show);
     }
     if is_kw(first, "explain") {
-        return explain(&tokens[1..]);
+        return explain(&tokens[1..], functions);
     }
     if is_kw(first, "begin") || is_kw(first, "start") {
         return begin(&tokens[1..]);
@@ -267,19 +345,19 @@ fn statement(tokens: &[Token<'_>]) -> Route {
             || is_kw(inner.first(), "values")
             || is_kw(inner.first(), "with")
         {
-            return query(inner);
+            return query(inner, functions);
         }
     }
     Route::primary(Reason::Write)
 }
 
 /// SELECT, VALUES, TABLE and WITH: a read unless something inside writes or locks.
-fn query(tokens: &[Token<'_>]) -> Route {
+fn query(tokens: &[Token<'_>], functions: &Functions) -> Route {
     let is_with = is_kw(tokens.first(), "with");
     for (i, tok) in tokens.iter().enumerate() {
         let Token::Word(w) = tok else {
             if let (Token::Quoted(name), Some(Token::LParen)) = (tok, tokens.get(i + 1)) {
-                if is_write_function(name) {
+                if functions.is_write(name) {
                     return Route::primary(Reason::WriteFunction);
                 }
             }
@@ -304,7 +382,7 @@ fn query(tokens: &[Token<'_>]) -> Route {
         if kw("into") {
             return Route::primary(Reason::SelectInto);
         }
-        if tokens.get(i + 1) == Some(&Token::LParen) && is_write_function(w) {
+        if tokens.get(i + 1) == Some(&Token::LParen) && functions.is_write(w) {
             return Route::primary(Reason::WriteFunction);
         }
     }
@@ -312,7 +390,7 @@ fn query(tokens: &[Token<'_>]) -> Route {
 }
 
 /// EXPLAIN [ ( options ) | ANALYZE VERBOSE … ] statement: only EXPLAIN ANALYZE runs it.
-fn explain(tokens: &[Token<'_>]) -> Route {
+fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
     let mut analyze = false;
     let mut rest = tokens;
     if rest.first() == Some(&Token::LParen) {
@@ -337,7 +415,7 @@ fn explain(tokens: &[Token<'_>]) -> Route {
     if !analyze {
         return Route::replica(Reason::Explain);
     }
-    match statement(rest) {
+    match statement(rest, functions) {
         r if r.target == Target::Primary => r,
         _ => Route::replica(Reason::Explain),
     }

@@ -8,8 +8,11 @@ use std::time::Duration;
 use pgpilot_protocol::scram::{random_bytes, ScramSecret, DEFAULT_ITERATIONS};
 use serde::Deserialize;
 
+use pgpilot_protocol::classify::Functions;
+
 use super::{
-    AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, ServerConfig, User,
+    AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, RoutingConfig,
+    Rule, RuleTarget, ServerConfig, User,
 };
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +28,25 @@ pub(super) struct RawConfig {
     pool: RawPool,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    #[serde(default)]
+    routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    write_functions: Vec<String>,
+    read_only_functions: Vec<String>,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    user: Option<String>,
+    database: Option<String>,
+    application_name: Option<String>,
+    target: RuleTarget,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +153,45 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         users: validate_users(raw.users, &err)?,
         pool: validate_pool(raw.pool, &err)?,
         backends: validate_backends(raw.backends, &err)?,
+        routing: validate_routing(raw.routing, &err)?,
     })
+}
+
+fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, ConfigError> {
+    for (key, names) in [
+        ("routing.write_functions", &r.write_functions),
+        ("routing.read_only_functions", &r.read_only_functions),
+    ] {
+        if let Some(bad) = names
+            .iter()
+            .find(|n| n.is_empty() || n.contains('.') || n.contains('('))
+        {
+            return Err(err(
+                key,
+                format!("{bad:?} is not an unqualified function name"),
+            ));
+        }
+    }
+    let functions = Functions::new(
+        r.write_functions.iter().map(String::as_str),
+        r.read_only_functions.iter().map(String::as_str),
+    );
+    let mut rules = Vec::with_capacity(r.rules.len());
+    for (i, rule) in r.rules.into_iter().enumerate() {
+        if rule.user.is_none() && rule.database.is_none() && rule.application_name.is_none() {
+            return Err(err(
+                &format!("routing.rules[{i}]"),
+                "needs at least one of user, database, application_name".into(),
+            ));
+        }
+        rules.push(Rule {
+            user: rule.user,
+            database: rule.database,
+            application_name: rule.application_name,
+            target: rule.target,
+        });
+    }
+    Ok(RoutingConfig { functions, rules })
 }
 
 fn at_least_one(key: &str, value: u64, err: Problem<'_>) -> Result<(), ConfigError> {

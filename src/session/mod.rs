@@ -81,6 +81,8 @@ pub struct Session {
     statements: HashMap<Bytes, Stmt>,
     /// Route of the unnamed statement.
     unnamed: Target,
+    /// A `[[routing.rules]]` entry sends all of this session's statements here.
+    rule: Option<Target>,
     /// Client frames wait until the backend is idle (a write after reads on a replica).
     blocked: bool,
     /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
-use pgpilot_protocol::classify::{classify, session_effect, SessionEffect, Target};
+use pgpilot_protocol::classify::{classify_with, session_effect, Reason, SessionEffect, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::statement_of;
@@ -49,6 +49,8 @@ struct Unit {
     complete: bool,
     /// What its statements do to session state a pooled backend would keep.
     effect: SessionEffect,
+    /// A statement carries a replica hint but may write: the unit is refused.
+    refused: bool,
 }
 
 fn stronger(a: SessionEffect, b: SessionEffect) -> SessionEffect {
@@ -188,6 +190,14 @@ impl Session {
         if unit.len == 0 {
             return Ok(true);
         }
+        if unit.refused {
+            let e = ErrorFields::error(
+                "25006",
+                "a pgpilot:replica hint on a statement that may write is refused",
+            );
+            self.drop_unit(&unit, &e).await?;
+            return Ok(true);
+        }
         let Some(att) = self.attached.as_ref() else {
             if unit.complete && unit.rfqs == 1 && tag == b'S' {
                 // A lone Sync with nothing outstanding: answer it here.
@@ -264,8 +274,10 @@ impl Session {
             rfqs: 0,
             complete: false,
             effect: SessionEffect::None,
+            refused: false,
         };
         let mut target = None;
+        let functions = &self.core.config.routing.functions;
         let mut scan = FrameScan::new(&self.cbuf, self.max_message);
         for (at, h) in &mut scan {
             let frame = &self.cbuf[at..at + h.frame_len()];
@@ -274,7 +286,9 @@ impl Session {
                 b'X' | b'p' => break,
                 b'Q' => {
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-                    target = join(target, classify(sql).target);
+                    let route = classify_with(sql, functions);
+                    unit.refused |= route.reason == Reason::HintRefused;
+                    target = join(target, route.target);
                     unit.effect = stronger(unit.effect, session_effect(sql));
                     unit.rfqs += 1;
                     unit.complete = true;
@@ -290,9 +304,13 @@ impl Session {
                 }
                 b'P' => {
                     let (name, query) = statement_of(body).map_err(Error::Client)?;
-                    let t = classify(query).target;
+                    let route = classify_with(query, functions);
+                    let t = route.target;
+                    unit.refused |= route.reason == Reason::HintRefused;
                     unit.effect = stronger(unit.effect, session_effect(query));
-                    if name.is_empty() {
+                    if route.reason == Reason::HintRefused {
+                        // Refused: the statement is never created.
+                    } else if name.is_empty() {
                         self.unnamed = t;
                     } else {
                         let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
@@ -317,7 +335,13 @@ impl Session {
         if let (Some(e), 0) = (scan.error(), unit.len) {
             return Err(Error::Client(e));
         }
-        unit.target = target.unwrap_or(Target::Primary);
+        unit.target = match self.rule {
+            Some(t) => {
+                unit.refused = false;
+                t
+            }
+            None => target.unwrap_or(Target::Primary),
+        };
         Ok(unit)
     }
 
@@ -383,16 +407,27 @@ impl Session {
     /// No backend for a unit: tell the client and drop the unit (up to its Sync).
     async fn fail_unit(&mut self, unit: &Unit, e: Error) -> Result<(), Error> {
         log::warn!("session={} no backend: {e}", self.pid);
-        let _ = self.cbuf.split_to(unit.len);
         let fields = match &e {
             Error::BackendRejected { code, message, .. } => {
                 ErrorFields::error(intern_code(code), message.clone())
             }
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
-        encode::error_response(&mut self.out, &fields);
+        self.drop_unit(unit, &fields).await
+    }
+
+    /// Answers a unit with an error instead of running it; the rest of an extended unit is
+    /// skipped up to its Sync, as PostgreSQL does after an error. The backend (if any) never
+    /// saw the unit, so its transaction status is what the client keeps.
+    async fn drop_unit(&mut self, unit: &Unit, fields: &ErrorFields) -> Result<(), Error> {
+        let _ = self.cbuf.split_to(unit.len);
+        encode::error_response(&mut self.out, fields);
         if unit.complete {
-            encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+            let status = self
+                .attached
+                .as_ref()
+                .map_or(TransactionStatus::Idle, |a| a.status);
+            encode::ready_for_query(&mut self.out, status);
         } else {
             self.skip_until_sync = true;
         }

@@ -18,7 +18,7 @@ use pgpilot_protocol::startup::{self, StartupPacket};
 use pgpilot_protocol::{Frame, ProtocolError};
 
 use super::{Gucs, Session};
-use crate::config::{AuthMethod, PoolMode};
+use crate::config::{AuthMethod, PoolMode, RuleTarget};
 use crate::core::Core;
 use crate::error::Error;
 use crate::pool::PoolKey;
@@ -100,6 +100,7 @@ struct Startup {
     user: Rc<str>,
     database: Rc<str>,
     gucs: Gucs,
+    rule: Option<Target>,
 }
 
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
@@ -146,6 +147,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         attached: None,
         statements: HashMap::new(),
         unnamed: Target::Primary,
+        rule: st.rule,
         blocked: false,
         skip_until_sync: false,
         view: Vec::new(),
@@ -221,10 +223,24 @@ async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal>
         conn.send(&out).await?;
     }
     authenticate(core, conn, user).await?;
+    let app = gucs
+        .list
+        .iter()
+        .find(|(n, _)| n == "application_name")
+        .map(|(_, v)| v.as_str());
+    let rule = core
+        .config
+        .routing
+        .rule_for(user, database, app)
+        .map(|t| match t {
+            RuleTarget::Primary => Target::Primary,
+            RuleTarget::Replica => Target::Replica,
+        });
     let st = Startup {
         user: user.into(),
         database: database.into(),
         gucs,
+        rule,
     };
     // The session now owns the client count; `Session::finish` releases it.
     std::mem::forget(admitted);

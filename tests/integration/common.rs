@@ -111,6 +111,8 @@ pub struct Opts {
     pub replica_weights: [u32; 2],
     /// Adds a replica on a port nobody listens on, with this weight.
     pub dead_replica_weight: Option<u32>,
+    /// Appended to the config as it is (e.g. a `[routing]` section).
+    pub extra: &'static str,
 }
 
 impl Default for Opts {
@@ -125,6 +127,7 @@ impl Default for Opts {
             checkout_timeout_ms: 5000,
             replica_weights: [1, 1],
             dead_replica_weight: None,
+            extra: "",
         }
     }
 }
@@ -150,6 +153,7 @@ pub fn config_text(c: &Cluster, o: &Opts) -> String {
         };
         t.push_str(&format!("\n[[backends]]\nname = \"b{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\nweight = {weight}\n"));
     }
+    t.push_str(o.extra);
     if let Some(weight) = o.dead_replica_weight {
         let port = pgpilot::cluster::free_port().expect("a free port");
         t.push_str(&format!("\n[[backends]]\nname = \"dead\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"replica\"\nweight = {weight}\n"));

@@ -145,3 +145,80 @@ fn a_clients_set_never_reaches_another_client_in_transaction_mode() {
     a.query("DISCARD ALL").unwrap();
     assert_eq!(client.query_one(&stmt, &[]).unwrap().get::<_, i32>(0), 42);
 }
+
+const RULES: &str = r#"
+[routing]
+write_functions = ["touch_row"]
+
+[[routing.rules]]
+application_name = "reports"
+target = "replica"
+
+[[routing.rules]]
+application_name = "migrator"
+target = "primary"
+"#;
+
+#[test]
+fn hints_rules_and_configured_write_functions() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: RULES,
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    assert_eq!(
+        raw.query("/* pgpilot:primary */ SELECT pg_is_in_recovery()")
+            .unwrap(),
+        ["f"]
+    );
+    assert_eq!(
+        raw.query("/* pgpilot:replica */ SELECT pg_is_in_recovery()")
+            .unwrap(),
+        ["t"]
+    );
+    let e = raw
+        .query("/* pgpilot:replica */ CREATE TABLE hinted (a int)")
+        .unwrap_err();
+    assert_eq!(e.0, "25006", "a replica hint on a write is refused");
+    assert_eq!(raw.query("SELECT 1").unwrap(), ["1"], "the session goes on");
+    raw.query("CREATE OR REPLACE FUNCTION touch_row() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        .unwrap();
+    assert_eq!(
+        raw.query("SELECT pg_is_in_recovery() FROM touch_row()")
+            .unwrap(),
+        ["f"]
+    );
+
+    let mut reports = Raw::connect(
+        proxy.addr(),
+        "app",
+        "app",
+        &[("application_name", "reports")],
+    )
+    .unwrap();
+    assert_eq!(
+        reports
+            .query("BEGIN; SELECT pg_is_in_recovery(); COMMIT")
+            .unwrap(),
+        ["t"]
+    );
+    assert_eq!(
+        reports
+            .query("CREATE TABLE reports_cannot (a int)")
+            .unwrap_err()
+            .0,
+        "25006"
+    );
+    let mut migrator = Raw::connect(
+        proxy.addr(),
+        "app",
+        "app",
+        &[("application_name", "migrator")],
+    )
+    .unwrap();
+    assert_eq!(migrator.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
+}

@@ -172,3 +172,77 @@ fn session_effects() {
         assert_eq!(session_effect(sql.as_bytes()), effect, "{sql}");
     }
 }
+
+#[test]
+fn configured_functions_override_the_builtin_list() {
+    let f = Functions::new(["audit_log", "Touch_Row"], ["nextval"]);
+    assert_eq!(
+        classify_with(b"SELECT audit_log('x')", &f),
+        Route {
+            target: Primary,
+            reason: WriteFunction
+        }
+    );
+    assert_eq!(
+        classify_with(b"SELECT app.touch_row(1)", &f),
+        Route {
+            target: Primary,
+            reason: WriteFunction
+        }
+    );
+    assert_eq!(
+        classify_with(b"SELECT nextval('s')", &f),
+        Route {
+            target: Replica,
+            reason: PlainRead
+        }
+    );
+    assert_eq!(
+        classify_with(b"SELECT setval('s', 1)", &f),
+        Route {
+            target: Primary,
+            reason: WriteFunction
+        }
+    );
+    assert_eq!(classify(b"SELECT audit_log('x')").target, Replica);
+}
+
+#[test]
+fn hints_decide_but_a_replica_hint_never_sends_a_write_to_a_replica() {
+    let f = Functions::default();
+    assert_eq!(
+        classify_with(b"/* pgpilot:primary */ SELECT 1", &f),
+        Route {
+            target: Primary,
+            reason: Hint
+        }
+    );
+    assert_eq!(
+        classify_with(b"  /*pgpilot:replica*/ SELECT 1", &f),
+        Route {
+            target: Replica,
+            reason: Hint
+        }
+    );
+    assert_eq!(
+        classify_with(b"/* pgpilot:replica */ UPDATE t SET a = 1", &f),
+        Route {
+            target: Primary,
+            reason: HintRefused
+        }
+    );
+    assert_eq!(
+        classify_with(b"/* pgpilot:replica */ SELECT nextval('s')", &f),
+        Route {
+            target: Primary,
+            reason: HintRefused
+        }
+    );
+    // Only a comment that opens the text is a hint.
+    assert_eq!(
+        classify_with(b"SELECT 1 /* pgpilot:primary */", &f).reason,
+        PlainRead
+    );
+    assert_eq!(classify_with(b"/* other */ SELECT 1", &f).reason, PlainRead);
+    assert_eq!(hint(b"/* pgpilot:replica"), None);
+}
