@@ -62,6 +62,8 @@ pub struct Core {
     peers: Vec<Sender<CoreMsg>>,
     /// Replicas this core failed to reach, and until when it leaves them alone.
     benched: RefCell<HashMap<usize, Instant>>,
+    /// Sessions pinned to their backend since start (transaction mode).
+    pins: Cell<u64>,
     shutting_down: Cell<bool>,
     shutdown_wakers: RefCell<HashMap<u32, Waker>>,
     rng: Cell<u64>,
@@ -89,6 +91,7 @@ impl Core {
             clients,
             peers,
             benched: RefCell::new(HashMap::new()),
+            pins: Cell::new(0),
             shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
@@ -217,6 +220,16 @@ impl Core {
         if let Some(t) = target {
             glommio::spawn_local(send_cancel(t)).detach();
         }
+    }
+
+    /// Counts a session pinned to its backend.
+    pub fn note_pin(&self) {
+        self.pins.set(self.pins.get() + 1);
+    }
+
+    /// Sessions pinned to their backend on this core since start.
+    pub fn pin_count(&self) -> u64 {
+        self.pins.get()
     }
 
     /// Whether shutdown has begun.

@@ -190,8 +190,9 @@ pub fn hint(sql: &[u8]) -> Option<Target> {
     }
 }
 
-/// What a statement does to session state that outlives its transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a statement does to session state that outlives its transaction. Ordered: a stronger
+/// effect includes the weaker ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SessionEffect {
     /// Nothing that a pooled backend would carry to its next client.
     None,
@@ -199,65 +200,108 @@ pub enum SessionEffect {
     Settings,
     /// `DISCARD` or `DEALLOCATE`: prepared statements (and with DISCARD ALL, settings) are gone.
     Discard,
+    /// State that cannot move to another backend: `LISTEN`, temporary tables, session-level
+    /// advisory locks, `DECLARE … WITH HOLD`, SQL `PREPARE`, `SET ROLE` / `SESSION AUTHORIZATION`.
+    /// The client stays on its backend.
+    Pin,
 }
+
+/// Session-level advisory lock functions (the `_xact_` ones end with the transaction).
+const SESSION_LOCK_FUNCTIONS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
 
 /// The strongest session effect of the statements in a Query or Parse.
 pub fn session_effect(sql: &[u8]) -> SessionEffect {
     let mut lexer = Lexer::new(sql);
+    let mut tokens = Vec::with_capacity(16);
     let mut effect = SessionEffect::None;
-    let mut first: Option<Token<'_>> = None;
-    let mut second: Option<Token<'_>> = None;
-    let mut at = 0;
     loop {
-        let tok = lexer.next_token();
-        match tok {
-            None | Some(Token::Semi) => {
-                let e = match (first, second) {
-                    (Some(Token::Word(w)), next) if w.eq_ignore_ascii_case(b"set") => {
-                        let scoped = ["local", "transaction", "constraints"]
-                            .iter()
-                            .any(|k| is_kw(next.as_ref(), k));
-                        if scoped {
-                            SessionEffect::None
-                        } else {
-                            SessionEffect::Settings
-                        }
-                    }
-                    (Some(Token::Word(w)), _) if w.eq_ignore_ascii_case(b"reset") => {
-                        SessionEffect::Settings
-                    }
-                    (Some(Token::Word(w)), _)
-                        if w.eq_ignore_ascii_case(b"discard")
-                            || w.eq_ignore_ascii_case(b"deallocate") =>
-                    {
-                        SessionEffect::Discard
-                    }
-                    _ => SessionEffect::None,
-                };
-                effect = match (effect, e) {
-                    (SessionEffect::Discard, _) | (_, SessionEffect::Discard) => {
-                        SessionEffect::Discard
-                    }
-                    (SessionEffect::Settings, _) | (_, SessionEffect::Settings) => {
-                        SessionEffect::Settings
-                    }
-                    _ => SessionEffect::None,
-                };
-                if tok.is_none() || lexer.broken {
-                    return effect;
-                }
-                (first, second, at) = (None, None, 0);
+        tokens.clear();
+        let mut ended = true;
+        while let Some(t) = lexer.next_token() {
+            if t == Token::Semi {
+                ended = false;
+                break;
             }
-            Some(t) => {
-                match at {
-                    0 => first = Some(t),
-                    1 => second = Some(t),
-                    _ => {}
-                }
-                at += 1;
-            }
+            tokens.push(t);
+        }
+        effect = effect.max(statement_effect(&tokens));
+        if ended || lexer.broken {
+            return effect;
         }
     }
+}
+
+fn statement_effect(tokens: &[Token<'_>]) -> SessionEffect {
+    let first = tokens.first();
+    let second = tokens.get(1);
+    let has = |a: &str, b: &str| {
+        tokens
+            .windows(2)
+            .any(|w| is_kw(Some(&w[0]), a) && is_kw(Some(&w[1]), b))
+    };
+    let calls_lock = tokens.windows(2).any(|w| {
+        let name = match w[0] {
+            Token::Word(n) | Token::Quoted(n) => n,
+            _ => return false,
+        };
+        w[1] == Token::LParen
+            && SESSION_LOCK_FUNCTIONS
+                .iter()
+                .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+    });
+    if is_kw(first, "listen") || is_kw(first, "prepare") || calls_lock {
+        return SessionEffect::Pin;
+    }
+    if is_kw(first, "create")
+        && tokens
+            .iter()
+            .take(3)
+            .any(|t| is_kw(Some(t), "temp") || is_kw(Some(t), "temporary"))
+    {
+        return SessionEffect::Pin;
+    }
+    if (is_kw(first, "select") || is_kw(first, "with"))
+        && (has("into", "temp") || has("into", "temporary"))
+    {
+        return SessionEffect::Pin;
+    }
+    if is_kw(first, "declare") && has("with", "hold") {
+        return SessionEffect::Pin;
+    }
+    if is_kw(first, "set") {
+        let target = if is_kw(second, "session") {
+            tokens.get(2)
+        } else {
+            second
+        };
+        if is_kw(target, "role") || is_kw(target, "authorization") {
+            return SessionEffect::Pin;
+        }
+        let scoped = ["local", "transaction", "constraints"]
+            .iter()
+            .any(|k| is_kw(second, k));
+        return if scoped {
+            SessionEffect::None
+        } else {
+            SessionEffect::Settings
+        };
+    }
+    if is_kw(first, "reset") {
+        return if is_kw(second, "role") || is_kw(second, "session") {
+            SessionEffect::Pin
+        } else {
+            SessionEffect::Settings
+        };
+    }
+    if is_kw(first, "discard") || is_kw(first, "deallocate") {
+        return SessionEffect::Discard;
+    }
+    SessionEffect::None
 }
 
 /// Classifies the SQL text of a Query or Parse: every statement in it must be a read for

@@ -82,6 +82,11 @@ impl Session {
             att.backend.applied = self.gucs.hash;
             att.hidden = 1;
         }
+        log::trace!(
+            "session={} attached backend {}",
+            self.pid,
+            att.backend.key.0
+        );
         let (pid, secret) = att.backend.key;
         self.cancel.set(Some(CancelTarget {
             addr: att.backend.addr,
@@ -163,6 +168,11 @@ impl Session {
                 );
                 return;
             }
+            log::trace!(
+                "session={} released backend {}",
+                self.pid,
+                att.backend.key.0
+            );
             att.pool.checkin(att.backend);
         }
     }

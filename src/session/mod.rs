@@ -83,6 +83,8 @@ pub struct Session {
     unnamed: Target,
     /// A `[[routing.rules]]` entry sends all of this session's statements here.
     rule: Option<Target>,
+    /// State that cannot move (LISTEN, temp tables, …) holds the client on its backend.
+    pinned: bool,
     /// Client frames wait until the backend is idle (a write after reads on a replica).
     blocked: bool,
     /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.
@@ -143,16 +145,21 @@ impl Session {
         if let Some(mut att) = self.attached.take() {
             self.cancel.set(None);
             if att.is_idle() && att.backend.rbuf.is_empty() {
-                let reset = &self.core.config.pool.reset_query;
-                if self.mode == PoolMode::Session && !reset.is_empty() {
-                    if attach::run_hidden_query(&mut att.backend, reset)
-                        .await
-                        .is_ok()
-                    {
-                        att.backend.applied = u64::MAX;
-                        att.pool.checkin(att.backend);
-                    }
-                } else {
+                // Session mode resets with `reset_query`; a pinned transaction-mode client
+                // leaves temp tables, LISTEN or locks behind, which DISCARD ALL removes.
+                let reset = match self.mode {
+                    PoolMode::Session => self.core.config.pool.reset_query.as_str(),
+                    PoolMode::Transaction if self.pinned => "DISCARD ALL",
+                    PoolMode::Transaction => "",
+                };
+                if reset.is_empty() {
+                    att.pool.checkin(att.backend);
+                } else if attach::run_hidden_query(&mut att.backend, reset)
+                    .await
+                    .is_ok()
+                {
+                    att.backend.applied = u64::MAX;
+                    att.backend.prepared.clear();
                     att.pool.checkin(att.backend);
                 }
             }

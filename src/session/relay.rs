@@ -53,14 +53,6 @@ struct Unit {
     refused: bool,
 }
 
-fn stronger(a: SessionEffect, b: SessionEffect) -> SessionEffect {
-    match (a, b) {
-        (SessionEffect::Discard, _) | (_, SessionEffect::Discard) => SessionEffect::Discard,
-        (SessionEffect::Settings, _) | (_, SessionEffect::Settings) => SessionEffect::Settings,
-        _ => SessionEffect::None,
-    }
-}
-
 fn join(a: Option<Target>, b: Target) -> Option<Target> {
     match (a, b) {
         (Some(Target::Primary), _) | (_, Target::Primary) => Some(Target::Primary),
@@ -218,6 +210,7 @@ impl Session {
                 .map(|()| true);
         };
         let must_move = !mid_unit
+            && !self.pinned
             && att.on_replica
             && unit.target == Target::Primary
             && att.status == TransactionStatus::Idle;
@@ -236,7 +229,8 @@ impl Session {
 
     /// A unit that changes session state leaves its backend in a state no other client may
     /// inherit: the next attach resets it (transaction mode does not yet carry a client's own
-    /// SET over to other backends), and after DISCARD / DEALLOCATE its shared statements are gone.
+    /// SET over to other backends), after DISCARD / DEALLOCATE its shared statements are gone,
+    /// and state that cannot move (LISTEN, temp tables, …) pins the client to the backend.
     fn note_effect(&mut self, effect: SessionEffect) {
         let Some(att) = self.attached.as_mut() else {
             return;
@@ -245,8 +239,17 @@ impl Session {
             return;
         }
         att.backend.applied = u64::MAX;
-        if effect == SessionEffect::Discard {
+        if effect >= SessionEffect::Discard {
             att.backend.prepared.clear();
+        }
+        if effect == SessionEffect::Pin && !self.pinned {
+            self.pinned = true;
+            self.core.note_pin();
+            log::debug!(
+                "session={} pinned to backend {}",
+                self.pid,
+                att.backend.addr
+            );
         }
     }
 
@@ -289,7 +292,7 @@ impl Session {
                     let route = classify_with(sql, functions);
                     unit.refused |= route.reason == Reason::HintRefused;
                     target = join(target, route.target);
-                    unit.effect = stronger(unit.effect, session_effect(sql));
+                    unit.effect = unit.effect.max(session_effect(sql));
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
@@ -307,7 +310,7 @@ impl Session {
                     let route = classify_with(query, functions);
                     let t = route.target;
                     unit.refused |= route.reason == Reason::HintRefused;
-                    unit.effect = stronger(unit.effect, session_effect(query));
+                    unit.effect = unit.effect.max(session_effect(query));
                     if route.reason == Reason::HintRefused {
                         // Refused: the statement is never created.
                     } else if name.is_empty() {

@@ -209,7 +209,7 @@ impl Session {
                 .map_err(Error::ClientIo)?;
         }
         self.answer_fakes().await?;
-        if self.mode == PoolMode::Transaction && idle {
+        if self.mode == PoolMode::Transaction && idle && !self.pinned {
             self.release();
         }
         if settled {

@@ -148,6 +148,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         statements: HashMap::new(),
         unnamed: Target::Primary,
         rule: st.rule,
+        pinned: false,
         blocked: false,
         skip_until_sync: false,
         view: Vec::new(),

@@ -222,3 +222,52 @@ fn hints_rules_and_configured_write_functions() {
     .unwrap();
     assert_eq!(migrator.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
 }
+
+#[test]
+fn temp_tables_listen_and_locks_pin_the_client_in_transaction_mode() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_size: 4,
+            workers: 1,
+            replica_weights: [0, 0],
+            ..Opts::default()
+        },
+    );
+    let mut a = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    a.query("CREATE TEMP TABLE scratch (v int)").unwrap();
+    a.query("INSERT INTO scratch VALUES (7)").unwrap();
+    // Other clients keep the pool busy; a stays on its backend.
+    let mut others: Vec<Raw> = (0..3)
+        .map(|_| Raw::connect(proxy.addr(), "app", "app", &[]).unwrap())
+        .collect();
+    for o in &mut others {
+        o.query("SELECT 1").unwrap();
+    }
+    assert_eq!(a.query("SELECT v FROM scratch").unwrap(), ["7"]);
+    a.query("LISTEN pinned_chan").unwrap();
+    others[0].query("NOTIFY pinned_chan, 'hello'").unwrap();
+    let mut out = bytes::BytesMut::new();
+    pgpilot_protocol::encode::query(&mut out, b"SELECT 1");
+    let notified = common::eventually(std::time::Duration::from_secs(5), || {
+        a.send(&out);
+        a.until_ready().iter().any(|f| f.tag == b'A')
+    });
+    assert!(notified, "the pinned client gets its notification");
+    assert_eq!(a.query("SELECT pg_try_advisory_lock(4242)").unwrap(), ["t"]);
+    drop(a);
+    // Its backend is cleaned before anyone else gets it: no temp table, no lock left.
+    let mut b = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    assert!(common::eventually(
+        std::time::Duration::from_secs(5),
+        || { b.query("SELECT pg_try_advisory_lock(4242)").unwrap() == ["t"] }
+    ));
+    for _ in 0..8 {
+        assert_eq!(
+            b.query("SELECT count(*) FROM pg_tables WHERE tablename = 'scratch'")
+                .unwrap(),
+            ["0"]
+        );
+    }
+}

@@ -246,3 +246,33 @@ fn hints_decide_but_a_replica_hint_never_sends_a_write_to_a_replica() {
     assert_eq!(classify_with(b"/* other */ SELECT 1", &f).reason, PlainRead);
     assert_eq!(hint(b"/* pgpilot:replica"), None);
 }
+
+#[test]
+fn constructs_that_pin_a_client_to_its_backend() {
+    use SessionEffect as E;
+    for sql in [
+        "LISTEN jobs",
+        "CREATE TEMP TABLE t (a int)",
+        "create temporary table t as select 1",
+        "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+        "SELECT * INTO TEMP t FROM s",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "PREPARE q AS SELECT 1",
+        "SELECT pg_advisory_lock(42)",
+        "SELECT pg_try_advisory_lock(1, 2)",
+        "SET ROLE reporting",
+        "SET SESSION AUTHORIZATION other",
+        "SELECT 1; LISTEN x",
+    ] {
+        assert_eq!(session_effect(sql.as_bytes()), E::Pin, "{sql}");
+    }
+    for sql in [
+        "SELECT pg_advisory_xact_lock(1)",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "CREATE TABLE t (a int)",
+        "SELECT 'LISTEN x'",
+    ] {
+        assert_eq!(session_effect(sql.as_bytes()), E::None, "{sql}");
+    }
+    assert_eq!(session_effect(b"LISTEN x; DISCARD ALL"), E::Pin);
+}
