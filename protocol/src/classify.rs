@@ -5,6 +5,9 @@
 //! identifiers and dollar quotes without copying, so keywords inside them never count.
 
 mod lexer;
+mod settings;
+
+pub use settings::{setting_changes, SettingChange};
 
 use std::collections::HashSet;
 

@@ -74,6 +74,9 @@ impl Session {
             slots: std::collections::VecDeque::new(),
             skipping: false,
             copy_in: false,
+            changes: None,
+            changes_failed: false,
+            changes_settled: None,
         };
         if att.backend.applied != self.gucs.hash {
             let mut q = BytesMut::new();

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
-use pgpilot_protocol::classify::Target;
+use pgpilot_protocol::classify::{SettingChange, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 
 use crate::backend::Backend;
@@ -48,6 +48,12 @@ struct Attached {
     skipping: bool,
     /// The backend is in copy-in mode and the client has not ended the COPY yet.
     copy_in: bool,
+    /// Session-level SETs sent in autocommit, kept once their unit ends without error.
+    changes: Option<Vec<SettingChange>>,
+    /// An ErrorResponse arrived while `changes` were in flight.
+    changes_failed: bool,
+    /// The transaction status when the unit carrying `changes` ended.
+    changes_settled: Option<TransactionStatus>,
 }
 
 impl Attached {
@@ -75,6 +81,11 @@ pub struct Session {
     max_message: u32,
     user: Rc<str>,
     database: Rc<str>,
+    /// Run-time parameters from the startup packet.
+    startup: Rc<Gucs>,
+    /// The session's own SETs since then, by parameter name.
+    overrides: Vec<(String, String)>,
+    /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
     attached: Option<Attached>,
     /// The client's named prepared statements, with the route decided at their Parse.

@@ -34,6 +34,10 @@ impl Gucs {
                 add(name, value);
             }
         }
+        Ok(Gucs::from_list(list))
+    }
+
+    fn from_list(mut list: Vec<(String, String)>) -> Gucs {
         list.sort();
         let hash = if list.is_empty() {
             0
@@ -42,7 +46,19 @@ impl Gucs {
             list.hash(&mut h);
             h.finish().clamp(1, u64::MAX - 1)
         };
-        Ok(Gucs { list, hash })
+        Gucs { list, hash }
+    }
+
+    /// The startup set `base` with the session's own `SET`s laid over it.
+    pub fn overlay(base: &Gucs, overrides: &[(String, String)]) -> Gucs {
+        let mut list: Vec<(String, String)> = base
+            .list
+            .iter()
+            .filter(|(n, _)| !overrides.iter().any(|(o, _)| o == n))
+            .cloned()
+            .collect();
+        list.extend(overrides.iter().cloned());
+        Gucs::from_list(list)
     }
 
     /// SQL that brings a backend from the set with hash `applied` to this one. Values go
@@ -158,6 +174,23 @@ mod tests {
         );
         assert!(g.setup_sql(7).starts_with("RESET ALL;"));
         assert_eq!(Gucs::from_startup(&[("user", "u")]).unwrap().hash, 0);
+    }
+
+    #[test]
+    fn overrides_replace_startup_values() {
+        let base = Gucs::from_startup(&[("application_name", "a"), ("TimeZone", "UTC")]).unwrap();
+        let over = [
+            ("timezone".to_owned(), "Asia/Tokyo".to_owned()),
+            ("search_path".to_owned(), "x".to_owned()),
+        ];
+        let g = Gucs::overlay(&base, &over);
+        let names: Vec<_> = g.list.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        assert_eq!(
+            names,
+            ["application_name=a", "search_path=x", "timezone=Asia/Tokyo"]
+        );
+        assert_eq!(Gucs::overlay(&base, &[]), base);
+        assert_ne!(g.hash, base.hash);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use bytes::BytesMut;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
-use pgpilot_protocol::classify::{classify_with, session_effect, Reason, SessionEffect, Target};
+use pgpilot_protocol::classify::{
+    classify_with, session_effect, setting_changes, Reason, SessionEffect, SettingChange, Target,
+};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::statement_of;
@@ -51,6 +53,21 @@ struct Unit {
     effect: SessionEffect,
     /// A statement carries a replica hint but may write: the unit is refused.
     refused: bool,
+    /// The session-level SETs / RESETs in it, to replay on the client's other backends.
+    changes: Vec<SettingChange>,
+}
+
+/// Adds what a statement does to session state to its unit; SETs that cannot be replayed
+/// exactly pin the client instead.
+fn note_settings(unit: &mut Unit, sql: &[u8]) {
+    let effect = session_effect(sql);
+    if effect == SessionEffect::Settings {
+        match setting_changes(sql) {
+            Some(changes) => unit.changes.extend(changes),
+            None => unit.effect = SessionEffect::Pin,
+        }
+    }
+    unit.effect = unit.effect.max(effect);
 }
 
 fn join(a: Option<Target>, b: Target) -> Option<Target> {
@@ -178,7 +195,7 @@ impl Session {
             }
             return Ok(true);
         }
-        let unit = self.scan_unit()?;
+        let mut unit = self.scan_unit()?;
         if unit.len == 0 {
             return Ok(true);
         }
@@ -203,7 +220,7 @@ impl Session {
                 return Ok(true);
             }
             self.flush_out().await?;
-            self.note_effect(unit.effect);
+            self.note_effect(&mut unit);
             return self
                 .forward(unit.len, unit.rfqs, !unit.complete)
                 .await
@@ -222,21 +239,31 @@ impl Session {
             self.blocked = true;
             return Ok(false);
         }
-        self.note_effect(unit.effect);
+        self.note_effect(&mut unit);
         self.forward(unit.len, unit.rfqs, !unit.complete).await?;
         Ok(true)
     }
 
     /// A unit that changes session state leaves its backend in a state no other client may
-    /// inherit: the next attach resets it (transaction mode does not yet carry a client's own
-    /// SET over to other backends), after DISCARD / DEALLOCATE its shared statements are gone,
-    /// and state that cannot move (LISTEN, temp tables, …) pins the client to the backend.
-    fn note_effect(&mut self, effect: SessionEffect) {
+    /// inherit: the next attach resets it. A client's own SETs in autocommit are kept once their
+    /// unit ends cleanly and replayed on its other backends; after DISCARD / DEALLOCATE the
+    /// backend's shared statements are gone; state that cannot move (LISTEN, temp tables, a SET
+    /// inside a transaction block…) pins the client to the backend.
+    fn note_effect(&mut self, unit: &mut Unit) {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
+        let mut effect = unit.effect;
         if self.mode == PoolMode::Session || effect == SessionEffect::None {
             return;
+        }
+        if !unit.changes.is_empty() {
+            if att.status == TransactionStatus::Idle && att.changes.is_none() {
+                att.changes = Some(std::mem::take(&mut unit.changes));
+                att.changes_failed = false;
+            } else {
+                effect = SessionEffect::Pin;
+            }
         }
         att.backend.applied = u64::MAX;
         if effect >= SessionEffect::Discard {
@@ -278,6 +305,7 @@ impl Session {
             complete: false,
             effect: SessionEffect::None,
             refused: false,
+            changes: Vec::new(),
         };
         let mut target = None;
         let functions = &self.core.config.routing.functions;
@@ -292,7 +320,7 @@ impl Session {
                     let route = classify_with(sql, functions);
                     unit.refused |= route.reason == Reason::HintRefused;
                     target = join(target, route.target);
-                    unit.effect = unit.effect.max(session_effect(sql));
+                    note_settings(&mut unit, sql);
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
@@ -310,7 +338,7 @@ impl Session {
                     let route = classify_with(query, functions);
                     let t = route.target;
                     unit.refused |= route.reason == Reason::HintRefused;
-                    unit.effect = unit.effect.max(session_effect(query));
+                    note_settings(&mut unit, query);
                     if route.reason == Reason::HintRefused {
                         // Refused: the statement is never created.
                     } else if name.is_empty() {

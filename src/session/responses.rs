@@ -13,10 +13,11 @@ use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::ProtocolError;
 
 use super::statements::{put_fake, start_copy_in, Slot};
-use super::{Attached, Session};
+use super::{Attached, Gucs, Session};
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
 use crate::error::Error;
+use pgpilot_protocol::classify::SettingChange;
 
 /// The parts of an attached backend the slot queue moves.
 struct SlotQueue<'a> {
@@ -84,7 +85,11 @@ impl Attached {
                     self.pending = self.pending.saturating_sub(1);
                     let status = frame.get(5).copied().and_then(TransactionStatus::from_byte);
                     self.status = status.unwrap_or(TransactionStatus::Failed);
+                    if self.pending == 0 && self.changes.is_some() {
+                        self.changes_settled = Some(self.status);
+                    }
                 }
+                b'E' if self.changes.is_some() => self.changes_failed = true,
                 b'S' => {
                     if let Ok(BackendMessage::ParameterStatus { name, value }) =
                         BackendMessage::parse(frame)
@@ -190,6 +195,10 @@ impl Session {
                     .await
             }
         };
+        self.settle_changes();
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
         let settled = att.pending == 0 && att.hidden == 0;
         self.view_version = att.backend.params.version;
@@ -216,6 +225,41 @@ impl Session {
             self.blocked = false;
         }
         Ok(())
+    }
+
+    /// Once the unit that carried session-level SETs has ended: kept if it ended cleanly in
+    /// autocommit (and the backend now has exactly the new set), nothing if it failed, and the
+    /// client is pinned if it left a transaction block open (the SETs may still roll back).
+    fn settle_changes(&mut self) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        let Some(status) = att.changes_settled.take() else {
+            return;
+        };
+        let changes = att.changes.take().unwrap_or_default();
+        if std::mem::take(&mut att.changes_failed) {
+            return;
+        }
+        if status != TransactionStatus::Idle {
+            if !self.pinned {
+                self.pinned = true;
+                self.core.note_pin();
+            }
+            return;
+        }
+        for change in changes {
+            match change {
+                SettingChange::Set { name, value } => {
+                    self.overrides.retain(|(n, _)| *n != name);
+                    self.overrides.push((name, value));
+                }
+                SettingChange::Reset { name } => self.overrides.retain(|(n, _)| *n != name),
+                SettingChange::ResetAll => self.overrides.clear(),
+            }
+        }
+        self.gucs = std::rc::Rc::new(Gucs::overlay(&self.startup, &self.overrides));
+        att.backend.applied = self.gucs.hash;
     }
 
     /// Sends the made-up responses at the head of the queue: nothing is owed before them.

@@ -143,6 +143,8 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         max_message: core.config.server.max_message_bytes,
         user: st.user,
         database: st.database,
+        startup: Rc::new(st.gucs.clone()),
+        overrides: Vec::new(),
         gucs: Rc::new(st.gucs),
         attached: None,
         statements: HashMap::new(),

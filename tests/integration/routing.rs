@@ -271,3 +271,60 @@ fn temp_tables_listen_and_locks_pin_the_client_in_transaction_mode() {
         );
     }
 }
+
+#[test]
+fn a_clients_own_set_follows_it_to_every_backend_in_transaction_mode() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_size: 4,
+            workers: 1,
+            ..Opts::default()
+        },
+    );
+    let mut a = Raw::connect(
+        proxy.addr(),
+        "app",
+        "app",
+        &[("application_name", "set-follower")],
+    )
+    .unwrap();
+    let mut b = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    a.query("SET search_path TO custom_a, public").unwrap();
+    a.query("SET statement_timeout = 300").unwrap();
+    for _ in 0..6 {
+        // Reads on either replica, and a block on the primary.
+        assert_eq!(a.query("SHOW search_path").unwrap(), ["custom_a, public"]);
+        assert_eq!(
+            a.query("BEGIN; SELECT current_setting('search_path'); COMMIT")
+                .unwrap(),
+            ["custom_a, public"]
+        );
+        assert_eq!(b.query("SHOW search_path").unwrap(), ["\"$user\", public"]);
+    }
+    assert_eq!(a.query("SELECT pg_sleep(1)").unwrap_err().0, "57014");
+    // A failed SET changes nothing.
+    assert_eq!(
+        a.query("SET statement_timeout = 'soon'").unwrap_err().0,
+        "22023"
+    );
+    assert_eq!(a.query("SHOW statement_timeout").unwrap(), ["300ms"]);
+    a.query("RESET statement_timeout").unwrap();
+    assert_eq!(a.query("SHOW statement_timeout").unwrap(), ["0"]);
+    assert_eq!(a.query("SHOW application_name").unwrap(), ["set-follower"]);
+    a.query("RESET ALL").unwrap();
+    assert_eq!(a.query("SHOW search_path").unwrap(), ["\"$user\", public"]);
+    assert_eq!(
+        a.query("SHOW application_name").unwrap(),
+        ["set-follower"],
+        "RESET returns to the startup value"
+    );
+    // A SET inside a transaction block may roll back: the client stays on its backend.
+    a.query("BEGIN").unwrap();
+    a.query("SET work_mem = '1MB'").unwrap();
+    a.query("COMMIT").unwrap();
+    for _ in 0..4 {
+        assert_eq!(a.query("SHOW work_mem").unwrap(), ["1MB"]);
+    }
+}

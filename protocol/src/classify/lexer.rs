@@ -24,6 +24,8 @@ pub(super) enum Token<'a> {
 pub(super) struct Lexer<'a> {
     sql: &'a [u8],
     pos: usize,
+    /// Where the token last returned starts.
+    token_start: usize,
     /// Set when the text ends inside a string, comment or identifier.
     pub(super) broken: bool,
 }
@@ -41,6 +43,7 @@ impl<'a> Lexer<'a> {
         Lexer {
             sql,
             pos: 0,
+            token_start: 0,
             broken: false,
         }
     }
@@ -128,8 +131,18 @@ impl<'a> Lexer<'a> {
         true
     }
 
+    /// The next token with its text as written (quotes included).
+    pub(super) fn next_spanned(&mut self) -> Option<(Token<'a>, &'a [u8])> {
+        let token = self.next_token()?;
+        Some((
+            token,
+            &self.sql[self.token_start..self.pos.min(self.sql.len())],
+        ))
+    }
+
     pub(super) fn next_token(&mut self) -> Option<Token<'a>> {
         loop {
+            self.token_start = self.pos;
             let b = self.at(0)?;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos += 1,
