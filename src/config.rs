@@ -142,6 +142,9 @@ pub struct RoutingConfig {
     pub functions: Functions,
     /// Checked in order; the first match decides.
     pub rules: Vec<Rule>,
+    /// After a session writes, its reads go to the primary for this long (0 = never), so that
+    /// it reads its own writes even when replicas lag.
+    pub read_your_writes: Duration,
 }
 
 impl RoutingConfig {

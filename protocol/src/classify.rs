@@ -55,6 +55,10 @@ pub enum Reason {
     HintRefused,
     /// A `[[routing.rules]]` entry decided.
     Rule,
+    /// `COPY table TO STDOUT` or `COPY (read) TO STDOUT`.
+    CopyOut,
+    /// FETCH / MOVE / CLOSE: they run where their cursor's transaction runs.
+    Cursor,
 }
 
 impl Reason {
@@ -76,6 +80,8 @@ impl Reason {
             Reason::Hint => "hint",
             Reason::HintRefused => "hint_refused",
             Reason::Rule => "rule",
+            Reason::CopyOut => "copy_out",
+            Reason::Cursor => "cursor",
         }
     }
 }
@@ -370,6 +376,12 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
     if is_kw(first, "show") {
         return Route::replica(Reason::Show);
     }
+    if is_kw(first, "copy") {
+        return copy(&tokens[1..], functions);
+    }
+    if ["fetch", "move", "close"].iter().any(|k| is_kw(first, k)) {
+        return Route::replica(Reason::Cursor);
+    }
     if is_kw(first, "explain") {
         return explain(&tokens[1..], functions);
     }
@@ -394,6 +406,52 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
         {
             return query(inner, functions);
         }
+    }
+    Route::primary(Reason::Write)
+}
+
+/// COPY … TO STDOUT of a table or of a read is a read; every other COPY writes (FROM) or has
+/// effects on the server (TO a file or program).
+fn copy(tokens: &[Token<'_>], functions: &Functions) -> Route {
+    let (source_is_read, rest) = if tokens.first() == Some(&Token::LParen) {
+        let mut depth = 0usize;
+        let close = tokens.iter().position(|t| {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                _ => {}
+            }
+            depth == 0
+        });
+        let Some(close) = close else {
+            return Route::primary(Reason::Write);
+        };
+        let inner = statement(&tokens[1..close], functions);
+        (
+            inner.target == Target::Replica && inner.reason == Reason::PlainRead,
+            &tokens[close + 1..],
+        )
+    } else {
+        // table name, maybe qualified, maybe a column list
+        let mut i = 0;
+        while matches!(
+            tokens.get(i),
+            Some(Token::Word(_) | Token::Quoted(_) | Token::Dot)
+        ) && !is_kw(tokens.get(i), "to")
+            && !is_kw(tokens.get(i), "from")
+        {
+            i += 1;
+        }
+        if tokens.get(i) == Some(&Token::LParen) {
+            match tokens[i..].iter().position(|t| *t == Token::RParen) {
+                Some(close) => i += close + 1,
+                None => return Route::primary(Reason::Write),
+            }
+        }
+        (i > 0, &tokens[i..])
+    };
+    if source_is_read && is_kw(rest.first(), "to") && is_kw(rest.get(1), "stdout") {
+        return Route::replica(Reason::CopyOut);
     }
     Route::primary(Reason::Write)
 }

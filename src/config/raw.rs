@@ -32,12 +32,24 @@ pub(super) struct RawConfig {
     routing: RawRouting,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRouting {
     write_functions: Vec<String>,
     read_only_functions: Vec<String>,
+    read_your_writes_ms: u64,
     rules: Vec<RawRule>,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            write_functions: Vec::new(),
+            read_only_functions: Vec::new(),
+            read_your_writes_ms: 1000,
+            rules: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +203,12 @@ fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, Co
             target: rule.target,
         });
     }
-    Ok(RoutingConfig { functions, rules })
+    let read_your_writes = Duration::from_millis(r.read_your_writes_ms);
+    Ok(RoutingConfig {
+        functions,
+        rules,
+        read_your_writes,
+    })
 }
 
 fn at_least_one(key: &str, value: u64, err: Problem<'_>) -> Result<(), ConfigError> {

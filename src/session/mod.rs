@@ -96,6 +96,8 @@ pub struct Session {
     rule: Option<Target>,
     /// State that cannot move (LISTEN, temp tables, …) holds the client on its backend.
     pinned: bool,
+    /// When the session last sent a write (or worked in a transaction) on the primary.
+    last_write: Option<std::time::Instant>,
     /// Client frames wait until the backend is idle (a write after reads on a replica).
     blocked: bool,
     /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.

@@ -12,7 +12,8 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{
-    classify_with, session_effect, setting_changes, Reason, SessionEffect, SettingChange, Target,
+    classify_with, session_effect, setting_changes, Reason, Route, SessionEffect, SettingChange,
+    Target,
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
@@ -55,6 +56,10 @@ struct Unit {
     refused: bool,
     /// The session-level SETs / RESETs in it, to replay on the client's other backends.
     changes: Vec<SettingChange>,
+    /// The classifier (not a rule or read-your-writes) sent it to the primary.
+    writes: bool,
+    /// A `/* pgpilot:replica */` hint asked for a replica: it beats read-your-writes.
+    replica_hint: bool,
 }
 
 /// Adds what a statement does to session state to its unit; SETs that cannot be replayed
@@ -253,6 +258,9 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
+        if !att.on_replica && (unit.writes || att.status != TransactionStatus::Idle) {
+            self.last_write = Some(std::time::Instant::now());
+        }
         let mut effect = unit.effect;
         if self.mode == PoolMode::Session || effect == SessionEffect::None {
             return;
@@ -306,6 +314,8 @@ impl Session {
             effect: SessionEffect::None,
             refused: false,
             changes: Vec::new(),
+            writes: false,
+            replica_hint: false,
         };
         let mut target = None;
         let functions = &self.core.config.routing.functions;
@@ -319,6 +329,11 @@ impl Session {
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
                     let route = classify_with(sql, functions);
                     unit.refused |= route.reason == Reason::HintRefused;
+                    unit.replica_hint |= route
+                        == Route {
+                            target: Target::Replica,
+                            reason: Reason::Hint,
+                        };
                     target = join(target, route.target);
                     note_settings(&mut unit, sql);
                     unit.rfqs += 1;
@@ -338,6 +353,11 @@ impl Session {
                     let route = classify_with(query, functions);
                     let t = route.target;
                     unit.refused |= route.reason == Reason::HintRefused;
+                    unit.replica_hint |= route
+                        == Route {
+                            target: Target::Replica,
+                            reason: Reason::Hint,
+                        };
                     note_settings(&mut unit, query);
                     if route.reason == Reason::HintRefused {
                         // Refused: the statement is never created.
@@ -366,12 +386,19 @@ impl Session {
         if let (Some(e), 0) = (scan.error(), unit.len) {
             return Err(Error::Client(e));
         }
+        let classified = target.unwrap_or(Target::Primary);
+        unit.writes = classified == Target::Primary;
+        let window = self.core.config.routing.read_your_writes;
+        let just_wrote = self.last_write.is_some_and(|t| t.elapsed() < window);
         unit.target = match self.rule {
             Some(t) => {
                 unit.refused = false;
                 t
             }
-            None => target.unwrap_or(Target::Primary),
+            None if just_wrote && !(unit.replica_hint && classified == Target::Replica) => {
+                Target::Primary
+            }
+            None => classified,
         };
         Ok(unit)
     }

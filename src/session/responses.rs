@@ -248,6 +248,11 @@ impl Session {
             }
             return;
         }
+        // A RESET on this backend goes back to *its* startup values, not the client's: the
+        // backend no longer matches and is set up again at its next attach.
+        let resets = changes
+            .iter()
+            .any(|c| !matches!(c, SettingChange::Set { .. }));
         for change in changes {
             match change {
                 SettingChange::Set { name, value } => {
@@ -259,7 +264,7 @@ impl Session {
             }
         }
         self.gucs = std::rc::Rc::new(Gucs::overlay(&self.startup, &self.overrides));
-        att.backend.applied = self.gucs.hash;
+        att.backend.applied = if resets { u64::MAX } else { self.gucs.hash };
     }
 
     /// Sends the made-up responses at the head of the queue: nothing is owed before them.

@@ -151,6 +151,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         unnamed: Target::Primary,
         rule: st.rule,
         pinned: false,
+        last_write: None,
         blocked: false,
         skip_until_sync: false,
         view: Vec::new(),

@@ -3,6 +3,10 @@
 use crate::common::{self, Opts};
 use crate::raw::Raw;
 
+/// Routing tests that check where each statement lands right after writes turn the
+/// read-your-writes window off; `reads_follow_the_sessions_own_writes` tests it.
+const NO_READ_YOUR_WRITES: &str = "\n[routing]\nread_your_writes_ms = 0\n";
+
 fn in_recovery(client: &mut postgres::Client, sql: &str) -> bool {
     client.query_one(sql, &[]).unwrap().get(0)
 }
@@ -10,7 +14,13 @@ fn in_recovery(client: &mut postgres::Client, sql: &str) -> bool {
 #[test]
 fn autocommit_reads_land_on_replicas_and_writes_on_the_primary() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(c, &Opts::default());
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
     let mut client = common::client(&proxy);
     for _ in 0..20 {
         assert!(
@@ -48,7 +58,13 @@ fn autocommit_reads_land_on_replicas_and_writes_on_the_primary() {
 #[test]
 fn transactions_go_to_the_primary_unless_read_only() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(c, &Opts::default());
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
     let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     raw.query("CREATE TABLE IF NOT EXISTS route_t (v int)")
         .unwrap();
@@ -327,4 +343,39 @@ fn a_clients_own_set_follows_it_to_every_backend_in_transaction_mode() {
     for _ in 0..4 {
         assert_eq!(a.query("SHOW work_mem").unwrap(), ["1MB"]);
     }
+}
+
+#[test]
+fn reads_follow_the_sessions_own_writes() {
+    let Some(c) = common::cluster() else { return };
+    let extra = "\n[routing]\nread_your_writes_ms = 400\n";
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra,
+            ..Opts::default()
+        },
+    );
+    let mut a = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let mut b = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    a.query("CREATE TABLE IF NOT EXISTS ryw (v int)").unwrap();
+    for i in 0..20 {
+        a.query(&format!("INSERT INTO ryw VALUES ({i})")).unwrap();
+        // Right after its own write a session reads from the primary and sees the row...
+        assert_eq!(
+            a.query(&format!(
+                "SELECT pg_is_in_recovery() FROM ryw WHERE v = {i}"
+            ))
+            .unwrap(),
+            ["f"]
+        );
+        // ...while another session's reads stay on the replicas.
+        assert_eq!(b.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        a.query("SELECT pg_is_in_recovery()").unwrap(),
+        ["t"],
+        "back to replicas after the window"
+    );
 }

@@ -276,3 +276,36 @@ fn constructs_that_pin_a_client_to_its_backend() {
     }
     assert_eq!(session_effect(b"LISTEN x; DISCARD ALL"), E::Pin);
 }
+
+#[test]
+fn copy_out_is_a_read_and_every_other_copy_a_write() {
+    check("COPY pgbench_accounts TO STDOUT", Replica, CopyOut);
+    check(
+        "copy public.t (a, b) to stdout with (format csv)",
+        Replica,
+        CopyOut,
+    );
+    check(
+        "COPY (SELECT * FROM t WHERE a > 1) TO STDOUT",
+        Replica,
+        CopyOut,
+    );
+    check("COPY (SELECT nextval('s')) TO STDOUT", Primary, Write);
+    check(
+        "COPY (SELECT * FROM t FOR UPDATE) TO STDOUT",
+        Primary,
+        Write,
+    );
+    check(
+        "COPY (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) TO STDOUT",
+        Primary,
+        Write,
+    );
+    check("COPY t FROM STDIN", Primary, Write);
+    check("COPY t TO '/tmp/x.csv'", Primary, Write);
+    check("COPY t TO PROGRAM 'gzip > /tmp/x'", Primary, Write);
+    check("COPY (SELECT 1", Primary, Write);
+    check("FETCH 10 FROM c", Replica, Cursor);
+    check("MOVE NEXT IN c", Replica, Cursor);
+    check("CLOSE c", Replica, Cursor);
+}
