@@ -7,7 +7,7 @@
 mod lexer;
 mod settings;
 
-pub use settings::{setting_changes, SettingChange};
+pub use settings::{deallocate, setting_changes, Deallocate, SettingChange};
 
 use std::collections::HashSet;
 

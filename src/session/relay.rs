@@ -12,8 +12,8 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{
-    classify_with, session_effect, setting_changes, Reason, Route, SessionEffect, SettingChange,
-    Target,
+    classify_with, deallocate, session_effect, setting_changes, Deallocate, Reason, Route,
+    SessionEffect, SettingChange, Target,
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
@@ -210,6 +210,12 @@ impl Session {
                 "a pgpilot:replica hint on a statement that may write is refused",
             );
             self.drop_unit(&unit, &e).await?;
+            return Ok(true);
+        }
+        if tag == b'Q'
+            && self.mode == PoolMode::Transaction
+            && self.answer_deallocate(&unit).await?
+        {
             return Ok(true);
         }
         let Some(att) = self.attached.as_ref() else {
@@ -472,6 +478,39 @@ impl Session {
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
         self.drop_unit(unit, &fields).await
+    }
+
+    /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
+    /// ALL` when nothing SQL-level was prepared): the client's name is forgotten and the proxy
+    /// answers, since the backend knows the statement by another name and shares it.
+    async fn answer_deallocate(&mut self, unit: &Unit) -> Result<bool, Error> {
+        let frame = &self.cbuf[..unit.len];
+        let Some(h) = Header::peek(frame, self.max_message).ok().flatten() else {
+            return Ok(false);
+        };
+        if h.frame_len() != unit.len {
+            return Ok(false);
+        }
+        let sql = &frame[5..frame.len() - 1];
+        let tag: &[u8] = match deallocate(sql) {
+            Some(Deallocate::Name(name)) if self.statements.remove(name.as_slice()).is_some() => {
+                b"DEALLOCATE"
+            }
+            Some(Deallocate::All) if !self.pinned => {
+                self.statements.clear();
+                b"DEALLOCATE ALL"
+            }
+            _ => return Ok(false),
+        };
+        let _ = self.cbuf.split_to(unit.len);
+        encode::command_complete(&mut self.out, tag);
+        let status = self
+            .attached
+            .as_ref()
+            .map_or(TransactionStatus::Idle, |a| a.status);
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
     }
 
     /// Answers a unit with an error instead of running it; the rest of an extended unit is

@@ -333,3 +333,39 @@ fn notices_and_notifications_reach_the_client() {
     }
     assert!(seen, "NotificationResponse passed through");
 }
+
+#[test]
+fn deallocate_of_protocol_statements_in_transaction_mode() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let run = |raw: &mut Raw, name: &[u8]| {
+        let mut out = BytesMut::new();
+        encode::bind(&mut out, b"", name, &[]);
+        encode::execute(&mut out, b"", 0);
+        encode::sync(&mut out);
+        raw.send(&out);
+        rows_of(&raw.until_ready())
+    };
+    for name in [&b"a1"[..], b"a2"] {
+        let mut out = BytesMut::new();
+        encode::parse(&mut out, name, b"SELECT 5", &[]);
+        encode::sync(&mut out);
+        raw.send(&out);
+        raw.until_ready();
+        assert_eq!(run(&mut raw, name).unwrap(), ["5"]);
+    }
+    // As ActiveRecord evicts its statement cache.
+    let frames = {
+        let mut out = BytesMut::new();
+        encode::query(&mut out, b"DEALLOCATE a1");
+        raw.send(&out);
+        raw.until_ready()
+    };
+    assert_eq!(frames.iter().map(|f| f.tag).collect::<Vec<_>>(), b"CZ");
+    assert_eq!(run(&mut raw, b"a1").unwrap_err().0, "26000");
+    assert_eq!(run(&mut raw, b"a2").unwrap(), ["5"]);
+    assert_eq!(raw.query("DEALLOCATE nosuch").unwrap_err().0, "26000");
+    raw.query("DEALLOCATE ALL").unwrap();
+    assert_eq!(run(&mut raw, b"a2").unwrap_err().0, "26000");
+}

@@ -18,6 +18,48 @@ pub enum SettingChange {
     ResetAll,
 }
 
+/// What a lone `DEALLOCATE [PREPARE] { name | ALL }` statement drops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deallocate {
+    /// `DEALLOCATE ALL`.
+    All,
+    /// One statement, by its name as the protocol spells it (unquoted names fold to lower case).
+    Name(Vec<u8>),
+}
+
+/// `Some` when `sql` is exactly one DEALLOCATE statement.
+pub fn deallocate(sql: &[u8]) -> Option<Deallocate> {
+    let mut lexer = Lexer::new(sql);
+    let mut tokens = Vec::with_capacity(4);
+    while let Some(t) = lexer.next_token() {
+        tokens.push(t);
+        if tokens.len() > 4 {
+            return None;
+        }
+    }
+    if lexer.broken {
+        return None;
+    }
+    if tokens.last() == Some(&Token::Semi) {
+        tokens.pop();
+    }
+    let kw = |t: Option<&Token<'_>>, k: &str| matches!(t, Some(Token::Word(w)) if w.eq_ignore_ascii_case(k.as_bytes()));
+    if !kw(tokens.first(), "deallocate") {
+        return None;
+    }
+    let rest = if kw(tokens.get(1), "prepare") {
+        &tokens[2..]
+    } else {
+        &tokens[1..]
+    };
+    match rest {
+        [Token::Word(w)] if w.eq_ignore_ascii_case(b"all") => Some(Deallocate::All),
+        [Token::Word(w)] => Some(Deallocate::Name(w.to_ascii_lowercase())),
+        [Token::Quoted(q)] => Some(Deallocate::Name(q.to_vec())),
+        _ => None,
+    }
+}
+
 /// The session-level setting changes in a Query or Parse, in order. `Some(vec![])` when there
 /// are none; `None` when a change cannot be replayed faithfully.
 pub fn setting_changes(sql: &[u8]) -> Option<Vec<SettingChange>> {
@@ -260,6 +302,21 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn lone_deallocate_statements() {
+        assert_eq!(
+            deallocate(b"DEALLOCATE a1"),
+            Some(Deallocate::Name(b"a1".to_vec()))
+        );
+        assert_eq!(
+            deallocate(b"deallocate prepare \"S_1\";"),
+            Some(Deallocate::Name(b"S_1".to_vec()))
+        );
+        assert_eq!(deallocate(b"DEALLOCATE ALL"), Some(Deallocate::All));
+        assert_eq!(deallocate(b"DEALLOCATE a1; SELECT 1"), None);
+        assert_eq!(deallocate(b"SELECT 1"), None);
     }
 
     #[test]
