@@ -547,4 +547,6 @@ fn begin(tokens: &[Token<'_>]) -> Route {
 }
 
 #[cfg(test)]
+mod corpus;
+#[cfg(test)]
 mod tests;
