@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
-use pgpilot_protocol::backend::{Authentication, BackendMessage};
+use pgpilot_protocol::backend::{Authentication, BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
 use pgpilot_protocol::{encode, Frame};
@@ -196,6 +196,38 @@ impl Backend {
         })
     }
 
+    /// Runs SQL with the simple protocol on an idle connection and returns the first column
+    /// of every row (NULL as empty); any ErrorResponse, or ending inside a transaction, fails.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let mut q = BytesMut::new();
+        encode::query(&mut q, sql.as_bytes());
+        self.send(&q).await?;
+        let mut failed = None;
+        let mut rows = Vec::new();
+        loop {
+            let frame = self.recv().await?;
+            match self.decode(&frame)? {
+                BackendMessage::ReadyForQuery { status } => {
+                    return match failed {
+                        None if status == TransactionStatus::Idle => Ok(rows),
+                        _ => Err(Error::BackendRejected {
+                            addr: self.addr,
+                            code: failed.unwrap_or_else(|| "25000".to_owned()),
+                            message: format!("query {sql:?} failed"),
+                            frame: frame.bytes,
+                        }),
+                    };
+                }
+                BackendMessage::ParameterStatus { name, value } => self.params.set(name, value),
+                BackendMessage::ErrorResponse(f) => failed = Some(f.code().to_owned()),
+                BackendMessage::Other {
+                    tag: BackendTag::DataRow,
+                } => rows.push(first_column(frame.body())),
+                _ => {}
+            }
+        }
+    }
+
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let addr = self.addr;
@@ -262,6 +294,19 @@ impl ServerParams {
         }
         self.version = next_params_version();
     }
+}
+
+/// The first column of a DataRow body (NULL and malformed rows as empty).
+fn first_column(body: &[u8]) -> Vec<u8> {
+    let Some(&[_, _, a, b, c, d]) = body.first_chunk::<6>() else {
+        return Vec::new();
+    };
+    let len = i32::from_be_bytes([a, b, c, d]);
+    usize::try_from(len)
+        .ok()
+        .and_then(|n| body.get(6..6 + n))
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }
 
 fn next_params_version() -> u64 {

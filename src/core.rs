@@ -19,6 +19,7 @@ use pgpilot_protocol::encode;
 use crate::config::Config;
 use crate::control::{ClusterState, CoreMsg};
 use crate::pool::{core_share, Pool, PoolKey};
+use pgpilot_protocol::classify::Functions;
 
 /// How often a core looks at its control channel.
 const CONTROL_TICK: Duration = Duration::from_millis(5);
@@ -62,6 +63,10 @@ pub struct Core {
     peers: Vec<Sender<CoreMsg>>,
     /// Replicas this core failed to reach, and until when it leaves them alone.
     benched: RefCell<HashMap<usize, Instant>>,
+    /// Writing functions per database: the configured ones, plus the catalog's once loaded.
+    functions: RefCell<HashMap<Rc<str>, Rc<Functions>>>,
+    /// The configured functions, for databases whose catalog is not loaded (yet).
+    configured_functions: Rc<Functions>,
     /// Sessions pinned to their backend since start (transaction mode).
     pins: Cell<u64>,
     shutting_down: Cell<bool>,
@@ -80,6 +85,7 @@ impl Core {
         peers: Vec<Sender<CoreMsg>>,
     ) -> Core {
         let seed = u64::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<8>()) | 1;
+        let configured_functions = Rc::new(config.routing.functions.clone());
         Core {
             id,
             workers,
@@ -91,6 +97,8 @@ impl Core {
             clients,
             peers,
             benched: RefCell::new(HashMap::new()),
+            functions: RefCell::new(HashMap::new()),
+            configured_functions,
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(HashMap::new()),
@@ -220,6 +228,29 @@ impl Core {
         if let Some(t) = target {
             glommio::spawn_local(send_cancel(t)).detach();
         }
+    }
+
+    /// What the classifier knows of `database`'s functions. The first call for a database
+    /// starts loading its catalog in the background; until then the configured knowledge holds.
+    pub fn functions_for(self: &Rc<Self>, user: &Rc<str>, database: &Rc<str>) -> Rc<Functions> {
+        if let Some(f) = self.functions.borrow().get(database) {
+            return f.clone();
+        }
+        self.functions
+            .borrow_mut()
+            .insert(database.clone(), self.configured_functions.clone());
+        glommio::spawn_local(crate::catalog::load(
+            self.clone(),
+            user.clone(),
+            database.clone(),
+        ))
+        .detach();
+        self.configured_functions.clone()
+    }
+
+    /// Installs what the catalog says of a database's functions.
+    pub fn install_functions(&self, database: Rc<str>, functions: Rc<Functions>) {
+        self.functions.borrow_mut().insert(database, functions);
     }
 
     /// Counts a session pinned to its backend.

@@ -24,11 +24,13 @@
 //! - [`router`]: picks the backend for a route; pure.
 //! - [`pool`]: per-core connection pools with bounded checkout.
 //! - [`backend`]: one server connection: connect, authenticate, parameters.
+//! - [`catalog`]: learns from the primary which functions may write.
 //! - [`cluster`]: starts a local primary + streaming replicas (demo and tests).
 //! - [`demo`]: `pgpilot demo`.
 //! - [`error`]: the daemon's error type.
 
 pub mod backend;
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -170,6 +170,18 @@ impl Functions {
         }
     }
 
+    /// These functions with more names that may write (from the catalog); configured
+    /// read-only names still win.
+    pub fn with_writes<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut f = self.clone();
+        f.write.extend(
+            names
+                .into_iter()
+                .map(|n| n.to_ascii_lowercase().into_bytes().into_boxed_slice()),
+        );
+        f
+    }
+
     /// Whether a call to `name` may write.
     pub fn is_write(&self, name: &[u8]) -> bool {
         if self.write.is_empty() && self.read_only.is_empty() {

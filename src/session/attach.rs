@@ -183,33 +183,5 @@ impl Session {
 
 /// Runs a query whose results nobody sees (`reset_query`); fails on any ErrorResponse.
 pub(super) async fn run_hidden_query(backend: &mut Backend, sql: &str) -> Result<(), Error> {
-    let mut q = BytesMut::new();
-    encode::query(&mut q, sql.as_bytes());
-    backend.send(&q).await?;
-    let mut failed = None;
-    loop {
-        let frame = backend.recv().await?;
-        match BackendMessage::parse(&frame.bytes) {
-            Ok(BackendMessage::ReadyForQuery { status }) => {
-                return match failed {
-                    None if status == TransactionStatus::Idle => Ok(()),
-                    _ => Err(Error::BackendRejected {
-                        addr: backend.addr,
-                        code: failed.unwrap_or_else(|| "25000".to_owned()),
-                        message: format!("reset query {sql:?} failed"),
-                        frame: frame.bytes,
-                    }),
-                };
-            }
-            Ok(BackendMessage::ParameterStatus { name, value }) => backend.params.set(name, value),
-            Ok(BackendMessage::ErrorResponse(f)) => failed = Some(f.code().to_owned()),
-            Ok(_) => {}
-            Err(source) => {
-                return Err(Error::BackendProtocol {
-                    addr: backend.addr,
-                    source,
-                })
-            }
-        }
-    }
+    backend.simple_query(sql).await.map(|_| ())
 }

@@ -25,6 +25,7 @@ use super::statements::{Rewrite, Stmt};
 use super::Session;
 use crate::backend::READ_CHUNK;
 use crate::config::PoolMode;
+use crate::core::Core;
 use crate::error::Error;
 
 /// Bytes asked of the kernel per client read.
@@ -324,7 +325,7 @@ impl Session {
             replica_hint: false,
         };
         let mut target = None;
-        let functions = &self.core.config.routing.functions;
+        let functions = &*Core::functions_for(&self.core, &self.user, &self.database);
         let mut scan = FrameScan::new(&self.cbuf, self.max_message);
         for (at, h) in &mut scan {
             let frame = &self.cbuf[at..at + h.frame_len()];

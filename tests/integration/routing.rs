@@ -379,3 +379,52 @@ fn reads_follow_the_sessions_own_writes() {
         "back to replicas after the window"
     );
 }
+
+#[test]
+fn volatile_functions_from_the_catalog_are_writes() {
+    let Some(c) = common::cluster() else { return };
+    let mut direct = common::direct(c, 0);
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION public.cat_volatile() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+             CREATE OR REPLACE FUNCTION public.cat_stable() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2';",
+        )
+        .unwrap();
+    // The replicas must have replayed the functions before a read can use them there.
+    for i in 1..c.ports.len() {
+        let mut replica = common::direct(c, i);
+        assert!(common::eventually(
+            std::time::Duration::from_secs(20),
+            || { replica.query_one("SELECT public.cat_stable()", &[]).is_ok() }
+        ));
+    }
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    // The catalog is read in the background on first use.
+    assert!(common::eventually(
+        std::time::Duration::from_secs(10),
+        || {
+            raw.query("SELECT pg_is_in_recovery() FROM cat_volatile()")
+                .unwrap()
+                == ["f"]
+        }
+    ));
+    for _ in 0..10 {
+        assert_eq!(
+            raw.query("SELECT pg_is_in_recovery() FROM cat_volatile()")
+                .unwrap(),
+            ["f"]
+        );
+        assert_eq!(
+            raw.query("SELECT pg_is_in_recovery() FROM cat_stable()")
+                .unwrap(),
+            ["t"]
+        );
+    }
+}
