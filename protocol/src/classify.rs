@@ -540,6 +540,30 @@ fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
 
 /// BEGIN / START TRANSACTION: a replica may take a READ ONLY block, unless it is SERIALIZABLE
 /// (which a hot standby refuses).
+/// Whether the text is one `BEGIN` / `START TRANSACTION` that leaves the access mode and
+/// isolation to the session's defaults.
+pub fn lone_default_begin(sql: &[u8]) -> bool {
+    let mut lexer = Lexer::new(sql);
+    let mut words = Vec::with_capacity(3);
+    while let Some(t) = lexer.next_token() {
+        if t == Token::Semi {
+            continue;
+        }
+        words.push(t);
+        if words.len() > 2 {
+            return false;
+        }
+    }
+    match words.as_slice() {
+        [a] => is_kw(Some(a), "begin"),
+        [a, b] => {
+            (is_kw(Some(a), "begin") && (is_kw(Some(b), "work") || is_kw(Some(b), "transaction")))
+                || (is_kw(Some(a), "start") && is_kw(Some(b), "transaction"))
+        }
+        _ => false,
+    }
+}
+
 fn begin(tokens: &[Token<'_>]) -> Route {
     let mut read_only = false;
     for (i, t) in tokens.iter().enumerate() {

@@ -96,6 +96,9 @@ pub struct Session {
     rule: Option<Target>,
     /// State that cannot move (LISTEN, temp tables, …) holds the client on its backend.
     pinned: bool,
+    /// `default_transaction_read_only` is on for this session: a plain BEGIN opens a read-only
+    /// block, which a replica may run.
+    read_only_default: bool,
     /// When the session last sent a write (or worked in a transaction) on the primary.
     last_write: Option<std::time::Instant>,
     /// Client frames wait until the backend is idle (a write after reads on a replica).
@@ -137,6 +140,17 @@ pub async fn run(core: Rc<Core>, client: TcpStream) {
 }
 
 impl Session {
+    /// Recomputes what follows from the session's parameters.
+    fn note_gucs(&mut self) {
+        self.read_only_default = self.gucs.list.iter().any(|(n, v)| {
+            n == "default_transaction_read_only"
+                && matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "on" | "true" | "yes" | "1" | "t" | "y"
+                )
+        });
+    }
+
     /// Sends one ErrorResponse now, ignoring write errors (the session is ending or recovering).
     async fn send_error(&mut self, e: &ErrorFields) {
         encode::error_response(&mut self.out, e);

@@ -12,8 +12,8 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{
-    classify_with, deallocate, session_effect, setting_changes, Deallocate, Reason, Route,
-    SessionEffect, SettingChange, Target,
+    classify_with, deallocate, lone_default_begin, session_effect, setting_changes, Deallocate,
+    Reason, Route, SessionEffect, SettingChange, Target,
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
@@ -334,7 +334,14 @@ impl Session {
                 b'X' | b'p' => break,
                 b'Q' => {
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-                    let route = classify_with(sql, functions);
+                    let mut route = classify_with(sql, functions);
+                    if self.read_only_default && lone_default_begin(sql) {
+                        // The session's default_transaction_read_only makes this block read-only.
+                        route = Route {
+                            target: Target::Replica,
+                            reason: Reason::ReadOnlyTransaction,
+                        };
+                    }
                     unit.refused |= route.reason == Reason::HintRefused;
                     unit.replica_hint |= route
                         == Route {

@@ -264,6 +264,10 @@ impl Session {
             }
         }
         self.gucs = std::rc::Rc::new(Gucs::overlay(&self.startup, &self.overrides));
+        self.note_gucs();
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
         att.backend.applied = if resets { u64::MAX } else { self.gucs.hash };
     }
 

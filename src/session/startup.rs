@@ -152,12 +152,14 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         rule: st.rule,
         pinned: false,
         last_write: None,
+        read_only_default: false,
         blocked: false,
         skip_until_sync: false,
         view: Vec::new(),
         view_version: u64::MAX,
         cancel,
     };
+    session.note_gucs();
     match session.login(secret).await {
         Ok(()) => Some(session),
         Err(e) => {

@@ -428,3 +428,36 @@ fn volatile_functions_from_the_catalog_are_writes() {
         );
     }
 }
+
+#[test]
+fn a_read_only_session_runs_its_blocks_on_replicas() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
+    let params = [("options", "-c default_transaction_read_only=on")];
+    let mut ro = Raw::connect(proxy.addr(), "app", "app", &params).unwrap();
+    assert_eq!(
+        ro.query("BEGIN; SELECT pg_is_in_recovery(); COMMIT")
+            .unwrap(),
+        ["f"],
+        "a multi-statement text stays on the primary"
+    );
+    ro.query("BEGIN").unwrap();
+    assert_eq!(ro.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
+    ro.query("COMMIT").unwrap();
+    let mut ro2 = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    ro2.query("SET default_transaction_read_only = on").unwrap();
+    ro2.query("START TRANSACTION").unwrap();
+    assert_eq!(ro2.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
+    ro2.query("COMMIT").unwrap();
+    ro2.query("SET default_transaction_read_only = off")
+        .unwrap();
+    ro2.query("BEGIN").unwrap();
+    assert_eq!(ro2.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
+    ro2.query("COMMIT").unwrap();
+}

@@ -309,3 +309,25 @@ fn copy_out_is_a_read_and_every_other_copy_a_write() {
     check("MOVE NEXT IN c", Replica, Cursor);
     check("CLOSE c", Replica, Cursor);
 }
+
+#[test]
+fn lone_default_begins() {
+    for sql in [
+        "BEGIN",
+        "begin;",
+        "BEGIN WORK",
+        "begin transaction",
+        "START TRANSACTION;",
+    ] {
+        assert!(lone_default_begin(sql.as_bytes()), "{sql}");
+    }
+    for sql in [
+        "BEGIN READ ONLY",
+        "BEGIN; SELECT 1",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SELECT 1",
+        "BEGIN READ WRITE",
+    ] {
+        assert!(!lone_default_begin(sql.as_bytes()), "{sql}");
+    }
+}
