@@ -50,8 +50,8 @@ pub struct Backend {
     pub created: Instant,
     /// When it last went idle (for `idle_timeout_ms`).
     pub idle_since: Instant,
-    /// Shared prepared statements this connection has (transaction pooling), by query hash.
-    pub prepared: std::collections::HashSet<u64>,
+    /// Shared prepared statements this connection has (transaction pooling).
+    pub prepared: Prepared,
     /// Pool capacity this connection holds while checked out.
     pub permit: Option<StaticPermit>,
 }
@@ -78,7 +78,7 @@ impl Backend {
             created: now,
             idle_since: now,
             permit: None,
-            prepared: std::collections::HashSet::new(),
+            prepared: Prepared::default(),
         };
         let mut out = BytesMut::new();
         encode::startup_message(
@@ -293,6 +293,64 @@ impl ServerParams {
             None => self.list.push((name.to_owned(), value.to_owned())),
         }
         self.version = next_params_version();
+    }
+}
+
+/// The shared prepared statements of one backend, by query hash, with their last use so that
+/// the least recently used one is closed when there are too many.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    used: std::collections::HashMap<u64, u64>,
+    tick: u64,
+}
+
+impl Prepared {
+    /// Whether the backend has the statement; counts as a use.
+    pub fn contains(&mut self, hash: u64) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(&hash) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement; returns the least recently used one to close when more than `cap`.
+    pub fn insert(&mut self, hash: u64, cap: usize) -> Option<u64> {
+        self.tick += 1;
+        self.used.insert(hash, self.tick);
+        if self.used.len() <= cap.max(1) {
+            return None;
+        }
+        let (&oldest, _) = self
+            .used
+            .iter()
+            .filter(|(h, _)| **h != hash)
+            .min_by_key(|(_, t)| **t)?;
+        self.used.remove(&oldest);
+        Some(oldest)
+    }
+
+    /// Forgets a statement (its Parse failed).
+    pub fn remove(&mut self, hash: u64) {
+        self.used.remove(&hash);
+    }
+
+    /// Forgets all (DISCARD ALL / DEALLOCATE ALL ran on the backend).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// Statements the backend has.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
     }
 }
 

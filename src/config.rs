@@ -145,6 +145,8 @@ pub struct RoutingConfig {
     /// After a session writes, its reads go to the primary for this long (0 = never), so that
     /// it reads its own writes even when replicas lag.
     pub read_your_writes: Duration,
+    /// Most shared prepared statements one backend keeps; the least recently used is closed.
+    pub max_prepared_statements: usize,
 }
 
 impl RoutingConfig {

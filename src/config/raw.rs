@@ -38,6 +38,7 @@ struct RawRouting {
     write_functions: Vec<String>,
     read_only_functions: Vec<String>,
     read_your_writes_ms: u64,
+    max_prepared_statements: usize,
     rules: Vec<RawRule>,
 }
 
@@ -47,6 +48,7 @@ impl Default for RawRouting {
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
             read_your_writes_ms: 1000,
+            max_prepared_statements: 1000,
             rules: Vec::new(),
         }
     }
@@ -204,7 +206,15 @@ fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, Co
         });
     }
     let read_your_writes = Duration::from_millis(r.read_your_writes_ms);
+    // A unit may use this many statements at once; fewer could evict one it is about to bind.
+    if r.max_prepared_statements < 16 {
+        return Err(err(
+            "routing.max_prepared_statements",
+            "must be at least 16".into(),
+        ));
+    }
     Ok(RoutingConfig {
+        max_prepared_statements: r.max_prepared_statements,
         functions,
         rules,
         read_your_writes,

@@ -451,6 +451,7 @@ impl Session {
         }
         if self.mode == PoolMode::Transaction {
             let mut rw = Rewrite {
+                cap: self.core.config.routing.max_prepared_statements,
                 prepared: &mut att.backend.prepared,
                 slots: &mut att.slots,
                 skipping: &mut att.skipping,

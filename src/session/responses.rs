@@ -2,7 +2,7 @@
 //! with the slots of `statements` hiding or adding the few responses pgpilot accounts for;
 //! the backend goes back to its pool as soon as it is idle.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,7 +14,7 @@ use pgpilot_protocol::ProtocolError;
 
 use super::statements::{put_fake, start_copy_in, Slot};
 use super::{Attached, Gucs, Session};
-use crate::backend::MAX_BACKEND_MESSAGE;
+use crate::backend::{Prepared, MAX_BACKEND_MESSAGE};
 use crate::config::PoolMode;
 use crate::error::Error;
 use pgpilot_protocol::classify::SettingChange;
@@ -22,7 +22,7 @@ use pgpilot_protocol::classify::SettingChange;
 /// The parts of an attached backend the slot queue moves.
 struct SlotQueue<'a> {
     slots: &'a mut VecDeque<Slot>,
-    prepared: &'a mut HashSet<u64>,
+    prepared: &'a mut Prepared,
     skipping: &'a mut bool,
 }
 
@@ -44,19 +44,19 @@ impl SlotQueue<'_> {
         if slot.ends_with(tag) {
             self.slots.pop_front();
         }
-        !matches!(slot, Slot::Parse { visible: false, .. })
+        !matches!(slot, Slot::Parse { visible: false, .. } | Slot::HiddenClose)
     }
 }
 
 /// After an error PostgreSQL skips to the next Sync: the responses the skipped messages would
 /// have had never come, and statements they would have prepared do not exist.
-fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut HashSet<u64>, skipping: &mut bool) {
+fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut Prepared, skipping: &mut bool) {
     while let Some(slot) = slots.front().copied() {
         if slot.is_sync_point() {
             return;
         }
         if let Slot::Parse { hash: Some(h), .. } = slot {
-            prepared.remove(&h);
+            prepared.remove(h);
         }
         slots.pop_front();
     }

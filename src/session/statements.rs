@@ -6,12 +6,14 @@
 //! but the backend will not send (statement already there, Close) are made up in place.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::frame::FrameScan;
+
+use crate::backend::Prepared;
 use pgpilot_protocol::frontend::statement_of;
 
 /// A client's named statement.
@@ -51,6 +53,8 @@ pub(super) enum Slot {
     Pass(u8),
     /// A response the proxy makes up (ParseComplete, CloseComplete) when its turn comes.
     Fake(u8),
+    /// A Close the proxy sent to evict a statement: its CloseComplete is hidden.
+    HiddenClose,
     /// The client ended a COPY (CopyDone / CopyFail): no response of its own, but it marks
     /// where copy-in mode, in which PostgreSQL ignores Sync and Flush, ended.
     CopyEnd,
@@ -64,7 +68,7 @@ impl Slot {
             Slot::Pass(b'B') => tag == b'2',
             Slot::Pass(b'D') => tag == b'T' || tag == b'n',
             Slot::Pass(b'E') => matches!(tag, b'C' | b'I' | b's'),
-            Slot::Pass(b'C') => tag == b'3',
+            Slot::Pass(b'C') | Slot::HiddenClose => tag == b'3',
             Slot::Pass(_) => tag == b'Z',
             Slot::Fake(_) | Slot::CopyEnd => false,
         }
@@ -87,8 +91,10 @@ fn backend_name(hash: u64) -> [u8; 24] {
 
 /// Per-backend and per-unit state the rewriting touches.
 pub(super) struct Rewrite<'a> {
-    /// Statements this backend has prepared (by hash).
-    pub prepared: &'a mut HashSet<u64>,
+    /// Statements this backend has prepared.
+    pub prepared: &'a mut Prepared,
+    /// Most statements a backend keeps (`routing.max_prepared_statements`).
+    pub cap: usize,
     /// Expected responses, oldest first.
     pub slots: &'a mut VecDeque<Slot>,
     /// The backend is skipping messages until Sync after an error.
@@ -112,14 +118,27 @@ impl Rewrite<'_> {
 
     /// Makes sure the backend has `stmt`, adding a hidden Parse to `out` if not.
     fn ensure(&mut self, stmt: &Stmt, out: &mut BytesMut) {
-        if *self.skipping || self.prepared.contains(&stmt.hash) {
+        if *self.skipping || self.prepared.contains(stmt.hash) {
             return;
         }
+        self.prepare(stmt, out, false);
+    }
+
+    /// Sends a Parse under the shared name, closing the least recently used statement first
+    /// when the backend has too many.
+    fn prepare(&mut self, stmt: &Stmt, out: &mut BytesMut, visible: bool) {
+        if let Some(evicted) = self.prepared.insert(stmt.hash, self.cap) {
+            let mut msg = BytesMut::with_capacity(26);
+            msg.put_u8(b'S');
+            msg.put_slice(&backend_name(evicted));
+            msg.put_u8(0);
+            put_tagged(out, b'C', &msg);
+            self.push(Slot::HiddenClose);
+        }
         put_parse(out, stmt);
-        self.prepared.insert(stmt.hash);
         self.push(Slot::Parse {
             hash: Some(stmt.hash),
-            visible: false,
+            visible,
         });
     }
 
@@ -194,15 +213,10 @@ impl Rewrite<'_> {
             });
             return true;
         };
-        if self.prepared.contains(&stmt.hash) || *self.skipping {
+        if *self.skipping || self.prepared.contains(stmt.hash) {
             self.push(Slot::Fake(b'1'));
         } else {
-            put_parse(out, stmt);
-            self.prepared.insert(stmt.hash);
-            self.push(Slot::Parse {
-                hash: Some(stmt.hash),
-                visible: true,
-            });
+            self.prepare(stmt, out, true);
         }
         false
     }
@@ -332,7 +346,7 @@ mod tests {
     fn statements_are_prepared_once_per_backend_and_renamed() {
         let mut stmts = HashMap::new();
         let (mut prepared, mut slots, mut skipping, mut copy_in) =
-            (HashSet::new(), VecDeque::new(), false, false);
+            (Prepared::default(), VecDeque::new(), false, false);
         let mut unit = BytesMut::new();
         encode::parse(&mut unit, b"s1", b"SELECT $1", &[23]);
         encode::describe(&mut unit, b'S', b"s1");
@@ -345,6 +359,7 @@ mod tests {
         let hash = stmts[&b"s1"[..]].hash;
         let mut rw = Rewrite {
             prepared: &mut prepared,
+            cap: 1000,
             slots: &mut slots,
             skipping: &mut skipping,
             copy_in: &mut copy_in,
@@ -377,6 +392,7 @@ mod tests {
         encode::sync(&mut unit);
         let mut rw = Rewrite {
             prepared: &mut prepared,
+            cap: 1000,
             slots: &mut slots,
             skipping: &mut skipping,
             copy_in: &mut copy_in,
@@ -407,12 +423,13 @@ mod tests {
             Stmt::from_parse(&body, 2, Target::Primary, 0),
         );
         let (mut prepared, mut slots, mut skipping, mut copy_in) =
-            (HashSet::new(), VecDeque::new(), false, false);
+            (Prepared::default(), VecDeque::new(), false, false);
         let mut unit = BytesMut::new();
         encode::bind(&mut unit, b"p", b"s2", &[]);
         encode::sync(&mut unit);
         let mut rw = Rewrite {
             prepared: &mut prepared,
+            cap: 1000,
             slots: &mut slots,
             skipping: &mut skipping,
             copy_in: &mut copy_in,
@@ -429,6 +446,7 @@ mod tests {
         let unit = unit.freeze();
         let mut rw = Rewrite {
             prepared: &mut prepared,
+            cap: 1000,
             slots: &mut slots,
             skipping: &mut skipping,
             copy_in: &mut copy_in,

@@ -369,3 +369,51 @@ fn deallocate_of_protocol_statements_in_transaction_mode() {
     raw.query("DEALLOCATE ALL").unwrap();
     assert_eq!(run(&mut raw, b"a2").unwrap_err().0, "26000");
 }
+
+#[test]
+fn backends_keep_at_most_max_prepared_statements() {
+    let Some(c) = common::cluster() else { return };
+    let extra = "\n[routing]\nmax_prepared_statements = 16\n";
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra,
+            pool_size: 1,
+            workers: 1,
+            replica_weights: [0, 0],
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let run = |raw: &mut Raw, name: &str| {
+        let mut out = BytesMut::new();
+        encode::bind(&mut out, b"", name.as_bytes(), &[]);
+        encode::execute(&mut out, b"", 0);
+        encode::sync(&mut out);
+        raw.send(&out);
+        rows_of(&raw.until_ready())
+    };
+    for i in 0..40 {
+        let mut out = BytesMut::new();
+        encode::parse(
+            &mut out,
+            format!("q{i}").as_bytes(),
+            format!("SELECT {i} AS n").as_bytes(),
+            &[],
+        );
+        encode::sync(&mut out);
+        raw.send(&out);
+        raw.until_ready();
+        assert_eq!(run(&mut raw, &format!("q{i}")).unwrap(), [i.to_string()]);
+    }
+    // The first ones were closed on the backend; they are prepared again when used.
+    for i in 0..40 {
+        assert_eq!(run(&mut raw, &format!("q{i}")).unwrap(), [i.to_string()]);
+    }
+    let kept: i64 = raw
+        .query("SELECT count(*) FROM pg_prepared_statements")
+        .unwrap()[0]
+        .parse()
+        .unwrap();
+    assert!(kept <= 16, "{kept} statements on the backend");
+}
