@@ -159,6 +159,26 @@ impl Session {
         self.view_version = b.params.version;
     }
 
+    /// Session mode: sets the idle attached backend aside and takes up the parked one if it
+    /// can run statements for `target`; otherwise the next attach checks out a new one.
+    pub(super) async fn switch_held(&mut self, target: Target) {
+        let current = self.attached.take();
+        self.cancel.set(None);
+        let Some(other) = std::mem::replace(&mut self.parked, current) else {
+            return;
+        };
+        if other.on_replica != (target == Target::Replica) {
+            self.give_back(other).await;
+            return;
+        }
+        if let Err(e) = self
+            .install(other.backend, other.pool, other.on_replica)
+            .await
+        {
+            log::warn!("session={} parked backend unusable: {e}", self.pid);
+        }
+    }
+
     /// Gives the attached backend back to its pool (the caller knows it is idle).
     pub(super) fn release(&mut self) {
         if let Some(att) = self.attached.take() {

@@ -88,6 +88,8 @@ pub struct Session {
     /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
     attached: Option<Attached>,
+    /// Session mode: the other backend the client holds (primary or replica), idle.
+    parked: Option<Attached>,
     /// The client's named prepared statements, with the route decided at their Parse.
     statements: HashMap<Bytes, Stmt>,
     /// Route of the unnamed statement.
@@ -140,6 +142,33 @@ pub async fn run(core: Rc<Core>, client: TcpStream) {
 }
 
 impl Session {
+    /// Returns a backend the session is done with: reset and pooled if it is clean, closed
+    /// otherwise. Session mode resets with `reset_query`; a pinned transaction-mode client leaves
+    /// temp tables, LISTEN or locks behind, which DISCARD ALL removes.
+    async fn give_back(&self, mut att: Attached) {
+        if !att.is_idle() || !att.backend.rbuf.is_empty() {
+            return;
+        }
+        let reset = match self.mode {
+            PoolMode::Session => self.core.config.pool.reset_query.as_str(),
+            PoolMode::Transaction if self.pinned => "DISCARD ALL",
+            PoolMode::Transaction => "",
+        };
+        if reset.is_empty() {
+            att.pool.checkin(att.backend);
+        } else if attach::run_hidden_query(&mut att.backend, reset)
+            .await
+            .is_ok()
+        {
+            att.backend.applied = u64::MAX;
+            let upper = reset.to_ascii_uppercase();
+            if upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE ALL") {
+                att.backend.prepared.clear();
+            }
+            att.pool.checkin(att.backend);
+        }
+    }
+
     /// Recomputes what follows from the session's parameters.
     fn note_gucs(&mut self) {
         self.read_only_default = self.gucs.list.iter().any(|(n, v)| {
@@ -169,27 +198,12 @@ impl Session {
 
     /// Gives the backend back (clean) or drops it (anything else), then forgets the session.
     async fn finish(&mut self) {
-        if let Some(mut att) = self.attached.take() {
-            self.cancel.set(None);
-            if att.is_idle() && att.backend.rbuf.is_empty() {
-                // Session mode resets with `reset_query`; a pinned transaction-mode client
-                // leaves temp tables, LISTEN or locks behind, which DISCARD ALL removes.
-                let reset = match self.mode {
-                    PoolMode::Session => self.core.config.pool.reset_query.as_str(),
-                    PoolMode::Transaction if self.pinned => "DISCARD ALL",
-                    PoolMode::Transaction => "",
-                };
-                if reset.is_empty() {
-                    att.pool.checkin(att.backend);
-                } else if attach::run_hidden_query(&mut att.backend, reset)
-                    .await
-                    .is_ok()
-                {
-                    att.backend.applied = u64::MAX;
-                    att.backend.prepared.clear();
-                    att.pool.checkin(att.backend);
-                }
-            }
+        self.cancel.set(None);
+        for att in [self.attached.take(), self.parked.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.give_back(att).await;
         }
         let _ = self.client.close().await;
         self.core.unregister_session(self.pid);

@@ -174,11 +174,6 @@ impl Session {
                 }
                 continue;
             }
-            if self.mode == PoolMode::Session {
-                let n = self.whole_frames_before_terminate()?;
-                self.forward(n, 0, false).await?;
-                continue;
-            }
             if !self.pump_unit(h.tag).await? {
                 return Ok(true);
             }
@@ -213,10 +208,7 @@ impl Session {
             self.drop_unit(&unit, &e).await?;
             return Ok(true);
         }
-        if tag == b'Q'
-            && self.mode == PoolMode::Transaction
-            && self.answer_deallocate(&unit).await?
-        {
+        if tag == b'Q' && self.answer_deallocate(&unit).await? {
             return Ok(true);
         }
         let Some(att) = self.attached.as_ref() else {
@@ -238,14 +230,22 @@ impl Session {
                 .await
                 .map(|()| true);
         };
-        let must_move = !mid_unit
-            && !self.pinned
-            && att.on_replica
-            && unit.target == Target::Primary
-            && att.status == TransactionStatus::Idle;
-        if must_move {
+        let free = !mid_unit && !self.pinned && att.status == TransactionStatus::Idle;
+        let must_move = free && att.on_replica && unit.target == Target::Primary;
+        // Session mode holds its primary; an autocommit read moves to a replica when the
+        // primary is idle (in transaction mode an idle backend has been released already).
+        let may_move = free
+            && self.mode == PoolMode::Session
+            && !att.on_replica
+            && unit.target == Target::Replica
+            && att.is_idle();
+        if must_move || may_move {
             if att.is_idle() {
-                self.release();
+                if self.mode == PoolMode::Session {
+                    self.switch_held(unit.target).await;
+                } else {
+                    self.release();
+                }
                 return Ok(true);
             }
             self.blocked = true;
@@ -269,7 +269,7 @@ impl Session {
             self.last_write = Some(std::time::Instant::now());
         }
         let mut effect = unit.effect;
-        if self.mode == PoolMode::Session || effect == SessionEffect::None {
+        if effect == SessionEffect::None {
             return;
         }
         if !unit.changes.is_empty() {
@@ -292,22 +292,6 @@ impl Session {
                 self.pid,
                 att.backend.addr
             );
-        }
-    }
-
-    /// Length of the whole frames at the front, stopping before Terminate (session mode).
-    fn whole_frames_before_terminate(&self) -> Result<usize, Error> {
-        let mut scan = FrameScan::new(&self.cbuf, self.max_message);
-        let mut n = 0;
-        for (at, h) in &mut scan {
-            if h.tag == b'X' || h.tag == b'p' {
-                break;
-            }
-            n = at + h.frame_len();
-        }
-        match scan.error() {
-            Some(e) if n == 0 => Err(Error::Client(e)),
-            _ => Ok(n),
         }
     }
 
@@ -449,7 +433,7 @@ impl Session {
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;
         }
-        if self.mode == PoolMode::Transaction {
+        {
             let mut rw = Rewrite {
                 cap: self.core.config.routing.max_prepared_statements,
                 prepared: &mut att.backend.prepared,

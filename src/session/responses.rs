@@ -183,7 +183,7 @@ impl Session {
         if !self.pump_hidden().await? {
             return Ok(());
         }
-        let tracked = self.mode == PoolMode::Transaction;
+        let tracked = true;
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };

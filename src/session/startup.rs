@@ -147,6 +147,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         overrides: Vec::new(),
         gucs: Rc::new(st.gucs),
         attached: None,
+        parked: None,
         statements: HashMap::new(),
         unnamed: Target::Primary,
         rule: st.rule,

@@ -461,3 +461,66 @@ fn a_read_only_session_runs_its_blocks_on_replicas() {
     assert_eq!(ro2.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
     ro2.query("COMMIT").unwrap();
 }
+
+#[test]
+fn session_mode_reads_from_a_replica_and_keeps_the_session_on_both() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_mode: "session",
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
+    let mut a = Raw::connect(
+        proxy.addr(),
+        "app",
+        "app",
+        &[("application_name", "sess-route")],
+    )
+    .unwrap();
+    assert_eq!(a.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
+    a.query("SET search_path TO sess_schema, public").unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            a.query("SELECT pg_is_in_recovery(), current_setting('search_path')")
+                .unwrap(),
+            ["t"]
+        );
+        assert_eq!(
+            a.query("SHOW search_path").unwrap(),
+            ["sess_schema, public"]
+        );
+        assert_eq!(
+            a.query("BEGIN; SELECT current_setting('search_path'); COMMIT")
+                .unwrap(),
+            ["sess_schema, public"]
+        );
+        assert_eq!(
+            a.query("BEGIN; SELECT pg_is_in_recovery(); COMMIT")
+                .unwrap(),
+            ["f"]
+        );
+    }
+    // A prepared read runs on the replica, a prepared write on the primary, alternately.
+    let mut client = postgres::Client::connect(
+        &common::dsn(proxy.addr().port(), "app", "app"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS sess_t (v int)")
+        .unwrap();
+    let read = client.prepare("SELECT pg_is_in_recovery()").unwrap();
+    let write = client
+        .prepare("INSERT INTO sess_t VALUES ($1) RETURNING pg_is_in_recovery()")
+        .unwrap();
+    for i in 0..5 {
+        assert!(client.query_one(&read, &[]).unwrap().get::<_, bool>(0));
+        assert!(!client.query_one(&write, &[&i]).unwrap().get::<_, bool>(0));
+    }
+    // LISTEN keeps the session on the primary from then on.
+    a.query("LISTEN sess_chan").unwrap();
+    assert_eq!(a.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
+}
