@@ -247,6 +247,11 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
     tagged(buf, b'Z', |b| b.put_u8(status.as_byte()));
 }
 
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    tagged(buf, b'1', |_| {});
+}
+
 /// CommandComplete.
 pub fn command_complete(buf: &mut BytesMut, tag: &[u8]) {
     tagged(buf, b'C', |b| put_cstr(b, tag));

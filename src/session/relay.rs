@@ -212,9 +212,13 @@ impl Session {
             return Ok(true);
         }
         let Some(att) = self.attached.as_ref() else {
-            if unit.complete && unit.rfqs == 1 && tag == b'S' {
-                // A lone Sync with nothing outstanding: answer it here.
+            if let Some(parses) = self.only_named_parses(&unit) {
+                // A lone Sync (parses = 0), or PQprepare's Parse + Sync of named statements:
+                // nothing to run; the statements are prepared lazily where they are used.
                 let _ = self.cbuf.split_to(unit.len);
+                for _ in 0..parses {
+                    encode::parse_complete(&mut self.out);
+                }
                 encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
                 self.flush_out().await?;
                 return Ok(true);
@@ -471,6 +475,26 @@ impl Session {
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
         self.drop_unit(unit, &fields).await
+    }
+
+    /// `Some(n)` when the unit is `n` Parse messages of named statements followed by Sync.
+    fn only_named_parses(&self, unit: &Unit) -> Option<usize> {
+        if !unit.complete || unit.rfqs != 1 {
+            return None;
+        }
+        let mut parses = 0;
+        for (at, h) in FrameScan::new(&self.cbuf[..unit.len], self.max_message) {
+            match h.tag {
+                b'S' => return Some(parses),
+                b'P' if statement_of(&self.cbuf[at + 5..at + h.frame_len()])
+                    .is_ok_and(|(n, _)| !n.is_empty()) =>
+                {
+                    parses += 1
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
