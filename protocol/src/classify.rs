@@ -7,7 +7,7 @@
 mod lexer;
 mod settings;
 
-pub use settings::{deallocate, setting_changes, Deallocate, SettingChange};
+pub use settings::{deallocate, drops_all_statements, setting_changes, Deallocate, SettingChange};
 
 use std::collections::HashSet;
 

@@ -12,8 +12,8 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{
-    classify_with, deallocate, lone_default_begin, session_effect, setting_changes, Deallocate,
-    Reason, Route, SessionEffect, SettingChange, Target,
+    classify_with, deallocate, drops_all_statements, lone_default_begin, session_effect,
+    setting_changes, Deallocate, Reason, Route, SessionEffect, SettingChange, Target,
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
@@ -61,12 +61,21 @@ struct Unit {
     writes: bool,
     /// A `/* pgpilot:replica */` hint asked for a replica: it beats read-your-writes.
     replica_hint: bool,
+    /// DISCARD ALL / DEALLOCATE ALL: the client's prepared statements are gone.
+    drops_statements: bool,
 }
 
 /// Adds what a statement does to session state to its unit; SETs that cannot be replayed
 /// exactly pin the client instead.
 fn note_settings(unit: &mut Unit, sql: &[u8]) {
     let effect = session_effect(sql);
+    if effect == SessionEffect::Discard {
+        let (discard, dealloc) = drops_all_statements(sql);
+        unit.drops_statements |= discard || dealloc;
+        if discard {
+            unit.changes.push(SettingChange::ResetAll);
+        }
+    }
     if effect == SessionEffect::Settings {
         match setting_changes(sql) {
             Some(changes) => unit.changes.extend(changes),
@@ -276,6 +285,9 @@ impl Session {
         if effect == SessionEffect::None {
             return;
         }
+        if unit.drops_statements {
+            self.statements.clear();
+        }
         if !unit.changes.is_empty() {
             if att.status == TransactionStatus::Idle && att.changes.is_none() {
                 att.changes = Some(std::mem::take(&mut unit.changes));
@@ -311,6 +323,7 @@ impl Session {
             changes: Vec::new(),
             writes: false,
             replica_hint: false,
+            drops_statements: false,
         };
         let mut target = None;
         let functions = &*Core::functions_for(&self.core, &self.user, &self.database);

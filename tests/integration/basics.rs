@@ -417,3 +417,37 @@ fn backends_keep_at_most_max_prepared_statements() {
         .unwrap();
     assert!(kept <= 16, "{kept} statements on the backend");
 }
+
+#[test]
+fn discard_all_mid_session_in_transaction_mode() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let mut out = BytesMut::new();
+    encode::parse(&mut out, b"d1", b"SELECT 9", &[]);
+    encode::sync(&mut out);
+    raw.send(&out);
+    raw.until_ready();
+    let run = |raw: &mut Raw| {
+        let mut out = BytesMut::new();
+        encode::bind(&mut out, b"", b"d1", &[]);
+        encode::execute(&mut out, b"", 0);
+        encode::sync(&mut out);
+        raw.send(&out);
+        rows_of(&raw.until_ready())
+    };
+    assert_eq!(run(&mut raw).unwrap(), ["9"]);
+    raw.query("SET search_path TO discarded, public").unwrap();
+    raw.query("DISCARD ALL").unwrap();
+    assert_eq!(
+        run(&mut raw).unwrap_err().0,
+        "26000",
+        "the statement is gone"
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            raw.query("SHOW search_path").unwrap(),
+            ["\"$user\", public"]
+        );
+    }
+}

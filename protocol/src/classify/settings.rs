@@ -18,6 +18,24 @@ pub enum SettingChange {
     ResetAll,
 }
 
+/// Whether any statement in the text is `DISCARD ALL` (which also resets every setting) or
+/// `DEALLOCATE [PREPARE] ALL`: `(discard_all, deallocate_all)`.
+pub fn drops_all_statements(sql: &[u8]) -> (bool, bool) {
+    let mut lexer = Lexer::new(sql);
+    let (mut discard, mut dealloc) = (false, false);
+    let mut prev: [Option<Token<'_>>; 2] = [None, None];
+    while let Some(t) = lexer.next_token() {
+        let kw = |t: Option<Token<'_>>, k: &str| matches!(t, Some(Token::Word(w)) if w.eq_ignore_ascii_case(k.as_bytes()));
+        if kw(Some(t), "all") {
+            discard |= kw(prev[1], "discard");
+            dealloc |=
+                kw(prev[1], "deallocate") || (kw(prev[1], "prepare") && kw(prev[0], "deallocate"));
+        }
+        prev = [prev[1], Some(t)];
+    }
+    (discard, dealloc)
+}
+
 /// What a lone `DEALLOCATE [PREPARE] { name | ALL }` statement drops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deallocate {
@@ -302,6 +320,20 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn statements_that_drop_all_prepared_statements() {
+        assert_eq!(drops_all_statements(b"DISCARD ALL"), (true, false));
+        assert_eq!(
+            drops_all_statements(b"SELECT 1; deallocate prepare all"),
+            (false, true)
+        );
+        assert_eq!(drops_all_statements(b"DEALLOCATE ALL"), (false, true));
+        assert_eq!(
+            drops_all_statements(b"DISCARD PLANS; SELECT 'DISCARD ALL'"),
+            (false, false)
+        );
     }
 
     #[test]
