@@ -241,15 +241,7 @@ pub fn session_effect(sql: &[u8]) -> SessionEffect {
     let mut tokens = Vec::with_capacity(16);
     let mut effect = SessionEffect::None;
     loop {
-        tokens.clear();
-        let mut ended = true;
-        while let Some(t) = lexer.next_token() {
-            if t == Token::Semi {
-                ended = false;
-                break;
-            }
-            tokens.push(t);
-        }
+        let ended = !lexer.next_statement(&mut tokens);
         effect = effect.max(statement_effect(&tokens));
         if ended || lexer.broken {
             return effect;
@@ -348,15 +340,7 @@ fn classify_text(sql: &[u8], functions: &Functions) -> Route {
     let mut tokens = Vec::with_capacity(32);
     let mut overall: Option<Route> = None;
     loop {
-        tokens.clear();
-        let mut ended = true;
-        while let Some(t) = lexer.next_token() {
-            if t == Token::Semi {
-                ended = false;
-                break;
-            }
-            tokens.push(t);
-        }
+        let ended = !lexer.next_statement(&mut tokens);
         if lexer.broken {
             return Route::primary(Reason::Unparsed);
         }

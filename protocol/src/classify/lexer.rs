@@ -131,6 +131,19 @@ impl<'a> Lexer<'a> {
         true
     }
 
+    /// Fills `tokens` with the next statement's tokens, up to its `;`. Returns whether a `;`
+    /// ended it (more statements may follow).
+    pub(super) fn next_statement(&mut self, tokens: &mut Vec<Token<'a>>) -> bool {
+        tokens.clear();
+        while let Some(t) = self.next_token() {
+            if t == Token::Semi {
+                return true;
+            }
+            tokens.push(t);
+        }
+        false
+    }
+
     /// The next token with its text as written (quotes included).
     pub(super) fn next_spanned(&mut self) -> Option<(Token<'a>, &'a [u8])> {
         let token = self.next_token()?;
