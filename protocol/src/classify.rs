@@ -548,6 +548,44 @@ pub fn lone_default_begin(sql: &[u8]) -> bool {
     }
 }
 
+/// How a lone statement ends a transaction: `Some(true)` for COMMIT / END, `Some(false)` for
+/// ROLLBACK / ABORT (without TO SAVEPOINT or PREPARED), `None` otherwise.
+pub fn lone_transaction_end(sql: &[u8]) -> Option<bool> {
+    let mut lexer = Lexer::new(sql);
+    let mut tokens = Vec::with_capacity(3);
+    if lexer.next_statement(&mut tokens) && lexer.next_token().is_some() {
+        return None;
+    }
+    let first = tokens.first();
+    let rest_ok = tokens
+        .iter()
+        .skip(1)
+        .all(|t| is_kw(Some(t), "work") || is_kw(Some(t), "transaction"));
+    if !rest_ok || lexer.broken {
+        return None;
+    }
+    if is_kw(first, "commit") || is_kw(first, "end") {
+        Some(true)
+    } else if is_kw(first, "rollback") || is_kw(first, "abort") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether the text is one `SET TRANSACTION … READ ONLY` that a replica can run (not
+/// SERIALIZABLE, which a standby refuses).
+pub fn set_transaction_read_only(sql: &[u8]) -> bool {
+    let mut lexer = Lexer::new(sql);
+    let mut tokens = Vec::with_capacity(8);
+    if lexer.next_statement(&mut tokens) && lexer.next_token().is_some() || lexer.broken {
+        return false;
+    }
+    is_kw(tokens.first(), "set")
+        && is_kw(tokens.get(1), "transaction")
+        && begin(&tokens[2..]) == Route::replica(Reason::ReadOnlyTransaction)
+}
+
 fn begin(tokens: &[Token<'_>]) -> Route {
     let mut read_only = false;
     for (i, t) in tokens.iter().enumerate() {

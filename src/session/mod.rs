@@ -88,6 +88,8 @@ pub struct Session {
     /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
     attached: Option<Attached>,
+    /// A plain BEGIN answered by the proxy, sent with the block's first statement.
+    held_begin: Option<Bytes>,
     /// Session mode: the other backend the client holds (primary or replica), idle.
     parked: Option<Attached>,
     /// The client's named prepared statements, with the route decided at their Parse.

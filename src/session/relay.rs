@@ -12,8 +12,9 @@ use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{
-    classify_with, deallocate, drops_all_statements, lone_default_begin, session_effect,
-    setting_changes, Deallocate, Reason, Route, SessionEffect, SettingChange, Target,
+    classify_with, deallocate, drops_all_statements, lone_default_begin, lone_transaction_end,
+    session_effect, set_transaction_read_only, setting_changes, Deallocate, Reason, Route,
+    SessionEffect, SettingChange, Target,
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
@@ -218,6 +219,12 @@ impl Session {
             return Ok(true);
         }
         if tag == b'Q' && self.answer_deallocate(&unit).await? {
+            return Ok(true);
+        }
+        if self.mode == PoolMode::Transaction
+            && self.attached.is_none()
+            && self.hold_begin(&mut unit).await?
+        {
             return Ok(true);
         }
         let Some(att) = self.attached.as_ref() else {
@@ -488,6 +495,75 @@ impl Session {
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
         self.drop_unit(unit, &fields).await
+    }
+
+    /// The SQL of a unit that is one simple Query.
+    fn lone_query(&self, unit: &Unit) -> Option<&[u8]> {
+        let frame = self.cbuf.get(..unit.len)?;
+        let h = Header::peek(frame, self.max_message).ok().flatten()?;
+        (h.tag == b'Q' && h.frame_len() == unit.len).then(|| &frame[5..frame.len() - 1])
+    }
+
+    /// A plain BEGIN is held, and answered here, until the next statement shows whether the
+    /// block is read-only (`SET TRANSACTION READ ONLY`) or read-write; an empty block never
+    /// reaches a backend. `Ok(true)`: the unit was answered here.
+    async fn hold_begin(&mut self, unit: &mut Unit) -> Result<bool, Error> {
+        let sql = self.lone_query(unit);
+        if self.held_begin.is_none() {
+            let holdable = sql.is_some_and(lone_default_begin)
+                && self.rule.is_none()
+                && !self.read_only_default;
+            if !holdable {
+                return Ok(false);
+            }
+            let start = sql.is_some_and(|s| {
+                s.trim_ascii_start()
+                    .first()
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&b's'))
+            });
+            self.held_begin = Some(self.cbuf.split_to(unit.len).freeze());
+            encode::command_complete(
+                &mut self.out,
+                if start {
+                    b"START TRANSACTION"
+                } else {
+                    b"BEGIN"
+                },
+            );
+            encode::ready_for_query(&mut self.out, TransactionStatus::InTransaction);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        if let Some(commit) = sql.and_then(lone_transaction_end) {
+            self.held_begin = None;
+            let _ = self.cbuf.split_to(unit.len);
+            encode::command_complete(&mut self.out, if commit { b"COMMIT" } else { b"ROLLBACK" });
+            encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        let read_only = sql.is_some_and(set_transaction_read_only);
+        unit.target = if read_only {
+            Target::Replica
+        } else {
+            Target::Primary
+        };
+        let Some(begin) = self.held_begin.take() else {
+            return Ok(false);
+        };
+        if let Err(e) = self.attach(unit.target).await {
+            self.fail_unit(unit, e).await?;
+            return Ok(true);
+        }
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(false);
+        };
+        att.hidden += 1;
+        if let Err(Error::Backend { source, .. }) = att.backend.send(&begin).await {
+            self.backend_lost(source).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// `Some(n)` when the unit is `n` Parse messages of named statements followed by Sync.

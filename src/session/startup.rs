@@ -148,6 +148,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         gucs: Rc::new(st.gucs),
         attached: None,
         parked: None,
+        held_begin: None,
         statements: HashMap::new(),
         unnamed: Target::Primary,
         rule: st.rule,

@@ -99,7 +99,9 @@ fn checkout_timeout_gives_53300_and_keeps_the_session() {
         },
     );
     let mut holder = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    // A lone BEGIN is answered by the proxy; the block takes its backend with its first statement.
     holder.query("BEGIN").unwrap();
+    holder.query("SELECT 1").unwrap();
     let mut waiter = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     let e = waiter.query("BEGIN; SELECT 1").unwrap_err();
     assert_eq!(e.0, "53300");

@@ -524,3 +524,39 @@ fn session_mode_reads_from_a_replica_and_keeps_the_session_on_both() {
     a.query("LISTEN sess_chan").unwrap();
     assert_eq!(a.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
 }
+
+#[test]
+fn a_plain_begin_waits_for_its_first_statement() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: NO_READ_YOUR_WRITES,
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    // SET TRANSACTION READ ONLY first: the whole block may run on a replica.
+    raw.query("BEGIN").unwrap();
+    raw.query("SET TRANSACTION READ ONLY").unwrap();
+    assert_eq!(raw.query("SELECT pg_is_in_recovery()").unwrap(), ["t"]);
+    assert_eq!(
+        raw.query("CREATE TABLE held_ro (a int)").unwrap_err().0,
+        "25006"
+    );
+    raw.query("ROLLBACK").unwrap();
+    // Anything else first: a read-write block on the primary.
+    raw.query("START TRANSACTION").unwrap();
+    assert_eq!(raw.query("SELECT pg_is_in_recovery()").unwrap(), ["f"]);
+    raw.query("COMMIT").unwrap();
+    // An empty block never needs a backend.
+    let mut out = bytes::BytesMut::new();
+    pgpilot_protocol::encode::query(&mut out, b"BEGIN");
+    pgpilot_protocol::encode::query(&mut out, b"COMMIT");
+    raw.send(&out);
+    let first = raw.until_ready();
+    assert_eq!(first.last().unwrap().body(), b"T");
+    let second = raw.until_ready();
+    assert_eq!(second.last().unwrap().body(), b"I");
+    assert_eq!(raw.query("SELECT 1").unwrap(), ["1"]);
+}

@@ -331,3 +331,25 @@ fn lone_default_begins() {
         assert!(!lone_default_begin(sql.as_bytes()), "{sql}");
     }
 }
+
+#[test]
+fn transaction_ends_and_read_only_settings() {
+    assert_eq!(lone_transaction_end(b"COMMIT"), Some(true));
+    assert_eq!(lone_transaction_end(b"end transaction;"), Some(true));
+    assert_eq!(lone_transaction_end(b"ROLLBACK WORK"), Some(false));
+    assert_eq!(lone_transaction_end(b"ABORT"), Some(false));
+    assert_eq!(lone_transaction_end(b"ROLLBACK TO SAVEPOINT a"), None);
+    assert_eq!(lone_transaction_end(b"COMMIT PREPARED 'x'"), None);
+    assert_eq!(lone_transaction_end(b"COMMIT; SELECT 1"), None);
+    assert!(set_transaction_read_only(b"SET TRANSACTION READ ONLY"));
+    assert!(set_transaction_read_only(
+        b"set transaction isolation level repeatable read, read only;"
+    ));
+    assert!(!set_transaction_read_only(
+        b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY"
+    ));
+    assert!(!set_transaction_read_only(b"SET TRANSACTION READ WRITE"));
+    assert!(!set_transaction_read_only(
+        b"SET TRANSACTION READ ONLY; SELECT 1"
+    ));
+}
