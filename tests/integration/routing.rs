@@ -272,6 +272,17 @@ fn temp_tables_listen_and_locks_pin_the_client_in_transaction_mode() {
     });
     assert!(notified, "the pinned client gets its notification");
     assert_eq!(a.query("SELECT pg_try_advisory_lock(4242)").unwrap(), ["t"]);
+    // Held across a's transactions: nobody else gets it while a is connected.
+    for o in &mut others {
+        assert_eq!(o.query("SELECT pg_try_advisory_lock(4242)").unwrap(), ["f"]);
+    }
+    assert_eq!(
+        a.query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        .unwrap(),
+        ["1"]
+    );
     drop(a);
     // Its backend is cleaned before anyone else gets it: no temp table, no lock left.
     let mut b = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
