@@ -48,7 +48,7 @@ pub struct Pool {
 }
 
 /// A ParameterStatus set as a backend reported it.
-pub type ParamSet = Rc<[(String, String)]>;
+pub type ParamSet = Rc<Vec<(String, String)>>;
 
 /// Distinct client parameter sets remembered per pool.
 const MAX_LOGIN_SETS: usize = 256;
@@ -86,7 +86,7 @@ impl Pool {
         if logins.len() >= MAX_LOGIN_SETS {
             logins.clear();
         }
-        logins.insert(gucs_hash, params.into());
+        logins.insert(gucs_hash, Rc::new(params.to_vec()));
     }
 
     /// A clean connection within `wait`: an idle one, or a new one if capacity allows.

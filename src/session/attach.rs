@@ -8,6 +8,7 @@ use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
+use super::responses::note_param;
 use super::startup::intern_code;
 use super::{Attached, Session};
 use crate::backend::Backend;
@@ -149,11 +150,10 @@ impl Session {
             return;
         }
         for (name, value) in &b.params.list {
-            match self.view.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) if v == value => continue,
-                Some((_, v)) => *v = value.clone(),
-                None => self.view.push((name.clone(), value.clone())),
+            if self.view.iter().any(|(n, v)| n == name && v == value) {
+                continue;
             }
+            note_param(&mut self.view, name, value);
             encode::parameter_status(&mut self.out, name, value);
         }
         self.view_version = b.params.version;

@@ -110,7 +110,7 @@ pub struct Session {
     /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.
     skip_until_sync: bool,
     /// ParameterStatus values the client has been told.
-    view: Vec<(String, String)>,
+    view: Rc<Vec<(String, String)>>,
     /// `params_version` of the backend `view` was last synced from.
     view_version: u64,
     /// The backend query to cancel on CancelRequest.
@@ -127,7 +127,8 @@ fn tags(buf: &[u8]) -> String {
 /// Serves one accepted client until it leaves.
 pub async fn run(core: Rc<Core>, client: TcpStream) {
     let _ = client.set_nodelay(true);
-    let Some(mut session) = startup::start(core, client).await else {
+    // Boxed so that the startup state is freed once the session runs.
+    let Some(mut session) = Box::pin(startup::start(core, client)).await else {
         return;
     };
     let result = session.relay().await;
@@ -194,7 +195,7 @@ impl Session {
             return Ok(());
         }
         let res = self.client.write_all(&self.out).await;
-        self.out.clear();
+        self.out = BytesMut::new();
         res.map_err(Error::ClientIo)
     }
 

@@ -31,6 +31,8 @@ use crate::error::Error;
 
 /// Bytes asked of the kernel per client read.
 const CLIENT_CHUNK: usize = 8 * 1024;
+/// Bytes read on the stack when a client's buffer has been released.
+const IDLE_READ: usize = 1024;
 /// Largest single read, however big the frame being assembled.
 const MAX_READ: usize = 256 * 1024;
 
@@ -124,6 +126,10 @@ impl Session {
 
     /// Waits until the client or the attached backend has bytes, or shutdown begins while idle.
     async fn wait(&mut self) -> Event {
+        if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
+            // Everything read has been handled: give the memory back while the client is quiet.
+            self.cbuf = BytesMut::new();
+        }
         let read_client = !self.blocked;
         let idle = self.attached.as_ref().is_none_or(|a| a.is_idle());
         let (core, pid) = (&self.core, self.pid);
@@ -239,7 +245,8 @@ impl Session {
                 self.flush_out().await?;
                 return Ok(true);
             }
-            if let Err(e) = self.attach(unit.target).await {
+            // Boxed: the connect path is deep, and every idle session would carry its size.
+            if let Err(e) = Box::pin(self.attach(unit.target)).await {
                 self.fail_unit(&unit, e).await?;
                 return Ok(true);
             }
@@ -551,7 +558,7 @@ impl Session {
         let Some(begin) = self.held_begin.take() else {
             return Ok(false);
         };
-        if let Err(e) = self.attach(unit.target).await {
+        if let Err(e) = Box::pin(self.attach(unit.target)).await {
             self.fail_unit(unit, e).await?;
             return Ok(true);
         }
@@ -649,6 +656,16 @@ fn poll_fill(
     chunk: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() == 0 {
+        // An idle client holds no buffer: read the first bytes on the stack and allocate only
+        // what arrived.
+        let mut first = [0u8; IDLE_READ];
+        let result = Pin::new(stream).poll_read(cx, &mut first);
+        if let Poll::Ready(Ok(n)) = result {
+            buf.extend_from_slice(&first[..n]);
+        }
+        return result;
+    }
     let start = buf.len();
     if buf.capacity() - start < chunk {
         buf.reserve(chunk);

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
@@ -71,7 +72,7 @@ impl Attached {
     fn take_responses(
         &mut self,
         tracked: bool,
-        view: &mut Vec<(String, String)>,
+        view: &mut Rc<Vec<(String, String)>>,
     ) -> Result<Bytes, ProtocolError> {
         let mut out = BytesMut::new();
         let mut changed = false;
@@ -318,7 +319,12 @@ impl Session {
     }
 }
 
-fn note_param(view: &mut Vec<(String, String)>, name: &str, value: &str) {
+/// Records a parameter the client has been told, copying a shared set only when it changes.
+pub(super) fn note_param(view: &mut Rc<Vec<(String, String)>>, name: &str, value: &str) {
+    if view.iter().any(|(n, v)| n == name && v == value) {
+        return;
+    }
+    let view = Rc::make_mut(view);
     match view.iter_mut().find(|(n, _)| n == name) {
         Some((_, v)) => value.clone_into(v),
         None => view.push((name.to_owned(), value.to_owned())),

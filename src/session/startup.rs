@@ -133,6 +133,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
     };
     let cancel = Rc::new(Cell::new(None));
     let (pid, secret) = core.register_session(cancel.clone());
+    let gucs = Rc::new(st.gucs);
     let mut session = Session {
         core: core.clone(),
         pid,
@@ -143,9 +144,9 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         max_message: core.config.server.max_message_bytes,
         user: st.user,
         database: st.database,
-        startup: Rc::new(st.gucs.clone()),
+        startup: gucs.clone(),
         overrides: Vec::new(),
-        gucs: Rc::new(st.gucs),
+        gucs,
         attached: None,
         parked: None,
         held_begin: None,
@@ -157,7 +158,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         read_only_default: false,
         blocked: false,
         skip_until_sync: false,
-        view: Vec::new(),
+        view: Rc::new(Vec::new()),
         view_version: u64::MAX,
         cancel,
     };
@@ -387,7 +388,7 @@ impl Session {
         for (name, value) in params.iter() {
             encode::parameter_status(&mut self.out, name, value);
         }
-        self.view = params.to_vec();
+        self.view = params;
         self.view_version = u64::MAX;
         true
     }
@@ -406,6 +407,12 @@ impl Session {
         if let Some(att) = &self.attached {
             att.pool
                 .remember_login(self.gucs.hash, &att.backend.params.list);
+            // Share the pool's copy: idle sessions then hold no ParameterStatus set of their own.
+            if let Some(shared) = att.pool.login_params(self.gucs.hash) {
+                if *shared == *self.view {
+                    self.view = shared;
+                }
+            }
         }
         Ok(())
     }
