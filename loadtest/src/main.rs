@@ -148,7 +148,12 @@ impl Run {
         for round in 0..self.rounds {
             for target in &self.targets {
                 let cpu_before = report::cpu_ticks(&self.pids, &target.name);
-                let result = workload::run(target, &self.settings);
+                let rss_before = report::rss_bytes(&self.pids, &target.name);
+                let sample = || report::rss_bytes(&self.pids, &target.name);
+                let (result, rss_during) = workload::run(target, &self.settings, &sample);
+                let rss_per_client = rss_during
+                    .zip(rss_before)
+                    .map(|(d, b)| d.saturating_sub(b) as f64 / self.settings.clients as f64);
                 let cpu = report::cpu_ticks(&self.pids, &target.name)
                     .zip(cpu_before)
                     .map(|(a, b)| a.saturating_sub(b));
@@ -159,7 +164,16 @@ impl Run {
                     result.tps(),
                     result.errors.values().sum::<u64>()
                 );
+                if let Some(per) = rss_per_client {
+                    eprintln!(
+                        "round {} {}: {:.0} bytes of RSS per open connection",
+                        round + 1,
+                        target.name,
+                        per
+                    );
+                }
                 results.push(report::Sample {
+                    rss_per_client,
                     round,
                     target: target.name.clone(),
                     result,

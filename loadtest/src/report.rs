@@ -14,6 +14,23 @@ pub struct Sample {
     pub result: RunResult,
     /// CPU clock ticks the target's process used during the run (from `--pid`).
     pub cpu_ticks: Option<u64>,
+    /// Growth of the target process's RSS per open connection (from `--pid`), measured once
+    /// every connection is open.
+    pub rss_per_client: Option<f64>,
+}
+
+/// VmRSS of the process registered for `target` with `--pid`, in bytes.
+pub fn rss_bytes(pids: &[(String, u32)], target: &str) -> Option<u64> {
+    let pid = pids.iter().find(|(n, _)| n == target)?.1;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// utime + stime of the process registered for `target` with `--pid`, in clock ticks.
@@ -52,6 +69,7 @@ struct Row {
     errors: u64,
     error_codes: String,
     cpu_per_1000: Option<f64>,
+    rss_per_client: Option<f64>,
 }
 
 fn rows(names: &[String], samples: &[Sample]) -> Vec<Row> {
@@ -99,6 +117,10 @@ fn rows(names: &[String], samples: &[Sample]) -> Vec<Row> {
                     .collect::<Vec<_>>()
                     .join(" "),
                 cpu_per_1000: (!cpu.is_empty()).then(|| median(cpu)),
+                rss_per_client: {
+                    let rss: Vec<f64> = mine.iter().filter_map(|s| s.rss_per_client).collect();
+                    (!rss.is_empty()).then(|| median(rss))
+                },
             }
         })
         .collect()
@@ -114,7 +136,7 @@ pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) ->
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"target\":\"{}\",\"tps\":{:.1},\"ratio\":{:.4},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"errors\":{},\"cpu_s_per_1000\":{}}}",
+                    "{{\"target\":\"{}\",\"tps\":{:.1},\"ratio\":{:.4},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"errors\":{},\"cpu_s_per_1000\":{},\"rss_bytes_per_connection\":{}}}",
                     r.name,
                     r.tps,
                     r.ratio,
@@ -124,7 +146,8 @@ pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) ->
                     ms(&r.latency, 0.999),
                     r.latency.max() as f64 / 1000.0,
                     r.errors,
-                    r.cpu_per_1000.map_or("null".to_owned(), |c| format!("{c:.4}"))
+                    r.cpu_per_1000.map_or("null".to_owned(), |c| format!("{c:.4}")),
+                    r.rss_per_client.map_or("null".to_owned(), |b| format!("{b:.0}"))
                 )
             })
             .collect();
@@ -151,13 +174,22 @@ pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) ->
     );
     let _ = writeln!(
         out,
-        "{:<12} {:>10} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10}  errors",
-        "target", "tps", "ratio", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "cpu s/1k"
+        "{:<12} {:>10} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>8}  errors",
+        "target",
+        "tps",
+        "ratio",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "cpu s/1k",
+        "B/conn"
     );
     for r in &rows {
         let _ = writeln!(
             out,
-            "{:<12} {:>10.0} {:>7.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.1} {:>10}  {}",
+            "{:<12} {:>10.0} {:>7.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.1} {:>10} {:>8}  {}",
             r.name,
             r.tps,
             r.ratio,
@@ -167,6 +199,8 @@ pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) ->
             ms(&r.latency, 0.999),
             r.latency.max() as f64 / 1000.0,
             r.cpu_per_1000.map_or("-".to_owned(), |c| format!("{c:.4}")),
+            r.rss_per_client
+                .map_or("-".to_owned(), |b| format!("{b:.0}")),
             if r.errors == 0 {
                 "0".to_owned()
             } else {
@@ -198,6 +232,7 @@ mod tests {
             target: target.into(),
             result,
             cpu_ticks: Some(50),
+            rss_per_client: None,
         }
     }
 
@@ -227,5 +262,6 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_ticks(&[("me".into(), pid)], "me").is_some());
         assert!(cpu_ticks(&[], "me").is_none());
+        assert!(rss_bytes(&[("me".into(), pid)], "me").is_some_and(|b| b > 0));
     }
 }

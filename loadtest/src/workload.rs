@@ -169,8 +169,13 @@ fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(), Clien
     }
 }
 
-/// Runs the workload against one target with `clients` connections.
-pub fn run(target: &Target, s: &Settings) -> RunResult {
+/// Runs the workload against one target with `clients` connections; `sample` is called once
+/// the warm-up is over (all connections open), and its value returned with the result.
+pub fn run(
+    target: &Target,
+    s: &Settings,
+    sample: &dyn Fn() -> Option<u64>,
+) -> (RunResult, Option<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + s.warmup;
@@ -181,6 +186,11 @@ pub fn run(target: &Target, s: &Settings) -> RunResult {
             std::thread::spawn(move || client_loop(&target, &s, i, measure_from, end, &stop))
         })
         .collect();
+    std::thread::sleep(
+        measure_from.saturating_duration_since(Instant::now())
+            + Duration::from_millis(200).min(s.duration / 2),
+    );
+    let sampled = sample();
     let mut total = RunResult {
         transactions: 0,
         elapsed: s.duration,
@@ -197,7 +207,7 @@ pub fn run(target: &Target, s: &Settings) -> RunResult {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    total
+    (total, sampled)
 }
 
 fn client_loop(
