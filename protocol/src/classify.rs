@@ -4,14 +4,21 @@
 //! The lexer skips comments (nested `/* */`, `--`), strings (`'…'`, `E'…'`), quoted
 //! identifiers and dollar quotes without copying, so keywords inside them never count.
 
+mod effects;
+mod functions;
 mod lexer;
 mod settings;
+mod transactions;
+
+pub use effects::{session_effect, SessionEffect};
+pub use functions::Functions;
+pub use transactions::{lone_default_begin, lone_transaction_end, set_transaction_read_only};
 
 pub use settings::{deallocate, drops_all_statements, setting_changes, Deallocate, SettingChange};
 
-use std::collections::HashSet;
-
+use effects::statement_effect;
 use lexer::{Lexer, Token};
+use transactions::begin;
 
 /// Where a statement may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,87 +121,6 @@ fn is_kw(tok: Option<&Token<'_>>, kw: &str) -> bool {
     matches!(tok, Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()))
 }
 
-/// Built-in functions that write or take locks: a SELECT calling one must run on the primary.
-const WRITE_FUNCTIONS: &[&str] = &[
-    "nextval",
-    "setval",
-    "currval",
-    "lastval",
-    "set_config",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_notify",
-    "pg_switch_wal",
-    "pg_create_restore_point",
-    "dblink_exec",
-    "lo_create",
-    "lo_creat",
-    "lo_import",
-    "lo_unlink",
-    "lo_put",
-    "lo_from_bytea",
-    "lowrite",
-    "lo_truncate",
-    "lo_truncate64",
-];
-
-fn is_builtin_write_function(name: &[u8]) -> bool {
-    let lower =
-        |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
-    lower("pg_advisory")
-        || lower("pg_try_advisory")
-        || WRITE_FUNCTIONS
-            .iter()
-            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-}
-
-/// Which functions may write: the built-in list, plus names configured (or read from the
-/// catalog) as writing, minus names configured as read-only. Names are unqualified and
-/// case-folded; any overload that may write makes the name a write.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Functions {
-    write: HashSet<Box<[u8]>>,
-    read_only: HashSet<Box<[u8]>>,
-}
-
-impl Functions {
-    /// Built-in knowledge plus these overrides.
-    pub fn new<'a>(
-        write: impl IntoIterator<Item = &'a str>,
-        read_only: impl IntoIterator<Item = &'a str>,
-    ) -> Self {
-        let fold = |n: &str| n.to_ascii_lowercase().into_bytes().into_boxed_slice();
-        Functions {
-            write: write.into_iter().map(fold).collect(),
-            read_only: read_only.into_iter().map(fold).collect(),
-        }
-    }
-
-    /// These functions with more names that may write (from the catalog); configured
-    /// read-only names still win.
-    pub fn with_writes<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut f = self.clone();
-        f.write.extend(
-            names
-                .into_iter()
-                .map(|n| n.to_ascii_lowercase().into_bytes().into_boxed_slice()),
-        );
-        f
-    }
-
-    /// Whether a call to `name` may write.
-    pub fn is_write(&self, name: &[u8]) -> bool {
-        if self.write.is_empty() && self.read_only.is_empty() {
-            return is_builtin_write_function(name);
-        }
-        let folded = name.to_ascii_lowercase();
-        if self.read_only.contains(folded.as_slice()) {
-            return false;
-        }
-        self.write.contains(folded.as_slice()) || is_builtin_write_function(name)
-    }
-}
-
 /// The routing hint in a comment that opens the text: `/* pgpilot:primary */` or
 /// `/* pgpilot:replica */` (whitespace inside the comment is ignored).
 pub fn hint(sql: &[u8]) -> Option<Target> {
@@ -211,112 +137,6 @@ pub fn hint(sql: &[u8]) -> Option<Target> {
     }
 }
 
-/// What a statement does to session state that outlives its transaction. Ordered: a stronger
-/// effect includes the weaker ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SessionEffect {
-    /// Nothing that a pooled backend would carry to its next client.
-    None,
-    /// Session-level `SET` / `RESET` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`).
-    Settings,
-    /// `DISCARD` or `DEALLOCATE`: prepared statements (and with DISCARD ALL, settings) are gone.
-    Discard,
-    /// State that cannot move to another backend: `LISTEN`, temporary tables, session-level
-    /// advisory locks, `DECLARE … WITH HOLD`, SQL `PREPARE`, `SET ROLE` / `SESSION AUTHORIZATION`.
-    /// The client stays on its backend.
-    Pin,
-}
-
-/// Session-level advisory lock functions (the `_xact_` ones end with the transaction).
-const SESSION_LOCK_FUNCTIONS: &[&str] = &[
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-];
-
-/// The strongest session effect of the statements in a Query or Parse.
-pub fn session_effect(sql: &[u8]) -> SessionEffect {
-    let mut lexer = Lexer::new(sql);
-    let mut tokens = Vec::with_capacity(16);
-    let mut effect = SessionEffect::None;
-    loop {
-        let ended = !lexer.next_statement(&mut tokens);
-        effect = effect.max(statement_effect(&tokens));
-        if ended || lexer.broken {
-            return effect;
-        }
-    }
-}
-
-fn statement_effect(tokens: &[Token<'_>]) -> SessionEffect {
-    let first = tokens.first();
-    let second = tokens.get(1);
-    let has = |a: &str, b: &str| {
-        tokens
-            .windows(2)
-            .any(|w| is_kw(Some(&w[0]), a) && is_kw(Some(&w[1]), b))
-    };
-    let calls_lock = tokens.windows(2).any(|w| {
-        let name = match w[0] {
-            Token::Word(n) | Token::Quoted(n) => n,
-            _ => return false,
-        };
-        w[1] == Token::LParen
-            && SESSION_LOCK_FUNCTIONS
-                .iter()
-                .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-    });
-    if is_kw(first, "listen") || is_kw(first, "prepare") || calls_lock {
-        return SessionEffect::Pin;
-    }
-    if is_kw(first, "create")
-        && tokens
-            .iter()
-            .take(3)
-            .any(|t| is_kw(Some(t), "temp") || is_kw(Some(t), "temporary"))
-    {
-        return SessionEffect::Pin;
-    }
-    if (is_kw(first, "select") || is_kw(first, "with"))
-        && (has("into", "temp") || has("into", "temporary"))
-    {
-        return SessionEffect::Pin;
-    }
-    if is_kw(first, "declare") && has("with", "hold") {
-        return SessionEffect::Pin;
-    }
-    if is_kw(first, "set") {
-        let target = if is_kw(second, "session") {
-            tokens.get(2)
-        } else {
-            second
-        };
-        if is_kw(target, "role") || is_kw(target, "authorization") {
-            return SessionEffect::Pin;
-        }
-        let scoped = ["local", "transaction", "constraints"]
-            .iter()
-            .any(|k| is_kw(second, k));
-        return if scoped {
-            SessionEffect::None
-        } else {
-            SessionEffect::Settings
-        };
-    }
-    if is_kw(first, "reset") {
-        return if is_kw(second, "role") || is_kw(second, "session") {
-            SessionEffect::Pin
-        } else {
-            SessionEffect::Settings
-        };
-    }
-    if is_kw(first, "discard") || is_kw(first, "deallocate") {
-        return SessionEffect::Discard;
-    }
-    SessionEffect::None
-}
-
 /// Classifies the SQL text of a Query or Parse: every statement in it must be a read for
 /// the whole to go to a replica.
 pub fn classify(sql: &[u8]) -> Route {
@@ -326,35 +146,45 @@ pub fn classify(sql: &[u8]) -> Route {
 /// [`classify`] with configured function knowledge; a leading hint comment is honoured
 /// (a replica hint only where the statement is provably a read).
 pub fn classify_with(sql: &[u8], functions: &Functions) -> Route {
-    let route = classify_text(sql, functions);
-    match hint(sql) {
+    analyze(sql, functions).0
+}
+
+/// The route of a Query or Parse text and what it does to session state, from one pass of
+/// the lexer (the relay needs both for every statement).
+pub fn analyze(sql: &[u8], functions: &Functions) -> (Route, SessionEffect) {
+    let (route, effect) = analyze_text(sql, functions);
+    let route = match hint(sql) {
         None => route,
         Some(Target::Primary) => Route::primary(Reason::Hint),
         Some(Target::Replica) if route.target == Target::Replica => Route::replica(Reason::Hint),
         Some(Target::Replica) => Route::primary(Reason::HintRefused),
-    }
+    };
+    (route, effect)
 }
 
-fn classify_text(sql: &[u8], functions: &Functions) -> Route {
+fn analyze_text(sql: &[u8], functions: &Functions) -> (Route, SessionEffect) {
     let mut lexer = Lexer::new(sql);
     let mut tokens = Vec::with_capacity(32);
-    let mut overall: Option<Route> = None;
+    let mut primary: Option<Route> = None;
+    let mut read: Option<Route> = None;
+    let mut effect = SessionEffect::None;
     loop {
         let ended = !lexer.next_statement(&mut tokens);
         if lexer.broken {
-            return Route::primary(Reason::Unparsed);
+            return (primary.unwrap_or(Route::primary(Reason::Unparsed)), effect);
         }
         if !tokens.is_empty() {
+            effect = effect.max(statement_effect(&tokens));
             let route = statement(&tokens, functions);
             if route.target == Target::Primary {
-                return route;
-            }
-            if overall.is_none_or(|r| r.reason == Reason::TransactionEnd) {
-                overall = Some(route);
+                primary.get_or_insert(route);
+            } else if read.is_none_or(|r| r.reason == Reason::TransactionEnd) {
+                read = Some(route);
             }
         }
         if ended {
-            return overall.unwrap_or(Route::primary(Reason::Empty));
+            let route = primary.or(read).unwrap_or(Route::primary(Reason::Empty));
+            return (route, effect);
         }
     }
 }
@@ -519,88 +349,6 @@ fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
     match statement(rest, functions) {
         r if r.target == Target::Primary => r,
         _ => Route::replica(Reason::Explain),
-    }
-}
-
-/// BEGIN / START TRANSACTION: a replica may take a READ ONLY block, unless it is SERIALIZABLE
-/// (which a hot standby refuses).
-/// Whether the text is one `BEGIN` / `START TRANSACTION` that leaves the access mode and
-/// isolation to the session's defaults.
-pub fn lone_default_begin(sql: &[u8]) -> bool {
-    let mut lexer = Lexer::new(sql);
-    let mut words = Vec::with_capacity(3);
-    while let Some(t) = lexer.next_token() {
-        if t == Token::Semi {
-            continue;
-        }
-        words.push(t);
-        if words.len() > 2 {
-            return false;
-        }
-    }
-    match words.as_slice() {
-        [a] => is_kw(Some(a), "begin"),
-        [a, b] => {
-            (is_kw(Some(a), "begin") && (is_kw(Some(b), "work") || is_kw(Some(b), "transaction")))
-                || (is_kw(Some(a), "start") && is_kw(Some(b), "transaction"))
-        }
-        _ => false,
-    }
-}
-
-/// How a lone statement ends a transaction: `Some(true)` for COMMIT / END, `Some(false)` for
-/// ROLLBACK / ABORT (without TO SAVEPOINT or PREPARED), `None` otherwise.
-pub fn lone_transaction_end(sql: &[u8]) -> Option<bool> {
-    let mut lexer = Lexer::new(sql);
-    let mut tokens = Vec::with_capacity(3);
-    if lexer.next_statement(&mut tokens) && lexer.next_token().is_some() {
-        return None;
-    }
-    let first = tokens.first();
-    let rest_ok = tokens
-        .iter()
-        .skip(1)
-        .all(|t| is_kw(Some(t), "work") || is_kw(Some(t), "transaction"));
-    if !rest_ok || lexer.broken {
-        return None;
-    }
-    if is_kw(first, "commit") || is_kw(first, "end") {
-        Some(true)
-    } else if is_kw(first, "rollback") || is_kw(first, "abort") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// Whether the text is one `SET TRANSACTION … READ ONLY` that a replica can run (not
-/// SERIALIZABLE, which a standby refuses).
-pub fn set_transaction_read_only(sql: &[u8]) -> bool {
-    let mut lexer = Lexer::new(sql);
-    let mut tokens = Vec::with_capacity(8);
-    if lexer.next_statement(&mut tokens) && lexer.next_token().is_some() || lexer.broken {
-        return false;
-    }
-    is_kw(tokens.first(), "set")
-        && is_kw(tokens.get(1), "transaction")
-        && begin(&tokens[2..]) == Route::replica(Reason::ReadOnlyTransaction)
-}
-
-fn begin(tokens: &[Token<'_>]) -> Route {
-    let mut read_only = false;
-    for (i, t) in tokens.iter().enumerate() {
-        let next = tokens.get(i + 1);
-        if is_kw(Some(t), "read") && is_kw(next, "only") {
-            read_only = true;
-        }
-        if is_kw(Some(t), "read") && is_kw(next, "write") || is_kw(Some(t), "serializable") {
-            return Route::primary(Reason::Write);
-        }
-    }
-    if read_only {
-        Route::replica(Reason::ReadOnlyTransaction)
-    } else {
-        Route::primary(Reason::Write)
     }
 }
 
