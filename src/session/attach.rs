@@ -8,8 +8,8 @@ use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
+use super::login::intern_code;
 use super::responses::note_param;
-use super::startup::intern_code;
 use super::{Attached, Session};
 use crate::backend::Backend;
 use crate::config::Role;

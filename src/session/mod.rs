@@ -1,12 +1,21 @@
-//! One client connection from accept to close: `startup` authenticates it and logs it in,
-//! `relay` moves its messages to and from backends, `attach` picks and prepares backends.
+//! One client connection from accept to close.
+//!
+//! `startup` reads the startup packet, `auth` checks the client, `login` sends the first
+//! ParameterStatus set; `relay` moves frames both ways, cutting client input into `unit`s that
+//! are routed (or answered by the proxy in `local`), rewritten for named statements by
+//! `statements`, and whose responses `responses` forwards; `attach` picks and prepares backends;
+//! `params` turns client parameters into set_config calls.
 
 mod attach;
+mod auth;
+mod local;
+mod login;
 mod params;
 mod relay;
 mod responses;
 mod startup;
 mod statements;
+mod unit;
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};

@@ -1,5 +1,5 @@
-//! Startup of a client session: SSL/GSS refusal, CancelRequest, admission, authentication
-//! (SCRAM-SHA-256, MD5, trust) and login on a backend. Auth failures never reach a backend.
+//! Startup of a client session: SSL/GSS refusal, CancelRequest, admission and startup
+//! parameters, then `auth` and `login`. Auth failures never reach a backend.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -8,27 +8,21 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::split_frame;
-use pgpilot_protocol::frontend::{self, SaslInitialResponse};
-use pgpilot_protocol::scram::{self, ScramSecret, ScramServer};
 use pgpilot_protocol::startup::{self, StartupPacket};
-use pgpilot_protocol::{Frame, ProtocolError};
+use pgpilot_protocol::Frame;
 
 use super::{Gucs, Session};
-use crate::config::{AuthMethod, PoolMode, RuleTarget};
+use crate::config::RuleTarget;
 use crate::core::Core;
-use crate::error::Error;
-use crate::pool::PoolKey;
-use crate::router;
 
 /// Auth messages are small; anything bigger is a protocol violation.
 const MAX_AUTH_MESSAGE: u32 = 8192;
 
 /// Why startup ended without a session.
-enum Refusal {
+pub(super) enum Refusal {
     /// Tell the client this, then close.
     Fatal(ErrorFields),
     /// Close without a word (hang-up, cancel request handled).
@@ -42,7 +36,7 @@ impl From<ErrorFields> for Refusal {
 }
 
 /// The client half during startup.
-struct Conn {
+pub(super) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
 }
@@ -59,7 +53,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<(), Refusal> {
         self.stream
             .write_all(bytes)
             .await
@@ -80,7 +74,7 @@ impl Conn {
     }
 
     /// The next tagged message, which must be a `p` (password / SASL).
-    async fn password_frame(&mut self) -> Result<Frame, Refusal> {
+    pub(super) async fn password_frame(&mut self) -> Result<Frame, Refusal> {
         loop {
             match split_frame(&mut self.buf, MAX_AUTH_MESSAGE) {
                 Ok(Some(f)) if f.tag == b'p' => return Ok(f),
@@ -231,7 +225,7 @@ async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal>
         encode::negotiate_protocol_version(&mut out, 0, &unknown);
         conn.send(&out).await?;
     }
-    authenticate(core, conn, user).await?;
+    super::auth::authenticate(core, conn, user).await?;
     let app = gucs
         .list
         .iter()
@@ -263,169 +257,4 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.release_client();
     }
-}
-
-async fn authenticate(core: &Rc<Core>, conn: &mut Conn, user: &str) -> Result<(), Refusal> {
-    let config = &core.config;
-    let known = config.user(user);
-    let failed = || {
-        ErrorFields::fatal(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        )
-    };
-    let mut out = BytesMut::new();
-    match config.auth_method {
-        AuthMethod::Trust => {
-            if known.is_none() {
-                return Err(ErrorFields::fatal(
-                    "28000",
-                    format!("role \"{user}\" is not served by pgpilot"),
-                )
-                .into());
-            }
-        }
-        AuthMethod::Md5 => {
-            let salt: [u8; 4] = scram::random_bytes();
-            encode::auth_md5(&mut out, salt);
-            conn.send(&out).await?;
-            let frame = conn.password_frame().await?;
-            let got = frontend::password(frame.body())
-                .map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
-            let ok = known.is_some_and(|u| {
-                scram::md5_matches(
-                    got,
-                    &scram::md5_password(user.as_bytes(), u.password.as_bytes(), salt),
-                )
-            });
-            if !ok {
-                return Err(failed().into());
-            }
-        }
-        AuthMethod::ScramSha256 => {
-            let impossible;
-            let secret: &ScramSecret = match known {
-                Some(u) => &u.scram,
-                None => {
-                    impossible = ScramSecret::impossible(&scram::random_bytes::<16>());
-                    &impossible
-                }
-            };
-            scram_exchange(conn, secret).await.map_err(|e| match e {
-                Refusal::Fatal(f) if f.code == "28P01" => failed().into(),
-                other => other,
-            })?;
-        }
-    }
-    out.clear();
-    encode::auth_ok(&mut out);
-    conn.send(&out).await
-}
-
-async fn scram_exchange(conn: &mut Conn, secret: &ScramSecret) -> Result<(), Refusal> {
-    let bad = |e: ProtocolError| Refusal::from(ErrorFields::fatal("08P01", e.to_string()));
-    let mut out = BytesMut::new();
-    encode::auth_sasl(&mut out, &[scram::MECHANISM]);
-    conn.send(&out).await?;
-    let frame = conn.password_frame().await?;
-    let init = SaslInitialResponse::parse(frame.body()).map_err(bad)?;
-    if init.mechanism != scram::MECHANISM {
-        return Err(ErrorFields::fatal(
-            "28000",
-            "client selected an invalid SASL authentication mechanism",
-        )
-        .into());
-    }
-    let mut server = ScramServer::new(secret);
-    let first = server
-        .handle_client_first(init.data.unwrap_or_default())
-        .map_err(|e| ErrorFields::fatal("08P01", e.to_string()))?;
-    out.clear();
-    encode::auth_sasl_continue(&mut out, first.as_bytes());
-    conn.send(&out).await?;
-    let frame = conn.password_frame().await?;
-    let fin = match server.handle_client_final(frame.body()) {
-        Ok(fin) => fin,
-        Err(scram::ScramError::AuthFailed) => return Err(ErrorFields::fatal("28P01", "").into()),
-        Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
-    };
-    out.clear();
-    encode::auth_sasl_final(&mut out, fin.as_bytes());
-    conn.send(&out).await
-}
-
-impl Session {
-    /// Logs the authenticated client in: a backend checks its parameters and provides the
-    /// ParameterStatus set; then BackendKeyData and ReadyForQuery.
-    async fn login(&mut self, secret: u32) -> Result<(), ErrorFields> {
-        if self.mode == PoolMode::Session || !self.login_from_cache() {
-            self.login_on_backend().await?;
-        }
-        encode::backend_key_data(&mut self.out, self.pid, secret);
-        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
-        self.flush_out()
-            .await
-            .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
-        if self.mode == PoolMode::Transaction {
-            self.release();
-        }
-        Ok(())
-    }
-
-    /// Transaction mode, parameter set seen before on the primary's pool: no backend needed.
-    fn login_from_cache(&mut self) -> bool {
-        let Some(id) = router::pick(&self.core.state(), Target::Primary, 0, |_| false) else {
-            return false;
-        };
-        let key = PoolKey {
-            backend_id: id,
-            user: self.user.clone(),
-            database: self.database.clone(),
-        };
-        let Some(params) = self.core.pool(key).login_params(self.gucs.hash) else {
-            return false;
-        };
-        for (name, value) in params.iter() {
-            encode::parameter_status(&mut self.out, name, value);
-        }
-        self.view = params;
-        self.view_version = u64::MAX;
-        true
-    }
-
-    async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
-        if let Err(e) = self.attach(Target::Primary).await {
-            return Err(match e {
-                Error::BackendRejected { code, message, .. } => {
-                    ErrorFields::fatal(intern_code(&code), message)
-                }
-                Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
-                e => ErrorFields::fatal("08006", e.to_string()),
-            });
-        }
-        self.finish_setup().await?;
-        if let Some(att) = &self.attached {
-            att.pool
-                .remember_login(self.gucs.hash, &att.backend.params.list);
-            // Share the pool's copy: idle sessions then hold no ParameterStatus set of their own.
-            if let Some(shared) = att.pool.login_params(self.gucs.hash) {
-                if *shared == *self.view {
-                    self.view = shared;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// SQLSTATEs we pass on from backends at login, as `&'static str`.
-pub(super) fn intern_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "3D000", "28P01", "28000", "53300", "57P03", "42704", "22023", "0A000", "55P02", "42501",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == code)
-        .copied()
-        .unwrap_or("08006")
 }

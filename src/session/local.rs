@@ -1,0 +1,175 @@
+//! Units the proxy answers itself: a held BEGIN and the empty block after it, PQprepare's
+//! Parse + Sync, DEALLOCATE of shared statements, and errors for units no backend may run.
+
+use pgpilot_protocol::backend::TransactionStatus;
+use pgpilot_protocol::classify::{
+    deallocate, lone_default_begin, lone_transaction_end, set_transaction_read_only, Deallocate,
+    Target,
+};
+use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::frame::FrameScan;
+use pgpilot_protocol::frontend::statement_of;
+use pgpilot_protocol::Header;
+
+use super::login::intern_code;
+use super::unit::Unit;
+use super::Session;
+use crate::error::Error;
+
+impl Session {
+    /// No backend for a unit: tell the client and drop the unit (up to its Sync).
+    pub(super) async fn fail_unit(&mut self, unit: &Unit, e: Error) -> Result<(), Error> {
+        log::warn!("session={} no backend: {e}", self.pid);
+        let fields = match &e {
+            Error::BackendRejected { code, message, .. } => {
+                ErrorFields::error(intern_code(code), message.clone())
+            }
+            e => ErrorFields::error(e.sqlstate(), e.to_string()),
+        };
+        self.drop_unit(unit, &fields).await
+    }
+
+    /// The SQL of a unit that is one simple Query.
+    pub(super) fn lone_query(&self, unit: &Unit) -> Option<&[u8]> {
+        let frame = self.cbuf.get(..unit.len)?;
+        let h = Header::peek(frame, self.max_message).ok().flatten()?;
+        (h.tag == b'Q' && h.frame_len() == unit.len).then(|| &frame[5..frame.len() - 1])
+    }
+
+    /// A plain BEGIN is held, and answered here, until the next statement shows whether the
+    /// block is read-only (`SET TRANSACTION READ ONLY`) or read-write; an empty block never
+    /// reaches a backend. `Ok(true)`: the unit was answered here.
+    pub(super) async fn hold_begin(&mut self, unit: &mut Unit) -> Result<bool, Error> {
+        let sql = self.lone_query(unit);
+        if self.held_begin.is_none() {
+            let holdable = sql.is_some_and(lone_default_begin)
+                && self.rule.is_none()
+                && !self.read_only_default;
+            if !holdable {
+                return Ok(false);
+            }
+            let start = sql.is_some_and(|s| {
+                s.trim_ascii_start()
+                    .first()
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&b's'))
+            });
+            self.held_begin = Some(self.cbuf.split_to(unit.len).freeze());
+            encode::command_complete(
+                &mut self.out,
+                if start {
+                    b"START TRANSACTION"
+                } else {
+                    b"BEGIN"
+                },
+            );
+            encode::ready_for_query(&mut self.out, TransactionStatus::InTransaction);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        if let Some(commit) = sql.and_then(lone_transaction_end) {
+            self.held_begin = None;
+            let _ = self.cbuf.split_to(unit.len);
+            encode::command_complete(&mut self.out, if commit { b"COMMIT" } else { b"ROLLBACK" });
+            encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+            self.flush_out().await?;
+            return Ok(true);
+        }
+        let read_only = sql.is_some_and(set_transaction_read_only);
+        unit.target = if read_only {
+            Target::Replica
+        } else {
+            Target::Primary
+        };
+        let Some(begin) = self.held_begin.take() else {
+            return Ok(false);
+        };
+        if let Err(e) = Box::pin(self.attach(unit.target)).await {
+            self.fail_unit(unit, e).await?;
+            return Ok(true);
+        }
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(false);
+        };
+        att.hidden += 1;
+        if let Err(Error::Backend { source, .. }) = att.backend.send(&begin).await {
+            self.backend_lost(source).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// `Some(n)` when the unit is `n` Parse messages of named statements followed by Sync.
+    pub(super) fn only_named_parses(&self, unit: &Unit) -> Option<usize> {
+        if !unit.complete || unit.rfqs != 1 {
+            return None;
+        }
+        let mut parses = 0;
+        for (at, h) in FrameScan::new(&self.cbuf[..unit.len], self.max_message) {
+            match h.tag {
+                b'S' => return Some(parses),
+                b'P' if statement_of(&self.cbuf[at + 5..at + h.frame_len()])
+                    .is_ok_and(|(n, _)| !n.is_empty()) =>
+                {
+                    parses += 1
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
+    /// ALL` when nothing SQL-level was prepared): the client's name is forgotten and the proxy
+    /// answers, since the backend knows the statement by another name and shares it.
+    pub(super) async fn answer_deallocate(&mut self, unit: &Unit) -> Result<bool, Error> {
+        let frame = &self.cbuf[..unit.len];
+        let Some(h) = Header::peek(frame, self.max_message).ok().flatten() else {
+            return Ok(false);
+        };
+        if h.frame_len() != unit.len {
+            return Ok(false);
+        }
+        let sql = &frame[5..frame.len() - 1];
+        let tag: &[u8] = match deallocate(sql) {
+            Some(Deallocate::Name(name)) if self.statements.remove(name.as_slice()).is_some() => {
+                b"DEALLOCATE"
+            }
+            Some(Deallocate::All) if !self.pinned => {
+                self.statements.clear();
+                b"DEALLOCATE ALL"
+            }
+            _ => return Ok(false),
+        };
+        let _ = self.cbuf.split_to(unit.len);
+        encode::command_complete(&mut self.out, tag);
+        let status = self
+            .attached
+            .as_ref()
+            .map_or(TransactionStatus::Idle, |a| a.status);
+        encode::ready_for_query(&mut self.out, status);
+        self.flush_out().await?;
+        Ok(true)
+    }
+
+    /// Answers a unit with an error instead of running it; the rest of an extended unit is
+    /// skipped up to its Sync, as PostgreSQL does after an error. The backend (if any) never
+    /// saw the unit, so its transaction status is what the client keeps.
+    pub(super) async fn drop_unit(
+        &mut self,
+        unit: &Unit,
+        fields: &ErrorFields,
+    ) -> Result<(), Error> {
+        let _ = self.cbuf.split_to(unit.len);
+        encode::error_response(&mut self.out, fields);
+        if unit.complete {
+            let status = self
+                .attached
+                .as_ref()
+                .map_or(TransactionStatus::Idle, |a| a.status);
+            encode::ready_for_query(&mut self.out, status);
+        } else {
+            self.skip_until_sync = true;
+        }
+        self.flush_out().await
+    }
+}

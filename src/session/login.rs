@@ -1,0 +1,88 @@
+//! Login of an authenticated client: the ParameterStatus set (from a backend, or cached per
+//! pool), BackendKeyData and the first ReadyForQuery.
+
+use pgpilot_protocol::backend::TransactionStatus;
+use pgpilot_protocol::classify::Target;
+use pgpilot_protocol::encode::{self, ErrorFields};
+
+use super::Session;
+use crate::config::PoolMode;
+use crate::error::Error;
+use crate::pool::PoolKey;
+use crate::router;
+
+impl Session {
+    /// Logs the authenticated client in: a backend checks its parameters and provides the
+    /// ParameterStatus set; then BackendKeyData and ReadyForQuery.
+    pub(super) async fn login(&mut self, secret: u32) -> Result<(), ErrorFields> {
+        if self.mode == PoolMode::Session || !self.login_from_cache() {
+            self.login_on_backend().await?;
+        }
+        encode::backend_key_data(&mut self.out, self.pid, secret);
+        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+        self.flush_out()
+            .await
+            .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
+        if self.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// Transaction mode, parameter set seen before on the primary's pool: no backend needed.
+    fn login_from_cache(&mut self) -> bool {
+        let Some(id) = router::pick(&self.core.state(), Target::Primary, 0, |_| false) else {
+            return false;
+        };
+        let key = PoolKey {
+            backend_id: id,
+            user: self.user.clone(),
+            database: self.database.clone(),
+        };
+        let Some(params) = self.core.pool(key).login_params(self.gucs.hash) else {
+            return false;
+        };
+        for (name, value) in params.iter() {
+            encode::parameter_status(&mut self.out, name, value);
+        }
+        self.view = params;
+        self.view_version = u64::MAX;
+        true
+    }
+
+    async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
+        if let Err(e) = self.attach(Target::Primary).await {
+            return Err(match e {
+                Error::BackendRejected { code, message, .. } => {
+                    ErrorFields::fatal(intern_code(&code), message)
+                }
+                Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
+                e => ErrorFields::fatal("08006", e.to_string()),
+            });
+        }
+        self.finish_setup().await?;
+        if let Some(att) = &self.attached {
+            att.pool
+                .remember_login(self.gucs.hash, &att.backend.params.list);
+            // Share the pool's copy: idle sessions then hold no ParameterStatus set of their own.
+            if let Some(shared) = att.pool.login_params(self.gucs.hash) {
+                if *shared == *self.view {
+                    self.view = shared;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SQLSTATEs we pass on from backends at login, as `&'static str`.
+pub(super) fn intern_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "3D000", "28P01", "28000", "53300", "57P03", "42704", "22023", "0A000", "55P02", "42501",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("08006")
+}

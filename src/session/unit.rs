@@ -1,0 +1,240 @@
+//! The unit of routing: one Query or FunctionCall, or extended-protocol messages up to Sync.
+//! Finding it in the client buffer classifies its statements and records the ones it prepares;
+//! forwarding it applies what it does to session state.
+
+use pgpilot_protocol::backend::TransactionStatus;
+use pgpilot_protocol::classify::{
+    analyze, drops_all_statements, lone_default_begin, setting_changes, Reason, Route,
+    SessionEffect, SettingChange, Target,
+};
+use pgpilot_protocol::frame::FrameScan;
+use pgpilot_protocol::frontend::statement_of;
+use pgpilot_protocol::ProtocolError;
+
+use super::statements::Stmt;
+use super::Session;
+use crate::core::Core;
+use crate::error::Error;
+
+/// A run of client frames that must go to one backend together: one Query or FunctionCall,
+/// or extended-protocol messages up to and including Sync.
+pub(super) struct Unit {
+    /// Bytes from the unit's start.
+    pub(super) len: usize,
+    /// Where it may run: a replica only if every statement in it is a read.
+    pub(super) target: Target,
+    /// ReadyForQuery messages it will produce.
+    pub(super) rfqs: u32,
+    /// It ended with Sync, Query or FunctionCall (false: more frames of it are to come).
+    pub(super) complete: bool,
+    /// What its statements do to session state a pooled backend would keep.
+    pub(super) effect: SessionEffect,
+    /// A statement carries a replica hint but may write: the unit is refused.
+    pub(super) refused: bool,
+    /// The session-level SETs / RESETs in it, to replay on the client's other backends.
+    pub(super) changes: Vec<SettingChange>,
+    /// The classifier (not a rule or read-your-writes) sent it to the primary.
+    pub(super) writes: bool,
+    /// A `/* pgpilot:replica */` hint asked for a replica: it beats read-your-writes.
+    pub(super) replica_hint: bool,
+    /// DISCARD ALL / DEALLOCATE ALL: the client's prepared statements are gone.
+    pub(super) drops_statements: bool,
+}
+
+impl Unit {
+    /// Adds one statement's route and session effect to the unit; SETs that cannot be
+    /// replayed exactly pin the client instead.
+    pub(super) fn note_statement(&mut self, route: Route, effect: SessionEffect, sql: &[u8]) {
+        self.refused |= route.reason == Reason::HintRefused;
+        self.replica_hint |= route
+            == Route {
+                target: Target::Replica,
+                reason: Reason::Hint,
+            };
+        if effect == SessionEffect::Discard {
+            let (discard, dealloc) = drops_all_statements(sql);
+            self.drops_statements |= discard || dealloc;
+            if discard {
+                self.changes.push(SettingChange::ResetAll);
+            }
+        }
+        if effect == SessionEffect::Settings {
+            match setting_changes(sql) {
+                Some(changes) => self.changes.extend(changes),
+                None => self.effect = SessionEffect::Pin,
+            }
+        }
+        self.effect = self.effect.max(effect);
+    }
+}
+
+fn join(a: Option<Target>, b: Target) -> Option<Target> {
+    match (a, b) {
+        (Some(Target::Primary), _) | (_, Target::Primary) => Some(Target::Primary),
+        _ => Some(Target::Replica),
+    }
+}
+
+impl Session {
+    /// Finds the unit at the front of the client buffer and records the statements it prepares.
+    pub(super) fn scan_unit(&mut self) -> Result<Unit, Error> {
+        let mut unit = Unit {
+            len: 0,
+            target: Target::Primary,
+            rfqs: 0,
+            complete: false,
+            effect: SessionEffect::None,
+            refused: false,
+            changes: Vec::new(),
+            writes: false,
+            replica_hint: false,
+            drops_statements: false,
+        };
+        let mut target = None;
+        let functions = &*Core::functions_for(&self.core, &self.user, &self.database);
+        let mut scan = FrameScan::new(&self.cbuf, self.max_message);
+        for (at, h) in &mut scan {
+            let frame = &self.cbuf[at..at + h.frame_len()];
+            let body = &frame[5..];
+            match h.tag {
+                b'X' | b'p' => break,
+                b'Q' => {
+                    let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                    let (mut route, effect) = analyze(sql, functions);
+                    if self.read_only_default && lone_default_begin(sql) {
+                        // The session's default_transaction_read_only makes this block read-only.
+                        route = Route {
+                            target: Target::Replica,
+                            reason: Reason::ReadOnlyTransaction,
+                        };
+                    }
+                    unit.note_statement(route, effect, sql);
+                    target = join(target, route.target);
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'F' => {
+                    target = join(target, Target::Primary);
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'S' => {
+                    unit.rfqs += 1;
+                    unit.complete = true;
+                }
+                b'P' => {
+                    let (name, query) = statement_of(body).map_err(Error::Client)?;
+                    let (route, effect) = analyze(query, functions);
+                    let t = route.target;
+                    unit.note_statement(route, effect, query);
+                    if route.reason == Reason::HintRefused {
+                        // Refused: the statement is never created.
+                    } else if name.is_empty() {
+                        self.unnamed = t;
+                    } else {
+                        let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
+                        self.statements
+                            .insert(bytes::Bytes::copy_from_slice(name), stmt);
+                    }
+                    target = join(target, t);
+                }
+                b'B' | b'D' | b'C' => {
+                    if let Some(t) = self.statement_route(h.tag, body) {
+                        target = join(target, t);
+                    }
+                }
+                b'E' | b'H' | b'd' | b'c' | b'f' => {}
+                tag => return Err(Error::Client(ProtocolError::UnknownTag { tag })),
+            }
+            unit.len = at + h.frame_len();
+            if unit.complete {
+                break;
+            }
+        }
+        if let (Some(e), 0) = (scan.error(), unit.len) {
+            return Err(Error::Client(e));
+        }
+        let classified = target.unwrap_or(Target::Primary);
+        unit.writes = classified == Target::Primary;
+        let window = self.core.config.routing.read_your_writes;
+        let just_wrote = self.last_write.is_some_and(|t| t.elapsed() < window);
+        unit.target = match self.rule {
+            Some(t) => {
+                unit.refused = false;
+                t
+            }
+            None if just_wrote && !(unit.replica_hint && classified == Target::Replica) => {
+                Target::Primary
+            }
+            None => classified,
+        };
+        Ok(unit)
+    }
+
+    /// The route of the statement a Bind, Describe or Close names (portals have none).
+    pub(super) fn statement_route(&self, tag: u8, body: &[u8]) -> Option<Target> {
+        let name = match tag {
+            b'B' => {
+                let portal_end = memchr_nul(body)?;
+                let rest = &body[portal_end + 1..];
+                &rest[..memchr_nul(rest)?]
+            }
+            _ if body.first() == Some(&b'S') => &body[1..1 + memchr_nul(&body[1..])?],
+            _ => return None,
+        };
+        if name.is_empty() {
+            return Some(self.unnamed);
+        }
+        Some(
+            self.statements
+                .get(name)
+                .map_or(Target::Primary, |s| s.target),
+        )
+    }
+
+    /// A unit that changes session state leaves its backend in a state no other client may
+    /// inherit: the next attach resets it. A client's own SETs in autocommit are kept once their
+    /// unit ends cleanly and replayed on its other backends; after DISCARD / DEALLOCATE the
+    /// backend's shared statements are gone; state that cannot move (LISTEN, temp tables, a SET
+    /// inside a transaction block…) pins the client to the backend.
+    pub(super) fn note_effect(&mut self, unit: &mut Unit) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        if !att.on_replica && (unit.writes || att.status != TransactionStatus::Idle) {
+            self.last_write = Some(std::time::Instant::now());
+        }
+        let mut effect = unit.effect;
+        if effect == SessionEffect::None {
+            return;
+        }
+        if unit.drops_statements {
+            self.statements.clear();
+        }
+        if !unit.changes.is_empty() {
+            if att.status == TransactionStatus::Idle && att.changes.is_none() {
+                att.changes = Some(std::mem::take(&mut unit.changes));
+                att.changes_failed = false;
+            } else {
+                effect = SessionEffect::Pin;
+            }
+        }
+        att.backend.applied = u64::MAX;
+        if effect >= SessionEffect::Discard {
+            att.backend.prepared.clear();
+        }
+        if effect == SessionEffect::Pin && !self.pinned {
+            self.pinned = true;
+            self.core.note_pin();
+            log::debug!(
+                "session={} pinned to backend {}",
+                self.pid,
+                att.backend.addr
+            );
+        }
+    }
+}
+
+fn memchr_nul(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == 0)
+}
