@@ -333,6 +333,29 @@ mod tests {
     use pgpilot_protocol::encode;
     use pgpilot_protocol::frame::split_frame;
 
+    /// The per-backend state a unit is rewritten against.
+    #[derive(Default)]
+    struct Fake {
+        prepared: Prepared,
+        slots: VecDeque<Slot>,
+        skipping: bool,
+        copy_in: bool,
+    }
+
+    impl Fake {
+        fn rewrite(&mut self, unit: Bytes, stmts: &mut HashMap<Bytes, Stmt>) -> Bytes {
+            let mut rw = Rewrite {
+                prepared: &mut self.prepared,
+                cap: 1000,
+                slots: &mut self.slots,
+                skipping: &mut self.skipping,
+                copy_in: &mut self.copy_in,
+                ignored_syncs: 0,
+            };
+            rw.unit(unit, stmts)
+        }
+    }
+
     fn frames(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut buf = BytesMut::from(b);
         let mut out = Vec::new();
@@ -345,8 +368,7 @@ mod tests {
     #[test]
     fn statements_are_prepared_once_per_backend_and_renamed() {
         let mut stmts = HashMap::new();
-        let (mut prepared, mut slots, mut skipping, mut copy_in) =
-            (Prepared::default(), VecDeque::new(), false, false);
+        let mut be = Fake::default();
         let mut unit = BytesMut::new();
         encode::parse(&mut unit, b"s1", b"SELECT $1", &[23]);
         encode::describe(&mut unit, b'S', b"s1");
@@ -357,22 +379,14 @@ mod tests {
             Stmt::from_parse(&parse_body, 2, Target::Replica, 0),
         );
         let hash = stmts[&b"s1"[..]].hash;
-        let mut rw = Rewrite {
-            prepared: &mut prepared,
-            cap: 1000,
-            slots: &mut slots,
-            skipping: &mut skipping,
-            copy_in: &mut copy_in,
-            ignored_syncs: 0,
-        };
-        let sent = frames(&rw.unit(unit.freeze(), &mut stmts));
+        let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
         let name = backend_name(hash);
         assert_eq!(sent[0].0, b'P');
         assert!(sent[0].1.starts_with(&name));
         assert_eq!(sent[1], (b'D', [&b"S"[..], &name, &[0]].concat()));
         assert_eq!(sent[2].0, b'S');
         assert_eq!(
-            slots,
+            be.slots,
             [
                 Slot::Parse {
                     hash: Some(hash),
@@ -384,24 +398,16 @@ mod tests {
         );
 
         // Next unit on the same backend: Bind needs no Parse; Close is answered by the proxy.
-        slots.clear();
+        be.slots.clear();
         let mut unit = BytesMut::new();
         encode::bind(&mut unit, b"", b"s1", &[Some(b"7")]);
         encode::execute(&mut unit, b"", 0);
         encode::close(&mut unit, b'S', b"s1");
         encode::sync(&mut unit);
-        let mut rw = Rewrite {
-            prepared: &mut prepared,
-            cap: 1000,
-            slots: &mut slots,
-            skipping: &mut skipping,
-            copy_in: &mut copy_in,
-            ignored_syncs: 0,
-        };
-        let sent = frames(&rw.unit(unit.freeze(), &mut stmts));
+        let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
         assert_eq!(sent.iter().map(|f| f.0).collect::<Vec<_>>(), b"BES");
         assert_eq!(
-            slots,
+            be.slots,
             [
                 Slot::Pass(b'B'),
                 Slot::Pass(b'E'),
@@ -422,36 +428,19 @@ mod tests {
             Bytes::from_static(b"s2"),
             Stmt::from_parse(&body, 2, Target::Primary, 0),
         );
-        let (mut prepared, mut slots, mut skipping, mut copy_in) =
-            (Prepared::default(), VecDeque::new(), false, false);
+        let mut be = Fake::default();
         let mut unit = BytesMut::new();
         encode::bind(&mut unit, b"p", b"s2", &[]);
         encode::sync(&mut unit);
-        let mut rw = Rewrite {
-            prepared: &mut prepared,
-            cap: 1000,
-            slots: &mut slots,
-            skipping: &mut skipping,
-            copy_in: &mut copy_in,
-            ignored_syncs: 0,
-        };
-        let sent = frames(&rw.unit(unit.freeze(), &mut stmts));
+        let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
         assert_eq!(sent.iter().map(|f| f.0).collect::<Vec<_>>(), b"PBS");
-        assert!(matches!(slots[0], Slot::Parse { visible: false, .. }));
+        assert!(matches!(be.slots[0], Slot::Parse { visible: false, .. }));
         // Unnamed statements pass untouched.
         let mut unit = BytesMut::new();
         encode::parse(&mut unit, b"", b"SELECT 2", &[]);
         encode::bind(&mut unit, b"", b"", &[]);
         encode::sync(&mut unit);
         let unit = unit.freeze();
-        let mut rw = Rewrite {
-            prepared: &mut prepared,
-            cap: 1000,
-            slots: &mut slots,
-            skipping: &mut skipping,
-            copy_in: &mut copy_in,
-            ignored_syncs: 0,
-        };
-        assert_eq!(rw.unit(unit.clone(), &mut stmts), unit);
+        assert_eq!(be.rewrite(unit.clone(), &mut stmts), unit);
     }
 }

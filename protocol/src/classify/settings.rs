@@ -50,10 +50,13 @@ pub fn deallocate(sql: &[u8]) -> Option<Deallocate> {
     let mut lexer = Lexer::new(sql);
     let mut tokens = Vec::with_capacity(4);
     while let Some(t) = lexer.next_token() {
-        tokens.push(t);
-        if tokens.len() > 4 {
+        // Every simple Query passes here: leave at the first word unless it is DEALLOCATE.
+        let first_is_other = tokens.is_empty()
+            && !matches!(t, Token::Word(w) if w.eq_ignore_ascii_case(b"deallocate"));
+        if first_is_other || tokens.len() == 4 {
             return None;
         }
+        tokens.push(t);
     }
     if lexer.broken {
         return None;
