@@ -10,4 +10,5 @@ mod auth;
 mod basics;
 mod limits;
 mod pgbench;
+mod pooling;
 mod routing;

@@ -140,6 +140,16 @@ impl Raw {
         }
     }
 
+    /// Binds and executes a named statement with no parameters; first-column values.
+    pub fn run_prepared(&mut self, name: &[u8]) -> Result<Vec<String>, (String, String, String)> {
+        let mut out = BytesMut::new();
+        encode::bind(&mut out, b"", name, &[]);
+        encode::execute(&mut out, b"", 0);
+        encode::sync(&mut out);
+        self.send(&out);
+        rows_of(&self.until_ready())
+    }
+
     /// Runs a simple query and returns the first column of each row as text.
     pub fn query(&mut self, sql: &str) -> Result<Vec<String>, (String, String, String)> {
         let mut out = BytesMut::new();
