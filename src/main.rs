@@ -8,6 +8,9 @@ use pgpilot::control::ControlMsg;
 use pgpilot::{Config, Proxy};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage:
   pgpilot [--config PATH]                 run the proxy
   pgpilot check-config PATH               validate a config and print the resolved settings

@@ -1,11 +1,14 @@
-//! A small blocking PostgreSQL client on the protocol crate: startup with SCRAM-SHA-256, MD5
-//! or trust, simple and extended queries. One per load-generating connection.
+//! A small asynchronous PostgreSQL client on the protocol crate and glommio's TCP streams:
+//! startup with SCRAM-SHA-256, MD5 or trust, simple and extended queries. Many of them share
+//! one load-generating thread.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
 use pgpilot_protocol::backend::{Authentication, BackendMessage};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
@@ -70,10 +73,14 @@ pub struct Conn {
 
 impl Conn {
     /// Connects and authenticates.
-    pub fn connect(t: &Target) -> Result<Conn, ClientError> {
-        let stream = TcpStream::connect_timeout(&t.addr, Duration::from_secs(10))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    pub async fn connect(t: &Target) -> Result<Conn, ClientError> {
+        let stream = TcpStream::connect_timeout(t.addr, Duration::from_secs(10))
+            .await
+            .map_err(io::Error::from)?;
+        stream.set_nodelay(true).map_err(io::Error::from)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io::Error::from)?;
         let mut c = Conn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -87,10 +94,10 @@ impl Conn {
                 ("application_name", "pgpilot-loadtest"),
             ],
         );
-        c.flush()?;
+        c.flush().await?;
         let mut scram = None;
         loop {
-            let frame = c.recv()?;
+            let frame = c.recv().await?;
             match BackendMessage::parse(&frame.bytes)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {
@@ -139,43 +146,38 @@ impl Conn {
                 _ => {}
             }
             if !c.out.is_empty() {
-                c.flush()?;
+                c.flush().await?;
             }
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.out)?;
+    async fn flush(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.out).await?;
         self.out.clear();
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<Frame, ClientError> {
+    async fn recv(&mut self) -> Result<Frame, ClientError> {
         loop {
             if let Some(f) = split_frame(&mut self.buf, 1 << 30)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
             {
                 return Ok(f);
             }
-            let start = self.buf.len();
-            self.buf.resize(start + 8192, 0);
-            let n = self.stream.read(&mut self.buf[start..]);
-            let got = *n.as_ref().unwrap_or(&0);
-            self.buf.truncate(start + got);
-            match n {
-                Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk).await? {
+                0 => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
+                n => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
     }
 
     /// Reads up to ReadyForQuery; returns the first error, if any, after draining.
-    fn until_ready(&mut self) -> Result<usize, ClientError> {
+    async fn until_ready(&mut self) -> Result<usize, ClientError> {
         let mut error = None;
         let mut rows = 0;
         loop {
-            let f = self.recv()?;
+            let f = self.recv().await?;
             match f.tag {
                 b'D' => rows += 1,
                 b'E' => {
@@ -195,43 +197,55 @@ impl Conn {
     }
 
     /// Runs SQL with the simple protocol; returns the number of rows.
-    pub fn simple(&mut self, sql: &str) -> Result<usize, ClientError> {
+    pub async fn simple(&mut self, sql: &str) -> Result<usize, ClientError> {
         encode::query(&mut self.out, sql.as_bytes());
-        self.flush()?;
-        self.until_ready()
+        self.flush().await?;
+        self.until_ready().await
     }
 
     /// Runs SQL with the extended protocol (unnamed statement, text parameters).
-    pub fn extended(&mut self, sql: &str, params: &[&[u8]]) -> Result<usize, ClientError> {
+    pub async fn extended(&mut self, sql: &str, params: &[&[u8]]) -> Result<usize, ClientError> {
         encode::parse(&mut self.out, b"", sql.as_bytes(), &[]);
-        self.bind_execute(b"", params)
+        self.bind_execute(b"", params).await
     }
 
     /// Prepares a named statement.
-    pub fn prepare(&mut self, name: &str, sql: &str) -> Result<(), ClientError> {
+    pub async fn prepare(&mut self, name: &str, sql: &str) -> Result<(), ClientError> {
         encode::parse(&mut self.out, name.as_bytes(), sql.as_bytes(), &[]);
         encode::sync(&mut self.out);
-        self.flush()?;
-        self.until_ready().map(|_| ())
+        self.flush().await?;
+        self.until_ready().await.map(|_| ())
     }
 
     /// Runs a statement prepared with [`Conn::prepare`].
-    pub fn execute_prepared(&mut self, name: &str, params: &[&[u8]]) -> Result<usize, ClientError> {
-        self.bind_execute(name.as_bytes(), params)
+    pub async fn execute_prepared(
+        &mut self,
+        name: &str,
+        params: &[&[u8]],
+    ) -> Result<usize, ClientError> {
+        self.bind_execute(name.as_bytes(), params).await
     }
 
-    fn bind_execute(&mut self, statement: &[u8], params: &[&[u8]]) -> Result<usize, ClientError> {
+    async fn bind_execute(
+        &mut self,
+        statement: &[u8],
+        params: &[&[u8]],
+    ) -> Result<usize, ClientError> {
         let params: Vec<Option<&[u8]>> = params.iter().map(|p| Some(*p)).collect();
         encode::bind(&mut self.out, b"", statement, &params);
         encode::execute(&mut self.out, b"", 0);
         encode::sync(&mut self.out);
-        self.flush()?;
-        self.until_ready()
+        self.flush().await?;
+        self.until_ready().await
     }
 
-    /// Says goodbye.
-    pub fn close(mut self) {
+    /// Says goodbye and waits for the server to close its end, so that the server, not this
+    /// client, holds the TIME_WAIT (a churn run opens tens of thousands of connections).
+    pub async fn close(mut self) {
         encode::terminate(&mut self.out);
-        let _ = self.flush();
+        if self.flush().await.is_ok() {
+            let mut sink = [0u8; 64];
+            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
     }
 }

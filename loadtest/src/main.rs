@@ -2,11 +2,11 @@
 //! reports throughput and latency. Several `--target`s run in turn, round after round, so that
 //! their ratios hold on a noisy machine.
 //!
-//! This first version runs one thread per client connection; the workloads, the interleaving
-//! and the report are the interface later versions keep.
+//! Clients are tasks on a few load threads (`--threads`, one glommio executor each), so tens of
+//! thousands of connections need no more threads than cores.
 
-// The workspace bans blocking calls because they stall a glommio core; this crate has no
-// executor, and its client threads are meant to block and sleep.
+// The workspace bans blocking calls because they stall a glommio core; only the main thread
+// here sleeps (between progress lines) and joins the load threads.
 #![allow(clippy::disallowed_methods)]
 
 mod client;
@@ -23,7 +23,7 @@ use workload::{Settings, Workload};
 const USAGE: &str = "usage: pgpilot-loadtest --target NAME=HOST:PORT [--target ...]
   [--user app] [--password app] [--database app]
   [--workload select|select-extended|prepared|tpcb|mixed|churn|idle] [--write-share 0.1]
-  [--clients 32] [--duration 10] [--warmup 2] [--rounds 3] [--rate TPS] [--scale 1]
+  [--clients 32] [--threads 2] [--duration 10] [--warmup 2] [--rounds 3] [--rate TPS] [--scale 1]
   [--init SCALE] [--pid NAME=PID] [--json]";
 
 fn main() -> ExitCode {
@@ -86,6 +86,7 @@ fn parse(args: &[String]) -> Result<Run, String> {
             }
             "--write-share" => s.write_share = num(value)?,
             "--clients" => s.clients = num(value)? as usize,
+            "--threads" => s.threads = num(value)? as usize,
             "--duration" => s.duration = Duration::from_secs_f64(num(value)?),
             "--warmup" => s.warmup = Duration::from_secs_f64(num(value)?),
             "--rounds" => rounds = num(value)? as usize,
@@ -105,8 +106,8 @@ fn parse(args: &[String]) -> Result<Run, String> {
     if targets.is_empty() {
         return Err("at least one --target is needed".into());
     }
-    if s.clients == 0 || rounds == 0 {
-        return Err("--clients and --rounds must be at least 1".into());
+    if s.clients == 0 || rounds == 0 || s.threads == 0 {
+        return Err("--clients, --threads and --rounds must be at least 1".into());
     }
     let targets = targets
         .into_iter()

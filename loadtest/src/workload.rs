@@ -1,10 +1,12 @@
 //! The workloads and the loop that runs one of them against one target for a while.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
 use crate::client::{ClientError, Conn, Target};
@@ -63,6 +65,8 @@ pub struct Settings {
     pub workload: Workload,
     pub write_share: f64,
     pub clients: usize,
+    /// Load threads the clients are spread over.
+    pub threads: usize,
     pub duration: Duration,
     pub warmup: Duration,
     /// Open loop at this many transactions per second over all clients; closed loop if None.
@@ -77,6 +81,7 @@ impl Default for Settings {
             workload: Workload::Select,
             write_share: 0.1,
             clients: 32,
+            threads: 2,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             rate: None,
@@ -122,7 +127,7 @@ impl Rng {
 const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 
 /// One transaction of the workload on an open connection.
-fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(), ClientError> {
+async fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(), ClientError> {
     let accounts = u64::from(s.scale.max(1)) * 100_000;
     let aid = rng.next() % accounts + 1;
     let write = match s.workload {
@@ -136,61 +141,91 @@ fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(), Clien
             rng.next() % (10 * u64::from(s.scale.max(1))) + 1,
             (rng.next() % 10_001) as i64 - 5000,
         );
-        conn.simple("BEGIN")?;
-        conn.simple(&format!(
-            "UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}"
-        ))?;
-        conn.simple(&format!(
-            "SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"
-        ))?;
-        conn.simple(&format!(
-            "UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}"
-        ))?;
-        conn.simple(&format!(
-            "UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid}"
-        ))?;
-        conn.simple(&format!(
-            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"
-        ))?;
-        conn.simple("END")?;
+        for sql in [
+            "BEGIN".to_owned(),
+            format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}"),
+            format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"),
+            format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}"),
+            format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid}"),
+            format!(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                 VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"
+            ),
+            "END".to_owned(),
+        ] {
+            conn.simple(&sql).await?;
+        }
         return Ok(());
     }
     let aid = aid.to_string();
     match s.workload {
-        Workload::SelectExtended => conn.extended(SELECT, &[aid.as_bytes()]).map(|_| ()),
+        Workload::SelectExtended => conn.extended(SELECT, &[aid.as_bytes()]).await.map(|_| ()),
         Workload::Prepared => conn
             .execute_prepared("lt_select", &[aid.as_bytes()])
+            .await
             .map(|_| ()),
         _ => conn
             .simple(&format!(
                 "SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"
             ))
+            .await
             .map(|_| ()),
     }
 }
 
-/// Runs the workload against one target with `clients` connections; `sample` is called once
-/// the warm-up is over (all connections open), and its value returned with the result.
+/// When a run starts measuring and when it ends, shared by every client.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// Runs the workload against one target with `clients` connections spread over
+/// `s.threads` load threads (one glommio executor each); `sample` is called once the warm-up
+/// is over (all connections open), and its value returned with the result.
 pub fn run(
     target: &Target,
     s: &Settings,
     sample: &dyn Fn() -> Option<u64>,
 ) -> (RunResult, Option<u64>) {
-    let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let measure_from = start + s.warmup;
-    let end = measure_from + s.duration;
-    let handles: Vec<_> = (0..s.clients)
-        .map(|i| {
-            let (target, s, stop) = (target.clone(), s.clone(), stop.clone());
-            std::thread::spawn(move || client_loop(&target, &s, i, measure_from, end, &stop))
+    let window = Window {
+        measure_from: start + s.warmup,
+        end: start + s.warmup + s.duration,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let threads = s.threads.clamp(1, s.clients);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (target, s, done) = (target.clone(), s.clone(), done.clone());
+            let mine: Vec<usize> = (t..s.clients).step_by(threads).collect();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("loadtest-{t}"))
+                .io_memory(64 << 10)
+                .spawn(move || load_thread(target, s, mine, window, done))
         })
         .collect();
-    std::thread::sleep(
-        measure_from.saturating_duration_since(Instant::now())
-            + Duration::from_millis(200).min(s.duration / 2),
-    );
-    let sampled = sample();
+    let mut sampled = None;
+    let mut last = (Instant::now(), 0u64);
+    let progress = s.warmup + s.duration >= Duration::from_secs(10);
+    while Instant::now() < window.end {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        if sampled.is_none()
+            && now >= window.measure_from + Duration::from_millis(200).min(s.duration / 2)
+        {
+            sampled = Some(sample());
+        }
+        if progress && now.duration_since(last.0) >= Duration::from_secs(1) {
+            let n = done.load(Ordering::Relaxed);
+            eprintln!(
+                "  {:>5.1} s  {:>9.0} tps",
+                now.duration_since(start).as_secs_f64(),
+                (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64()
+            );
+            last = (now, n);
+        }
+    }
     let mut total = RunResult {
         transactions: 0,
         elapsed: s.duration,
@@ -198,25 +233,62 @@ pub fn run(
         errors: BTreeMap::new(),
     };
     for h in handles {
-        if let Ok(r) = h.join() {
-            total.transactions += r.transactions;
-            let _ = total.latency.add(&r.latency);
-            for (k, v) in r.errors {
-                *total.errors.entry(k).or_default() += v;
+        match h
+            .map_err(|e| e.to_string())
+            .and_then(|h| h.join().map_err(|e| e.to_string()))
+        {
+            Ok(r) => {
+                total.transactions += r.transactions;
+                let _ = total.latency.add(&r.latency);
+                for (k, v) in r.errors {
+                    *total.errors.entry(k).or_default() += v;
+                }
             }
+            Err(e) => *total.errors.entry(format!("thread: {e}")).or_default() += 1,
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    (total, sampled)
+    (total, sampled.flatten())
 }
 
-fn client_loop(
+/// One load thread: its clients run as tasks on this thread's executor; their results merged.
+async fn load_thread(
+    target: Target,
+    s: Settings,
+    clients: Vec<usize>,
+    window: Window,
+    done: Arc<AtomicU64>,
+) -> RunResult {
+    let (target, s) = (Rc::new(target), Rc::new(s));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|i| {
+            let (target, s, done) = (target.clone(), s.clone(), done.clone());
+            glommio::spawn_local(async move { client_loop(&target, &s, i, window, &done).await })
+        })
+        .collect();
+    let mut total = RunResult {
+        transactions: 0,
+        elapsed: s.duration,
+        latency: new_histogram(),
+        errors: BTreeMap::new(),
+    };
+    for task in tasks {
+        let r = task.await;
+        total.transactions += r.transactions;
+        let _ = total.latency.add(&r.latency);
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+async fn client_loop(
     target: &Target,
     s: &Settings,
     i: usize,
-    measure_from: Instant,
-    end: Instant,
-    stop: &AtomicBool,
+    window: Window,
+    done: &AtomicU64,
 ) -> RunResult {
     let mut r = RunResult {
         transactions: 0,
@@ -228,14 +300,16 @@ fn client_loop(
     let interval = s
         .rate
         .map(|rate| Duration::from_secs_f64(s.clients as f64 / rate.max(1e-3)));
-    let mut next = Instant::now();
+    // Open loop: clients start spread over one interval, not all at once.
+    let mut next =
+        Instant::now() + interval.map_or(Duration::ZERO, |iv| iv * i as u32 / s.clients as u32);
     let mut conn = None;
-    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+    while Instant::now() < window.end {
         let intended = match interval {
             Some(iv) => {
                 let now = Instant::now();
                 if next > now {
-                    std::thread::sleep(next - now);
+                    glommio::timer::sleep(next - now).await;
                 }
                 let t = next;
                 next += iv;
@@ -243,17 +317,21 @@ fn client_loop(
             }
             None => Instant::now(),
         };
-        let outcome = one(target, s, &mut conn, &mut rng);
-        let done = Instant::now();
-        if intended < measure_from || done > end {
+        let outcome = one(target, s, &mut conn, &mut rng, window.end).await;
+        let finished = Instant::now();
+        if intended < window.measure_from || finished > window.end {
+            if outcome.is_err() {
+                conn = None;
+            }
             continue;
         }
         match outcome {
             Ok(()) => {
                 r.transactions += 1;
+                done.fetch_add(1, Ordering::Relaxed);
                 let _ = r
                     .latency
-                    .record((done - intended).as_micros().max(1) as u64);
+                    .record((finished - intended).as_micros().max(1) as u64);
             }
             Err(e) => {
                 *r.errors.entry(e.code()).or_default() += 1;
@@ -262,42 +340,44 @@ fn client_loop(
         }
     }
     if let Some(c) = conn {
-        c.close();
+        c.close().await;
     }
     r
 }
 
 /// One unit of work, connecting first when needed.
-fn one(
+async fn one(
     target: &Target,
     s: &Settings,
     conn: &mut Option<Conn>,
     rng: &mut Rng,
+    end: Instant,
 ) -> Result<(), ClientError> {
     match s.workload {
         Workload::Churn => {
-            let mut c = Conn::connect(target)?;
-            c.simple("SELECT 1")?;
-            c.close();
+            let mut c = Conn::connect(target).await?;
+            c.simple("SELECT 1").await?;
+            c.close().await;
             Ok(())
         }
         Workload::Idle => {
             if conn.is_none() {
-                *conn = Some(Conn::connect(target)?);
+                *conn = Some(Conn::connect(target).await?);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            let nap = end.saturating_duration_since(Instant::now());
+            glommio::timer::sleep(nap.min(Duration::from_millis(100))).await;
             Ok(())
         }
         _ => {
             if conn.is_none() {
-                let mut c = Conn::connect(target)?;
+                let mut c = Conn::connect(target).await?;
                 if s.workload == Workload::Prepared {
-                    c.prepare("lt_select", SELECT)?;
+                    c.prepare("lt_select", SELECT).await?;
                 }
                 *conn = Some(c);
             }
             match conn.as_mut() {
-                Some(c) => transaction(c, s, rng),
+                Some(c) => transaction(c, s, rng).await,
                 None => Err(ClientError::Protocol("no connection".into())),
             }
         }
@@ -306,7 +386,18 @@ fn one(
 
 /// Creates the pgbench tables at `scale` (like `pgbench -i`), through `target`.
 pub fn init(target: &Target, scale: u32) -> Result<(), ClientError> {
-    let mut c = Conn::connect(target)?;
+    let target = target.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadtest-init")
+        .io_memory(64 << 10)
+        .spawn(move || async move { init_tables(&target, scale).await })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .join()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+}
+
+async fn init_tables(target: &Target, scale: u32) -> Result<(), ClientError> {
+    let mut c = Conn::connect(target).await?;
     let scale = scale.max(1);
     for sql in [
         "DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history".to_owned(),
@@ -319,8 +410,8 @@ pub fn init(target: &Target, scale: u32) -> Result<(), ClientError> {
         format!("INSERT INTO pgbench_accounts SELECT a, (a - 1) / 100000 + 1, 0, '' FROM generate_series(1, {}) a", scale * 100_000),
         "ANALYZE pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history".to_owned(),
     ] {
-        c.simple(&sql)?;
+        c.simple(&sql).await?;
     }
-    c.close();
+    c.close().await;
     Ok(())
 }

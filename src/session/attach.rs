@@ -64,7 +64,7 @@ impl Session {
         pool: Rc<Pool>,
         on_replica: bool,
     ) -> Result<(), Error> {
-        let mut att = Attached {
+        let mut att = Box::new(Attached {
             backend,
             pool,
             on_replica,
@@ -78,7 +78,7 @@ impl Session {
             changes: None,
             changes_failed: false,
             changes_settled: None,
-        };
+        });
         if att.backend.applied != self.gucs.hash {
             let mut q = BytesMut::new();
             encode::query(&mut q, self.gucs.setup_sql(att.backend.applied).as_bytes());

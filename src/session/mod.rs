@@ -96,11 +96,12 @@ pub struct Session {
     overrides: Vec<(String, String)>,
     /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
-    attached: Option<Attached>,
+    /// Boxed, like `parked`: an idle session should not carry a backend's worth of room.
+    attached: Option<Box<Attached>>,
     /// A plain BEGIN answered by the proxy, sent with the block's first statement.
     held_begin: Option<Bytes>,
     /// Session mode: the other backend the client holds (primary or replica), idle.
-    parked: Option<Attached>,
+    parked: Option<Box<Attached>>,
     /// The client's named prepared statements, with the route decided at their Parse.
     statements: HashMap<Bytes, Stmt>,
     /// Route of the unnamed statement.
@@ -137,27 +138,28 @@ fn tags(buf: &[u8]) -> String {
 pub async fn run(core: Rc<Core>, client: TcpStream) {
     let _ = client.set_nodelay(true);
     // Boxed so that the startup state is freed once the session runs.
-    let Some(mut session) = Box::pin(startup::start(core, client)).await else {
+    let Some(session) = Box::pin(startup::start(core, client)).await else {
         return;
     };
+    // On the heap, so the task's own future stays small while the session idles.
+    let mut session = Box::new(session);
     let result = session.relay().await;
     match &result {
         Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", session.pid),
         Err(e) => log::info!("session={} ended: {e}", session.pid),
     }
     if let Err(Error::Client(e)) = &result {
-        session
-            .send_error(&ErrorFields::fatal("08P01", e.to_string()))
-            .await;
+        Box::pin(session.send_error(&ErrorFields::fatal("08P01", e.to_string()))).await;
     }
-    session.finish().await;
+    Box::pin(session.finish()).await;
 }
 
 impl Session {
     /// Returns a backend the session is done with: reset and pooled if it is clean, closed
     /// otherwise. Session mode resets with `reset_query`; a pinned transaction-mode client leaves
     /// temp tables, LISTEN or locks behind, which DISCARD ALL removes.
-    async fn give_back(&self, mut att: Attached) {
+    async fn give_back(&self, att: Box<Attached>) {
+        let mut att = *att;
         if !att.is_idle() || !att.backend.rbuf.is_empty() {
             return;
         }

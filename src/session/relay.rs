@@ -39,7 +39,8 @@ impl Session {
     /// Relays until the client leaves, the session fails, or shutdown ends an idle session.
     pub(super) async fn relay(&mut self) -> Result<(), Error> {
         loop {
-            if !self.blocked && !self.pump_client().await? {
+            // The work after a wake-up is boxed: an idle session keeps only what `wait` needs.
+            if !self.blocked && !Box::pin(self.pump_client()).await? {
                 return Ok(());
             }
             match self.wait().await {
@@ -47,17 +48,16 @@ impl Session {
                 Event::Client(Ok(_)) => {}
                 Event::Client(Err(e)) => return Err(Error::ClientIo(e)),
                 Event::Backend(Ok(0)) => {
-                    self.backend_lost(io::ErrorKind::UnexpectedEof.into())
-                        .await?
+                    Box::pin(self.backend_lost(io::ErrorKind::UnexpectedEof.into())).await?
                 }
-                Event::Backend(Err(e)) => self.backend_lost(e).await?,
-                Event::Backend(Ok(_)) => self.pump_backend().await?,
+                Event::Backend(Err(e)) => Box::pin(self.backend_lost(e)).await?,
+                Event::Backend(Ok(_)) => Box::pin(self.pump_backend()).await?,
                 Event::Shutdown => {
                     let e = ErrorFields::fatal(
                         "57P01",
                         "terminating connection due to administrator command",
                     );
-                    self.send_error(&e).await;
+                    Box::pin(self.send_error(&e)).await;
                     return Ok(());
                 }
             }
