@@ -9,9 +9,7 @@
 // here sleeps (between progress lines) and joins the load threads.
 #![allow(clippy::disallowed_methods)]
 
-mod client;
-mod report;
-mod workload;
+use pgpilot_loadtest::{client, report, workload};
 
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;

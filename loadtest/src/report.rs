@@ -33,9 +33,20 @@ pub fn rss_bytes(pids: &[(String, u32)], target: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// utime + stime of the process registered for `target` with `--pid`, in clock ticks.
+/// utime + stime of the process registered for `target` with `--pid` and of all its
+/// descendants (pgpool-II and PostgreSQL work in forked children), in clock ticks.
 pub fn cpu_ticks(pids: &[(String, u32)], target: &str) -> Option<u64> {
     let pid = pids.iter().find(|(n, _)| n == target)?.1;
+    let mut total = process_ticks(pid)?;
+    let mut todo = children(pid);
+    while let Some(child) = todo.pop() {
+        total += process_ticks(child).unwrap_or(0);
+        todo.extend(children(child));
+    }
+    Some(total)
+}
+
+fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -43,6 +54,22 @@ pub fn cpu_ticks(pids: &[(String, u32)], target: &str) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Child processes of `pid`, from every one of its threads.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Clock ticks per second (USER_HZ); 100 on every Linux this runs on.
@@ -263,5 +290,17 @@ mod tests {
         assert!(cpu_ticks(&[("me".into(), pid)], "me").is_some());
         assert!(cpu_ticks(&[], "me").is_none());
         assert!(rss_bytes(&[("me".into(), pid)], "me").is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn children_are_found_for_cpu_accounting() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep runs");
+        let found = children(std::process::id()).contains(&child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "child {} not listed", child.id());
     }
 }

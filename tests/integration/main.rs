@@ -9,6 +9,7 @@ mod raw;
 mod auth;
 mod basics;
 mod limits;
+mod loadtest;
 mod pgbench;
 mod pooling;
 mod routing;

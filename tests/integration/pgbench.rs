@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::{self, Cluster, Opts};
 
 /// Loads pgbench tables once (scale 1) and waits until both replicas have them.
-fn pgbench_data(c: &Cluster) {
+pub fn pgbench_data(c: &Cluster) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let out = Command::new("pgbench")

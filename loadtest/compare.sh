@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Compares pgpilot with direct PostgreSQL, PgBouncer and pgpool-II on this machine.
+#
+#   loadtest/compare.sh [--quick] [--out DIR]
+#
+# Starts a primary and two streaming replicas (`pgpilot demo`), PgBouncer in transaction mode
+# in front of the primary, pgpool-II with load balancing over the replicas, and pgpilot with
+# 2 workers and with 1; loads the pgbench tables; then runs every workload through
+# `pgpilot-loadtest`, the targets interleaved round after round. Prints one table per workload
+# and a summary (Markdown) with TPS ratios to direct PostgreSQL and to PgBouncer, p99 latency
+# and CPU seconds per 1,000 transactions of each proxy process. Everything it starts is stopped
+# on exit. Not part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when
+# missing) and takes about 15 minutes (--quick: under 2).
+set -euo pipefail
+
+QUICK=0
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --out) OUT="$2"; shift ;;
+    *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ "$QUICK" = 1 ]; then
+  DURATION=2; WARMUP=1; ROUNDS=1; IDLE_CLIENTS=2000
+else
+  DURATION=10; WARMUP=2; ROUNDS=3; IDLE_CLIENTS=10000
+fi
+CLIENTS=32
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need pgbouncer || ! need pgpool || ! need pgbench; then
+  echo "installing pgbouncer, pgpool2 and postgresql (pgbench)..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer pgpool2 postgresql >/dev/null
+fi
+PATH="$PATH:/usr/sbin"
+
+echo "building release binaries..." >&2
+(cd "$ROOT" && cargo build --release -q -p pgpilot -p pgpilot-loadtest)
+PGPILOT="$ROOT/target/release/pgpilot"
+LOADTEST="$ROOT/target/release/pgpilot-loadtest"
+
+WORK="$(mktemp -d /tmp/pgpilot-compare.XXXXXX)"
+chmod 755 "$WORK"
+OUT="${OUT:-$WORK/results}"
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/pgbouncer/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer/pgbouncer.pid")" 2>/dev/null || true
+  [ -f "$WORK/pgpool/pgpool.pid" ] && kill -INT "$(tr -d '\0' <"$WORK/pgpool/pgpool.pid")" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# 1. The servers and pgpilot (2 workers), from the demo.
+PILOT_PORT=$(free_port)
+"$PGPILOT" demo --dir "$WORK/demo" --port "$PILOT_PORT" >"$WORK/demo.log" 2>&1 &
+PIDS+=($!)
+PILOT_PID=$!
+for _ in $(seq 1 300); do grep -q '^config:' "$WORK/demo.log" && break; sleep 0.2; done
+read -r PRIMARY R1 R2 <<<"$(grep -oP 'primary on 127.0.0.1:\K[0-9]+|and :\K[0-9]+|replicas on 127.0.0.1:\K[0-9]+' "$WORK/demo.log" | tr '\n' ' ')"
+[ -n "${R2:-}" ] || { cat "$WORK/demo.log" >&2; exit 1; }
+echo "primary :$PRIMARY, replicas :$R1 :$R2, pgpilot :$PILOT_PORT" >&2
+
+# 2. pgpilot with one worker, same cluster.
+PILOT1_PORT=$(free_port)
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$PILOT1_PORT\"/" -e 's/^\[server\]$/[server]\nworkers = 1/' \
+  "$WORK/demo/pgpilot.toml" >"$WORK/pgpilot-1.toml"
+"$PGPILOT" --config "$WORK/pgpilot-1.toml" >"$WORK/pgpilot-1.log" 2>&1 &
+PIDS+=($!)
+PILOT1_PID=$!
+
+# 3. PgBouncer, transaction mode, SCRAM to clients, in front of the primary.
+mkdir -p "$WORK/pgbouncer"
+cat >"$WORK/pgbouncer/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$PRIMARY dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $(free_port)
+auth_type = scram-sha-256
+auth_file = $WORK/pgbouncer/userlist.txt
+pool_mode = transaction
+max_client_conn = 12000
+default_pool_size = 20
+logfile = $WORK/pgbouncer/pgbouncer.log
+pidfile = $WORK/pgbouncer/pgbouncer.pid
+EOF
+echo '"app" "app"' >"$WORK/pgbouncer/userlist.txt"
+chown -R postgres "$WORK/pgbouncer"
+su postgres -s /bin/sh -c "ulimit -n 20000 2>/dev/null; pgbouncer -d $WORK/pgbouncer/pgbouncer.ini"
+PGB_PORT=$(grep -oP 'listen_port = \K[0-9]+' "$WORK/pgbouncer/pgbouncer.ini")
+
+# 4. pgpool-II, streaming replication mode, reads balanced over the replicas.
+mkdir -p "$WORK/pgpool"
+POOL_PORT=$(free_port)
+cat >"$WORK/pgpool/pgpool.conf" <<EOF
+backend_clustering_mode = 'streaming_replication'
+listen_addresses = '127.0.0.1'
+port = $POOL_PORT
+unix_socket_directories = '$WORK/pgpool'
+pcp_listen_addresses = ''
+pcp_port = $(free_port)
+pcp_socket_dir = '$WORK/pgpool'
+wd_ipc_socket_dir = '$WORK/pgpool'
+pid_file_name = '$WORK/pgpool/pgpool.pid'
+logdir = '$WORK/pgpool'
+backend_hostname0 = '127.0.0.1'
+backend_port0 = $PRIMARY
+backend_weight0 = 0
+backend_flag0 = 'ALWAYS_PRIMARY'
+backend_hostname1 = '127.0.0.1'
+backend_port1 = $R1
+backend_weight1 = 1
+backend_hostname2 = '127.0.0.1'
+backend_port2 = $R2
+backend_weight2 = 1
+load_balance_mode = on
+num_init_children = $CLIENTS
+max_pool = 1
+enable_pool_hba = on
+pool_passwd = 'pool_passwd'
+sr_check_period = 0
+health_check_period = 0
+failover_on_backend_error = off
+use_watchdog = off
+log_min_messages = warning
+EOF
+printf 'host all all 127.0.0.1/32 scram-sha-256\n' >"$WORK/pgpool/pool_hba.conf"
+echo 'app:TEXTapp' >"$WORK/pgpool/pool_passwd"
+: >"$WORK/pgpool/pcp.conf"
+chown -R postgres "$WORK/pgpool"
+su postgres -s /bin/sh -c "pgpool -n -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool/pcp.conf -a $WORK/pgpool/pool_hba.conf" \
+  >"$WORK/pgpool/pgpool.out" 2>&1 &
+PIDS+=($!)
+
+wait_port "$PILOT1_PORT"; wait_port "$PGB_PORT"; wait_port "$POOL_PORT"
+PGB_PID=$(cat "$WORK/pgbouncer/pgbouncer.pid")
+POOL_PID=$(cat "$WORK/pgpool/pgpool.pid")
+
+# 5. pgbench tables at scale 1, then let the replicas replay them.
+"$LOADTEST" --target direct=127.0.0.1:$PRIMARY --init 1 --workload select --clients 1 \
+  --duration 0.2 --warmup 0 --rounds 1 >/dev/null
+sleep 2
+
+versions() {
+  echo "machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "postgresql: $(psql --version | awk '{print $3}'), pgbouncer: $(pgbouncer --version | head -1 | awk '{print $2}'), pgpool-II: $(pgpool --version 2>&1 | awk '{print $3}'), pgpilot: $(cd "$ROOT" && git rev-parse --short HEAD)"
+  echo "settings: $CLIENTS clients, ${DURATION}s per run after ${WARMUP}s warm-up, $ROUNDS round(s), targets interleaved"
+}
+versions | tee "$OUT/versions.txt" >&2
+
+COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
+  --pid "pgbouncer=$PGB_PID" --pid "pgpool=$POOL_PID" --pid "pgpilot=$PILOT_PID" --pid "pgpilot-w1=$PILOT1_PID")
+ALL=(--target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT"
+  --target "pgpool=127.0.0.1:$POOL_PORT" --target "pgpilot=127.0.0.1:$PILOT_PORT"
+  --target "pgpilot-w1=127.0.0.1:$PILOT1_PORT")
+
+run() { # name, loadtest arguments...
+  local name=$1; shift
+  echo "== $name" >&2
+  "$LOADTEST" "${COMMON[@]}" "$@" --json >"$OUT/$name.json"
+}
+
+for w in select select-extended prepared tpcb; do
+  run "$w" "${ALL[@]}" --workload "$w" --clients "$CLIENTS"
+done
+# Connection churn: connect with SCRAM, one query, disconnect (pgpool-II forks a child per
+# client slot and is left out of churn and idle).
+run churn --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
+  --target "pgpilot=127.0.0.1:$PILOT_PORT" --workload churn --clients 8
+run idle --target "pgbouncer=127.0.0.1:$PGB_PORT" --target "pgpilot=127.0.0.1:$PILOT_PORT" \
+  --workload idle --clients "$IDLE_CLIENTS" --warmup $((IDLE_CLIENTS / 1000 + 3)) --duration 2 --rounds 1
+# Open loop at half of direct's closed-loop maximum (select, simple protocol).
+HALF=$(python3 -c "import json; r=json.load(open('$OUT/select.json'))['results']; print(int(r[0]['tps']/2))")
+run open-loop --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
+  --target "pgpilot=127.0.0.1:$PILOT_PORT" --workload select --clients "$CLIENTS" --rate "$HALF"
+
+python3 "$ROOT/loadtest/summary.py" "$OUT" | tee "$OUT/summary.md"
+echo "results in $OUT" >&2

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Turns the JSON files of loadtest/compare.sh into one Markdown table.
+
+usage: summary.py RESULTS_DIR
+"""
+import json
+import os
+import sys
+
+ORDER = ["select", "select-extended", "prepared", "tpcb", "churn", "idle", "open-loop"]
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main(d):
+    print(open(os.path.join(d, "versions.txt")).read().strip().replace("\n", "  \n"))
+    print()
+    print("| workload | target | TPS | × direct | × PgBouncer | p99 ms | CPU s / 1k tx | errors | RSS B / idle conn |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ORDER:
+        path = os.path.join(d, name + ".json")
+        if not os.path.exists(path):
+            continue
+        run = json.load(open(path))
+        rows = run["results"]
+        by = {r["target"]: r for r in rows}
+        direct = by.get("direct")
+        pgb = by.get("pgbouncer")
+        label = name
+        if run["rate"] is not None:
+            label = f"{name} @ {run['rate']} tps"
+        for r in rows:
+            # "ratio" is the median of round-by-round ratios to the first target.
+            x_direct = r["ratio"] / direct["ratio"] if direct else None
+            x_pgb = r["ratio"] / pgb["ratio"] if pgb and pgb["ratio"] else None
+            rss = r["rss_bytes_per_connection"] if name == "idle" else None
+            print(
+                f"| {label} | {r['target']} | {r['tps']:.0f} | {fmt(x_direct, '.2f')} | "
+                f"{fmt(x_pgb, '.2f')} | {r['p99_ms']:.2f} | {fmt(r['cpu_s_per_1000'], '.4f')} | "
+                f"{r['errors']} | {fmt(rss, '.0f')} |"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
