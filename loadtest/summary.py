@@ -36,9 +36,11 @@ def main(d):
             x_direct = r["ratio"] / direct["ratio"] if direct else None
             x_pgb = r["ratio"] / pgb["ratio"] if pgb and pgb["ratio"] else None
             rss = r["rss_bytes_per_connection"] if name == "idle" else None
+            # No CPU per transaction when none completed (PgBouncer fails `prepared`).
+            cpu = r["cpu_s_per_1000"] if r["tps"] > 0 else None
             print(
                 f"| {label} | {r['target']} | {r['tps']:.0f} | {fmt(x_direct, '.2f')} | "
-                f"{fmt(x_pgb, '.2f')} | {r['p99_ms']:.2f} | {fmt(r['cpu_s_per_1000'], '.4f')} | "
+                f"{fmt(x_pgb, '.2f')} | {r['p99_ms']:.2f} | {fmt(cpu, '.4f')} | "
                 f"{r['errors']} | {fmt(rss, '.0f')} |"
             )
 

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -69,6 +71,16 @@ pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     out: BytesMut,
+    /// A run's count of open connections, which this one is part of until dropped.
+    open: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Conn {
@@ -85,6 +97,7 @@ impl Conn {
             stream,
             buf: BytesMut::with_capacity(8192),
             out: BytesMut::with_capacity(1024),
+            open: None,
         };
         encode::startup_message(
             &mut c.out,
@@ -237,6 +250,12 @@ impl Conn {
         encode::sync(&mut self.out);
         self.flush().await?;
         self.until_ready().await
+    }
+
+    /// Counts this connection in `open` until it is dropped.
+    pub fn count_in(&mut self, open: &Arc<AtomicUsize>) {
+        open.fetch_add(1, Ordering::Relaxed);
+        self.open = Some(open.clone());
     }
 
     /// Says goodbye and waits for the server to close its end, so that the server, not this

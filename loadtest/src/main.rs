@@ -150,9 +150,13 @@ impl Run {
                 let rss_before = report::rss_bytes(&self.pids, &target.name);
                 let sample = || report::rss_bytes(&self.pids, &target.name);
                 let (result, rss_during) = workload::run(target, &self.settings, &sample);
+                // Per connection open when sampled: a slow login path (SCRAM keys derived per
+                // login) may leave some of the asked-for clients still connecting.
                 let rss_per_client = rss_during
                     .zip(rss_before)
-                    .map(|(d, b)| d.saturating_sub(b) as f64 / self.settings.clients as f64);
+                    .filter(|((_, open), _)| *open > 0)
+                    .map(|((d, open), b)| d.saturating_sub(b) as f64 / open as f64)
+                    .filter(|_| self.settings.workload == Workload::Idle);
                 let cpu = report::cpu_ticks(&self.pids, &target.name)
                     .zip(cpu_before)
                     .map(|(a, b)| a.saturating_sub(b));
@@ -163,9 +167,9 @@ impl Run {
                     result.tps(),
                     result.errors.values().sum::<u64>()
                 );
-                if let Some(per) = rss_per_client {
+                if let (Some(per), Some((_, open))) = (rss_per_client, rss_during) {
                     eprintln!(
-                        "round {} {}: {:.0} bytes of RSS per open connection",
+                        "round {} {}: {:.0} bytes of RSS per open connection ({open} open)",
                         round + 1,
                         target.name,
                         per

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,15 @@ async fn transaction(conn: &mut Conn, s: &Settings, rng: &mut Rng) -> Result<(),
     }
 }
 
+/// What every client of a run adds to, across load threads.
+#[derive(Default)]
+struct Counters {
+    /// Transactions completed in the measured window (for the progress line).
+    done: AtomicU64,
+    /// Connections logged in and not closed (for RSS per open connection).
+    open: Arc<AtomicUsize>,
+}
+
 /// When a run starts measuring and when it ends, shared by every client.
 #[derive(Clone, Copy)]
 struct Window {
@@ -183,27 +192,27 @@ struct Window {
 
 /// Runs the workload against one target with `clients` connections spread over
 /// `s.threads` load threads (one glommio executor each); `sample` is called once the warm-up
-/// is over (all connections open), and its value returned with the result.
+/// is over, and its value returned with the number of connections open at that moment.
 pub fn run(
     target: &Target,
     s: &Settings,
     sample: &dyn Fn() -> Option<u64>,
-) -> (RunResult, Option<u64>) {
+) -> (RunResult, Option<(u64, usize)>) {
     let start = Instant::now();
     let window = Window {
         measure_from: start + s.warmup,
         end: start + s.warmup + s.duration,
     };
-    let done = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
     let threads = s.threads.clamp(1, s.clients);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (target, s, done) = (target.clone(), s.clone(), done.clone());
+            let (target, s, counters) = (target.clone(), s.clone(), counters.clone());
             let mine: Vec<usize> = (t..s.clients).step_by(threads).collect();
             LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("loadtest-{t}"))
                 .io_memory(64 << 10)
-                .spawn(move || load_thread(target, s, mine, window, done))
+                .spawn(move || load_thread(target, s, mine, window, counters))
         })
         .collect();
     let mut sampled = None;
@@ -215,10 +224,10 @@ pub fn run(
         if sampled.is_none()
             && now >= window.measure_from + Duration::from_millis(200).min(s.duration / 2)
         {
-            sampled = Some(sample());
+            sampled = Some(sample().map(|v| (v, counters.open.load(Ordering::Relaxed))));
         }
         if progress && now.duration_since(last.0) >= Duration::from_secs(1) {
-            let n = done.load(Ordering::Relaxed);
+            let n = counters.done.load(Ordering::Relaxed);
             eprintln!(
                 "  {:>5.1} s  {:>9.0} tps",
                 now.duration_since(start).as_secs_f64(),
@@ -257,7 +266,7 @@ async fn load_thread(
     s: Settings,
     clients: Vec<usize>,
     window: Window,
-    done: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 ) -> RunResult {
     // One result per thread, shared by its clients: a histogram is ~190 KB, too much to keep
     // per connection when 10,000 of them idle.
@@ -271,10 +280,11 @@ async fn load_thread(
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|i| {
-            let (target, s, done, total) = (target.clone(), s.clone(), done.clone(), total.clone());
-            glommio::spawn_local(
-                async move { client_loop(&target, &s, i, window, &done, &total).await },
-            )
+            let (target, s, counters, total) =
+                (target.clone(), s.clone(), counters.clone(), total.clone());
+            glommio::spawn_local(async move {
+                client_loop(&target, &s, i, window, &counters, &total).await
+            })
         })
         .collect();
     for task in tasks {
@@ -293,7 +303,7 @@ async fn client_loop(
     s: &Settings,
     i: usize,
     window: Window,
-    done: &AtomicU64,
+    counters: &Counters,
     total: &RefCell<RunResult>,
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
@@ -317,7 +327,7 @@ async fn client_loop(
             }
             None => Instant::now(),
         };
-        let outcome = one(target, s, &mut conn, &mut rng, window.end).await;
+        let outcome = one(target, s, &mut conn, &mut rng, window.end, &counters.open).await;
         let finished = Instant::now();
         if intended < window.measure_from || finished > window.end {
             if outcome.is_err() {
@@ -329,7 +339,7 @@ async fn client_loop(
         match outcome {
             Ok(()) => {
                 r.transactions += 1;
-                done.fetch_add(1, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
                 let _ = r
                     .latency
                     .record((finished - intended).as_micros().max(1) as u64);
@@ -352,6 +362,7 @@ async fn one(
     conn: &mut Option<Conn>,
     rng: &mut Rng,
     end: Instant,
+    open: &Arc<AtomicUsize>,
 ) -> Result<(), ClientError> {
     match s.workload {
         Workload::Churn => {
@@ -362,7 +373,9 @@ async fn one(
         }
         Workload::Idle => {
             if conn.is_none() {
-                *conn = Some(Conn::connect(target).await?);
+                let mut c = Conn::connect(target).await?;
+                c.count_in(open);
+                *conn = Some(c);
             }
             let nap = end.saturating_duration_since(Instant::now());
             glommio::timer::sleep(nap.min(Duration::from_millis(100))).await;
@@ -371,6 +384,7 @@ async fn one(
         _ => {
             if conn.is_none() {
                 let mut c = Conn::connect(target).await?;
+                c.count_in(open);
                 if s.workload == Workload::Prepared {
                     c.prepare("lt_select", SELECT).await?;
                 }

@@ -93,6 +93,8 @@ fn idle_clients_are_held_and_measured() {
     // The proxy and the load generator share this process (and the system allocator, not the
     // daemon's), so this bounds the two together: a read buffer kept per idle session, or a
     // leak per login, breaks it.
-    let per_client = during.expect("sampled").saturating_sub(before) / 200;
+    let (rss, open) = during.expect("sampled");
+    assert_eq!(open, 200, "every client logged in before the sample");
+    let per_client = rss.saturating_sub(before) / 200;
     assert!(per_client < 64 * 1024, "{per_client} bytes per idle client");
 }
