@@ -135,26 +135,38 @@ fn tags(buf: &[u8]) -> String {
 }
 
 /// Serves one accepted client until it leaves.
-pub async fn run(core: Rc<Core>, client: TcpStream) {
+///
+/// Not an `async fn`: its arguments would stay in the task's future for the session's whole
+/// life. They move into the boxed startup at once, which is freed once the session runs.
+pub fn run(core: Rc<Core>, client: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = client.set_nodelay(true);
-    // Boxed so that the startup state is freed once the session runs.
-    let Some(session) = Box::pin(startup::start(core, client)).await else {
-        return;
-    };
-    // On the heap, so the task's own future stays small while the session idles.
-    let mut session = Box::new(session);
-    let result = session.relay().await;
-    match &result {
-        Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", session.pid),
-        Err(e) => log::info!("session={} ended: {e}", session.pid),
+    let startup = Box::pin(startup::start(core, client));
+    async move {
+        let Some(session) = startup.await else {
+            return;
+        };
+        // On the heap, and the ending boxed too: while the session idles, the task's own
+        // future holds little more than the relay's wait.
+        let mut session = Box::new(session);
+        let result = session.relay().await;
+        Box::pin(session.end(result)).await;
     }
-    if let Err(Error::Client(e)) = &result {
-        Box::pin(session.send_error(&ErrorFields::fatal("08P01", e.to_string()))).await;
-    }
-    Box::pin(session.finish()).await;
 }
 
 impl Session {
+    /// Logs how the session ended, tells the client about a protocol violation, and lets go.
+    async fn end(&mut self, result: Result<(), Error>) {
+        match &result {
+            Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", self.pid),
+            Err(e) => log::info!("session={} ended: {e}", self.pid),
+        }
+        if let Err(Error::Client(e)) = &result {
+            self.send_error(&ErrorFields::fatal("08P01", e.to_string()))
+                .await;
+        }
+        self.finish().await;
+    }
+
     /// Returns a backend the session is done with: reset and pooled if it is clean, closed
     /// otherwise. Session mode resets with `reset_query`; a pinned transaction-mode client leaves
     /// temp tables, LISTEN or locks behind, which DISCARD ALL removes.
