@@ -193,6 +193,9 @@ run idle --target "pgbouncer=127.0.0.1:$PGB_PORT" --target "pgpilot=127.0.0.1:$P
 HALF=$(python3 -c "import json; r=json.load(open('$OUT/select.json'))['results']; print(int(r[0]['tps']/2))")
 run open-loop --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
   --target "pgpilot=127.0.0.1:$PILOT_PORT" --workload select --clients "$CLIENTS" --rate "$HALF"
+# And at a quarter, where no target is near its limit.
+run open-loop-quarter --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
+  --target "pgpilot=127.0.0.1:$PILOT_PORT" --workload select --clients "$CLIENTS" --rate "$((HALF / 2))"
 
 python3 "$ROOT/loadtest/summary.py" "$OUT" | tee "$OUT/summary.md"
 echo "results in $OUT" >&2

@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-ORDER = ["select", "select-extended", "prepared", "tpcb", "churn", "idle", "open-loop"]
+ORDER = ["select", "select-extended", "prepared", "tpcb", "churn", "idle", "open-loop",
+         "open-loop-quarter"]
 
 
 def fmt(v, spec):
@@ -30,7 +31,7 @@ def main(d):
         pgb = by.get("pgbouncer")
         label = name
         if run["rate"] is not None:
-            label = f"{name} @ {run['rate']} tps"
+            label = f"open loop @ {run['rate']:.0f} tps"
         for r in rows:
             # "ratio" is the median of round-by-round ratios to the first target.
             x_direct = r["ratio"] / direct["ratio"] if direct else None

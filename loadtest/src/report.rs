@@ -124,11 +124,13 @@ fn rows(names: &[String], samples: &[Sample]) -> Vec<Row> {
                 .collect();
             let cpu: Vec<f64> = mine
                 .iter()
+                // No figure for a run that completed nothing (PgBouncer fails `prepared`).
+                .filter(|s| s.result.transactions > 0)
                 .filter_map(|s| {
                     Some(
                         s.cpu_ticks? as f64
                             / TICKS_PER_SECOND
-                            / (s.result.transactions.max(1) as f64 / 1000.0),
+                            / (s.result.transactions as f64 / 1000.0),
                     )
                 })
                 .collect();
