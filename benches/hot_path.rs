@@ -48,7 +48,7 @@ fn framing(c: &mut Criterion) {
 }
 
 fn classification(c: &mut Criterion) {
-    let corpus: &[&[u8]] = &[
+    let typical: &[&[u8]] = &[
         b"SELECT abalance FROM pgbench_accounts WHERE aid = $1",
         b"UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
         b"SELECT u.id, u.name FROM users u JOIN orders o ON o.user_id = u.id WHERE o.created_at > now() - interval '1 day' /* dashboard */",
@@ -56,15 +56,20 @@ fn classification(c: &mut Criterion) {
         b"BEGIN READ ONLY",
         b"SELECT nextval('orders_id_seq')",
     ];
+    let corpus: Vec<&[u8]> = pgpilot_protocol::classify::corpus::statements()
+        .map(str::as_bytes)
+        .collect();
     let mut g = c.benchmark_group("classify");
-    g.throughput(Throughput::Elements(corpus.len() as u64));
-    g.bench_function("corpus", |b| {
-        b.iter(|| {
-            for sql in corpus {
-                black_box(classify(black_box(sql)));
-            }
-        })
-    });
+    for (name, set) in [("typical", typical), ("routing_corpus", &corpus[..])] {
+        g.throughput(Throughput::Elements(set.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for sql in set {
+                    black_box(classify(black_box(sql)));
+                }
+            })
+        });
+    }
     g.finish();
 }
 

@@ -5,7 +5,8 @@ use super::Reason::*;
 use super::Target::*;
 use super::*;
 
-const CORPUS: &[(&str, Target, Reason)] = &[
+/// Statements with the route each must get.
+pub const CORPUS: &[(&str, Target, Reason)] = &[
     // ActiveRecord (Rails)
     (
         r#"SELECT "users".* FROM "users" WHERE "users"."id" = $1 LIMIT $2"#,
@@ -541,7 +542,7 @@ const CORPUS: &[(&str, Target, Reason)] = &[
 /// Families of statements written from templates: every locking clause on every table form,
 /// writing functions in every position, write keywords hidden in literals and comments,
 /// nested CTEs, DDL and utility statements in both cases, EXPLAIN and COPY forms.
-const FAMILIES: &[(&str, Target, Reason)] = &[
+pub const FAMILIES: &[(&str, Target, Reason)] = &[
     ("SELECT * FROM orders WHERE id = $1 FOR UPDATE", Primary, LockingClause),
     ("SELECT * FROM orders WHERE id = $1 FOR NO KEY UPDATE", Primary, LockingClause),
     ("SELECT * FROM orders WHERE id = $1 FOR SHARE", Primary, LockingClause),
@@ -878,6 +879,11 @@ const FAMILIES: &[(&str, Target, Reason)] = &[
     ("COPY (DELETE FROM t RETURNING *) TO STDOUT", Primary, Write),
     ("COPY t TO '/tmp/t'", Primary, Write),
 ];
+
+/// Every statement of the corpus and the families.
+pub fn statements() -> impl Iterator<Item = &'static str> {
+    CORPUS.iter().chain(FAMILIES).map(|(sql, _, _)| *sql)
+}
 
 #[test]
 fn every_corpus_statement_gets_its_route() {
