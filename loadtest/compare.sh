@@ -10,7 +10,7 @@
 # and a summary (Markdown) with TPS ratios to direct PostgreSQL and to PgBouncer, p99 latency
 # and CPU seconds per 1,000 transactions of each proxy process. Everything it starts is stopped
 # on exit. Not part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when
-# missing) and takes about 15 minutes (--quick: under 2).
+# missing) and takes about 20 minutes (--quick: under 2).
 set -euo pipefail
 
 QUICK=0
@@ -26,7 +26,7 @@ done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "$QUICK" = 1 ]; then
-  DURATION=2; WARMUP=1; ROUNDS=1; IDLE_CLIENTS=2000
+  DURATION=1.5; WARMUP=0.5; ROUNDS=1; IDLE_CLIENTS=1000
 else
   DURATION=10; WARMUP=2; ROUNDS=3; IDLE_CLIENTS=10000
 fi
@@ -188,7 +188,7 @@ run churn --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PG
 # PgBouncer derives SCRAM keys on every login (a few ms each, one thread), hence the long
 # warm-up; memory is divided by the connections open when it is sampled.
 run idle --target "pgbouncer=127.0.0.1:$PGB_PORT" --target "pgpilot=127.0.0.1:$PILOT_PORT" \
-  --workload idle --clients "$IDLE_CLIENTS" --warmup $((IDLE_CLIENTS / 250 + 3)) --duration 2 --rounds 1
+  --workload idle --clients "$IDLE_CLIENTS" --warmup $((IDLE_CLIENTS / 250 + 2)) --duration 2 --rounds 1
 # Open loop at half of direct's closed-loop maximum (select, simple protocol).
 HALF=$(python3 -c "import json; r=json.load(open('$OUT/select.json'))['results']; print(int(r[0]['tps']/2))")
 run open-loop --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
