@@ -7,13 +7,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::sync::StaticPermit;
 use pgpilot_protocol::backend::{Authentication, BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
 use pgpilot_protocol::{encode, Frame};
 
 use crate::error::Error;
+use crate::permits::Permit;
 
 /// Backends are trusted; their messages are bounded only by PostgreSQL's own limit.
 pub const MAX_BACKEND_MESSAGE: u32 = 1 << 30;
@@ -53,7 +53,7 @@ pub struct Backend {
     /// Shared prepared statements this connection has (transaction pooling).
     pub prepared: Prepared,
     /// Pool capacity this connection holds while checked out.
-    pub permit: Option<StaticPermit>,
+    pub permit: Option<Permit>,
 }
 
 impl Backend {

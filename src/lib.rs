@@ -38,6 +38,7 @@ pub mod core;
 pub mod demo;
 pub mod error;
 pub mod listener;
+pub mod permits;
 pub mod pool;
 pub mod proxy;
 pub mod router;

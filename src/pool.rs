@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::sync::Semaphore;
-
 use crate::backend::{Backend, Login};
 use crate::error::Error;
+use crate::permits::Permits;
 
 /// Identifies a pool on one core.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,7 +38,7 @@ pub struct Pool {
     addr: Cell<Option<SocketAddr>>,
     idle: RefCell<Vec<Backend>>,
     /// One permit per connection that may be checked out.
-    permits: Rc<Semaphore>,
+    permits: Rc<Permits>,
     idle_timeout: Duration,
     max_lifetime: Duration,
     /// The ParameterStatus set a backend reported after a client parameter set was applied,
@@ -68,7 +67,7 @@ impl Pool {
             password,
             addr: Cell::new(addr),
             idle: RefCell::new(Vec::new()),
-            permits: Rc::new(Semaphore::new(size as u64)),
+            permits: Permits::new(size),
             idle_timeout,
             max_lifetime,
             logins: RefCell::new(HashMap::new()),
@@ -92,22 +91,14 @@ impl Pool {
     /// A clean connection within `wait`: an idle one, or a new one if capacity allows.
     pub async fn checkout(&self, wait: Duration) -> Result<Backend, Error> {
         let deadline = Instant::now() + wait;
-        let permit = match self.permits.try_acquire_static_permit(1) {
-            Ok(p) => p,
-            Err(_) => {
-                let permits = self.permits.clone();
-                glommio::timer::timeout(wait, async move { permits.acquire_static_permit(1).await })
-                    .await
-                    .map_err(|_| {
-                        log::debug!(
-                            "pool {:?}: no permit within {wait:?} ({} idle, {} permits free)",
-                            self.key,
-                            self.idle.borrow().len(),
-                            self.permits.available()
-                        );
-                        Error::PoolTimeout
-                    })?
-            }
+        let Some(permit) = self.permits.acquire(wait).await else {
+            log::debug!(
+                "pool {:?}: no permit within {wait:?} ({} idle, {} waiting)",
+                self.key,
+                self.idle.borrow().len(),
+                self.permits.waiting()
+            );
+            return Err(Error::PoolTimeout);
         };
         let now = Instant::now();
         loop {
