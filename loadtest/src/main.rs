@@ -9,7 +9,7 @@
 // here sleeps (between progress lines) and joins the load threads.
 #![allow(clippy::disallowed_methods)]
 
-use pgpilot_loadtest::{client, report, workload};
+use pgpilot_loadtest::{client, report, run, workload};
 
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;
@@ -149,7 +149,7 @@ impl Run {
                 let cpu_before = report::cpu_ticks(&self.pids, &target.name);
                 let rss_before = report::rss_bytes(&self.pids, &target.name);
                 let sample = || report::rss_bytes(&self.pids, &target.name);
-                let (result, rss_during) = workload::run(target, &self.settings, &sample);
+                let (result, rss_during) = run::run(target, &self.settings, &sample);
                 // Per connection open when sampled: a slow login path (SCRAM keys derived per
                 // login) may leave some of the asked-for clients still connecting.
                 let rss_per_client = rss_during

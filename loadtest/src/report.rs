@@ -2,6 +2,7 @@
 //! ratios to the first target taken round by round, and CPU per 1,000 transactions.
 
 use std::fmt::Write;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
@@ -88,6 +89,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Latency columns, in milliseconds: p50, p90, p99, p99.9 and max.
+fn latency_ms(h: &Histogram<u64>) -> [f64; 5] {
+    let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0]
+}
+
 struct Row {
     name: String,
     tps: f64,
@@ -104,14 +111,11 @@ fn rows(names: &[String], samples: &[Sample]) -> Vec<Row> {
         .iter()
         .map(|name| {
             let mine: Vec<&Sample> = samples.iter().filter(|s| &s.target == name).collect();
-            let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let mut codes = std::collections::BTreeMap::new();
+            let mut all = RunResult::empty(Duration::ZERO);
             for s in &mine {
-                let _ = latency.add(&s.result.latency);
-                for (k, v) in &s.result.errors {
-                    *codes.entry(k.clone()).or_insert(0u64) += v;
-                }
+                all.absorb(&s.result);
             }
+            let (latency, codes) = (all.latency, all.errors);
             // Ratio to the first target, pair by pair within each round, then the median.
             let ratios = mine
                 .iter()
@@ -158,22 +162,22 @@ fn rows(names: &[String], samples: &[Sample]) -> Vec<Row> {
 /// The report as a table, or as JSON with `--json`.
 pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) -> String {
     let rows = rows(names, samples);
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let mut out = String::new();
     if json {
         let items: Vec<String> = rows
             .iter()
             .map(|r| {
+                let [p50, p90, p99, p999, max] = latency_ms(&r.latency);
                 format!(
                     "{{\"target\":\"{}\",\"tps\":{:.1},\"ratio\":{:.4},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"errors\":{},\"cpu_s_per_1000\":{},\"rss_bytes_per_connection\":{}}}",
                     r.name,
                     r.tps,
                     r.ratio,
-                    ms(&r.latency, 0.5),
-                    ms(&r.latency, 0.9),
-                    ms(&r.latency, 0.99),
-                    ms(&r.latency, 0.999),
-                    r.latency.max() as f64 / 1000.0,
+                    p50,
+                    p90,
+                    p99,
+                    p999,
+                    max,
                     r.errors,
                     r.cpu_per_1000.map_or("null".to_owned(), |c| format!("{c:.4}")),
                     r.rss_per_client.map_or("null".to_owned(), |b| format!("{b:.0}"))
@@ -216,17 +220,18 @@ pub fn render(names: &[String], samples: &[Sample], s: &Settings, json: bool) ->
         "B/conn"
     );
     for r in &rows {
+        let [p50, p90, p99, p999, max] = latency_ms(&r.latency);
         let _ = writeln!(
             out,
             "{:<12} {:>10.0} {:>7.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.1} {:>10} {:>8}  {}",
             r.name,
             r.tps,
             r.ratio,
-            ms(&r.latency, 0.5),
-            ms(&r.latency, 0.9),
-            ms(&r.latency, 0.99),
-            ms(&r.latency, 0.999),
-            r.latency.max() as f64 / 1000.0,
+            p50,
+            p90,
+            p99,
+            p999,
+            max,
             r.cpu_per_1000.map_or("-".to_owned(), |c| format!("{c:.4}")),
             r.rss_per_client
                 .map_or("-".to_owned(), |b| format!("{b:.0}")),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use pgpilot_loadtest::client::Target;
 use pgpilot_loadtest::report;
-use pgpilot_loadtest::workload::{self, Settings, Workload};
+use pgpilot_loadtest::run::run;
+use pgpilot_loadtest::workload::{Settings, Workload};
 
 use crate::common::{self, Opts};
 use crate::pgbench::pgbench_data;
@@ -46,7 +47,7 @@ fn every_workload_runs_through_the_proxy_without_errors() {
         Workload::Mixed,
         Workload::Churn,
     ] {
-        let (r, _) = workload::run(&target, &settings(w, 8), &|| None);
+        let (r, _) = run(&target, &settings(w, 8), &|| None);
         assert!(r.errors.is_empty(), "{w:?}: errors {:?}", r.errors);
         assert!(r.transactions > 0, "{w:?}: no transaction completed");
         assert_eq!(
@@ -59,7 +60,7 @@ fn every_workload_runs_through_the_proxy_without_errors() {
     let mut open = settings(Workload::Select, 4);
     open.rate = Some(200.0);
     open.duration = Duration::from_secs(1);
-    let (r, _) = workload::run(&target, &open, &|| None);
+    let (r, _) = run(&target, &open, &|| None);
     assert!(r.errors.is_empty(), "open loop: {:?}", r.errors);
     assert!(
         (120..=260).contains(&r.transactions),
@@ -85,7 +86,7 @@ fn idle_clients_are_held_and_measured() {
     let mut s = settings(Workload::Idle, 200);
     s.warmup = Duration::from_secs(2);
     let sample = || report::rss_bytes(&me, "pgpilot");
-    let (r, during) = workload::run(&target, &s, &sample);
+    let (r, during) = run(&target, &s, &sample);
     assert!(r.errors.is_empty(), "idle: {:?}", r.errors);
     // Every client naps 100 ms at a time: 200 clients complete about 1,200 naps in the 0.7 s
     // window (a nap counts when it starts and ends inside it).
