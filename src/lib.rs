@@ -18,6 +18,7 @@
 //! - [`config`]: the TOML model; `Config::load` → validated, immutable `Config`.
 //! - [`proxy`]: starts the control plane and one executor per core; the handle stops them.
 //! - [`control`]: cluster state, control and core messages, the control-plane loop.
+//! - [`worker`]: a worker core's thread and executor; a worker that dies ends the process.
 //! - [`core`]: one executor's state: pools, sessions (for cancel), control-channel drain.
 //! - [`listener`]: SO_REUSEPORT listeners (socket2) and the accept loop.
 //! - [`session`]: one client: startup and auth, the relay loop, attaching backends.
@@ -43,6 +44,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod session;
+pub mod worker;
 
 pub use config::Config;
 pub use proxy::{Proxy, StartError};

@@ -9,15 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::Placement;
 
 use crate::config::Config;
 use crate::control::{self, ClusterState, ControlMsg, CoreMsg};
 use crate::core::Core;
-use crate::listener;
+use crate::{listener, worker};
 
-/// Memory glommio registers per executor for I/O; a network proxy needs little.
-const IO_MEMORY: usize = 64 * 1024;
 /// glommio refuses to start below this RLIMIT_MEMLOCK.
 const MIN_MEMLOCK: u64 = 512 * 1024;
 /// How long sessions in a transaction may take to finish after shutdown begins.
@@ -60,7 +58,7 @@ pub struct Proxy {
     addr: SocketAddr,
     control: Sender<ControlMsg>,
     control_thread: Option<JoinHandle<()>>,
-    workers: Vec<ExecutorJoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -154,9 +152,8 @@ impl Proxy {
             let _ = t.join();
         }
         for w in self.workers.drain(..) {
-            if let Err(e) = w.join() {
-                log::error!("worker ended with an error: {e}");
-            }
+            // A worker that panicked has ended the process already (see `worker`).
+            let _ = w.join();
         }
     }
 }
@@ -175,24 +172,18 @@ fn spawn_worker(
     placement: Placement,
     listener: std::net::TcpListener,
     rx: crossbeam_channel::Receiver<CoreMsg>,
-) -> Result<ExecutorJoinHandle<()>, StartError> {
-    LocalExecutorBuilder::new(placement)
-        .name(&format!("pgpilot-{id}"))
-        .io_memory(IO_MEMORY)
-        .spawn(move || async move {
-            let core = std::rc::Rc::new(make());
-            glommio::spawn_local(core.clone().drain_control(rx)).detach();
-            glommio::spawn_local(core.clone().reap()).detach();
-            listener::serve(core.clone(), listener).await;
-            let deadline = Instant::now() + SHUTDOWN_GRACE;
-            while core.session_count() > 0 && Instant::now() < deadline {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .map_err(|e| StartError::Worker {
-            core: id,
-            reason: e.to_string(),
-        })
+) -> Result<JoinHandle<()>, StartError> {
+    worker::spawn(format!("pgpilot-{id}"), placement, move || async move {
+        let core = std::rc::Rc::new(make());
+        glommio::spawn_local(core.clone().drain_control(rx)).detach();
+        glommio::spawn_local(core.clone().reap()).detach();
+        listener::serve(core.clone(), listener).await;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while core.session_count() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .map_err(|reason| StartError::Worker { core: id, reason })
 }
 
 /// CPUs this process may run on, from the kernel's view of our affinity mask.

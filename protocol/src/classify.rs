@@ -117,6 +117,11 @@ impl Route {
     }
 }
 
+/// `s` without its first `n` items (empty when it has fewer): the classifier's checked `&s[n..]`.
+fn skip<T>(s: &[T], n: usize) -> &[T] {
+    s.get(n..).unwrap_or_default()
+}
+
 fn is_kw(tok: Option<&Token<'_>>, kw: &str) -> bool {
     matches!(tok, Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()))
 }
@@ -125,9 +130,9 @@ fn is_kw(tok: Option<&Token<'_>>, kw: &str) -> bool {
 /// `/* pgpilot:replica */` (whitespace inside the comment is ignored).
 pub fn hint(sql: &[u8]) -> Option<Target> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    let rest = sql[start..].strip_prefix(b"/*")?;
+    let rest = skip(sql, start).strip_prefix(b"/*")?;
     let end = memchr::memmem::find(rest, b"*/")?;
-    let body = rest[..end].trim_ascii();
+    let body = rest.get(..end)?.trim_ascii();
     if body.eq_ignore_ascii_case(b"pgpilot:primary") {
         Some(Target::Primary)
     } else if body.eq_ignore_ascii_case(b"pgpilot:replica") {
@@ -203,16 +208,16 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
         return Route::replica(Reason::Show);
     }
     if is_kw(first, "copy") {
-        return copy(&tokens[1..], functions);
+        return copy(skip(tokens, 1), functions);
     }
     if ["fetch", "move", "close"].iter().any(|k| is_kw(first, k)) {
         return Route::replica(Reason::Cursor);
     }
     if is_kw(first, "explain") {
-        return explain(&tokens[1..], functions);
+        return explain(skip(tokens, 1), functions);
     }
     if is_kw(first, "begin") || is_kw(first, "start") {
-        return begin(&tokens[1..]);
+        return begin(skip(tokens, 1));
     }
     if ["commit", "end", "rollback", "abort"]
         .iter()
@@ -225,7 +230,7 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
     }
     if first == Some(&Token::LParen) {
         // A parenthesised query: `(SELECT 1) UNION (SELECT 2)`.
-        let inner = &tokens[1..];
+        let inner = skip(tokens, 1);
         if is_kw(inner.first(), "select")
             || is_kw(inner.first(), "values")
             || is_kw(inner.first(), "with")
@@ -252,10 +257,10 @@ fn copy(tokens: &[Token<'_>], functions: &Functions) -> Route {
         let Some(close) = close else {
             return Route::primary(Reason::Write);
         };
-        let inner = statement(&tokens[1..close], functions);
+        let inner = statement(tokens.get(1..close).unwrap_or_default(), functions);
         (
             inner.target == Target::Replica && inner.reason == Reason::PlainRead,
-            &tokens[close + 1..],
+            skip(tokens, close + 1),
         )
     } else {
         // table name, maybe qualified, maybe a column list
@@ -269,12 +274,12 @@ fn copy(tokens: &[Token<'_>], functions: &Functions) -> Route {
             i += 1;
         }
         if tokens.get(i) == Some(&Token::LParen) {
-            match tokens[i..].iter().position(|t| *t == Token::RParen) {
+            match skip(tokens, i).iter().position(|t| *t == Token::RParen) {
                 Some(close) => i += close + 1,
                 None => return Route::primary(Reason::Write),
             }
         }
-        (i > 0, &tokens[i..])
+        (i > 0, skip(tokens, i))
     };
     if source_is_read && is_kw(rest.first(), "to") && is_kw(rest.get(1), "stdout") {
         return Route::replica(Reason::CopyOut);
@@ -329,8 +334,9 @@ fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
             .iter()
             .position(|t| *t == Token::RParen)
             .unwrap_or(rest.len());
-        analyze = rest[..close]
+        analyze = rest
             .iter()
+            .take(close)
             .any(|t| is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse"));
         rest = rest.get(close + 1..).unwrap_or_default();
     } else {
@@ -340,7 +346,7 @@ fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
             } else if !is_kw(Some(t), "verbose") {
                 break;
             }
-            rest = &rest[1..];
+            rest = skip(rest, 1);
         }
     }
     if !analyze {

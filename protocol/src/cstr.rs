@@ -6,8 +6,8 @@ use nom::IResult;
 
 /// A NUL-terminated string: returns the bytes before the NUL and the input after it.
 pub fn cstr(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    match memchr(0, input) {
-        Some(nul) => Ok((&input[nul + 1..], &input[..nul])),
+    match memchr(0, input).and_then(|nul| input.split_at_checked(nul)) {
+        Some((s, rest)) => Ok((rest.get(1..).unwrap_or_default(), s)),
         None => Err(nom::Err::Error(Error::new(input, ErrorKind::TakeUntil))),
     }
 }

@@ -12,7 +12,9 @@ fn tagged(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf.put_u32(0);
     body(buf);
     let msg_len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&msg_len.to_be_bytes());
+    if let Some(word) = buf.get_mut(at..at + 4) {
+        word.copy_from_slice(&msg_len.to_be_bytes());
+    }
 }
 
 /// Appends an untagged startup-phase packet.
@@ -21,7 +23,9 @@ fn untagged(buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     buf.put_u32(0);
     body(buf);
     let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    if let Some(word) = buf.get_mut(at..at + 4) {
+        word.copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &[u8]) {

@@ -70,9 +70,37 @@ pub fn split_frame(buf: &mut BytesMut, max_len: u32) -> Result<Option<Frame>, Pr
     }))
 }
 
+/// A whole message found in a buffer by [`FrameScan`], borrowed, not cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// Where the message starts in the scanned buffer.
+    pub at: usize,
+    /// Its tag and length word.
+    pub header: Header,
+    /// The whole message: tag, length word and body (`header.frame_len()` bytes).
+    pub bytes: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// The message type byte.
+    pub fn tag(&self) -> u8 {
+        self.header.tag
+    }
+
+    /// The body after the tag and length word.
+    pub fn body(&self) -> &'a [u8] {
+        self.bytes.get(5..).unwrap_or_default()
+    }
+
+    /// Where the message ends in the scanned buffer.
+    pub fn end(&self) -> usize {
+        self.at + self.bytes.len()
+    }
+}
+
 /// Walks the whole messages at the front of a buffer without cutting them.
 ///
-/// Yields `(offset, header)` for each complete message; stops at the first incomplete one.
+/// Yields a [`FrameRef`] for each complete message; stops at the first incomplete one.
 /// [`FrameScan::error`] tells whether it stopped on a bad length.
 pub struct FrameScan<'a> {
     buf: &'a [u8],
@@ -103,18 +131,19 @@ impl<'a> FrameScan<'a> {
     }
 }
 
-impl Iterator for FrameScan<'_> {
-    type Item = (usize, Header);
+impl<'a> Iterator for FrameScan<'a> {
+    type Item = FrameRef<'a>;
 
-    fn next(&mut self) -> Option<(usize, Header)> {
+    fn next(&mut self) -> Option<FrameRef<'a>> {
         let rest = self.buf.get(self.pos..)?;
         match Header::peek(rest, self.max_len) {
-            Ok(Some(h)) if rest.len() >= h.frame_len() => {
+            Ok(Some(header)) => {
+                let bytes = rest.get(..header.frame_len())?;
                 let at = self.pos;
-                self.pos += h.frame_len();
-                Some((at, h))
+                self.pos += bytes.len();
+                Some(FrameRef { at, header, bytes })
             }
-            Ok(_) => None,
+            Ok(None) => None,
             Err(e) => {
                 self.error = Some(e);
                 None
@@ -194,8 +223,9 @@ mod tests {
     fn scan_stops_at_the_first_partial_frame() {
         let wire = [b'S', 0, 0, 0, 4, b'H', 0, 0, 0, 4, b'Q', 0, 0];
         let mut scan = FrameScan::new(&wire, MAX);
-        assert_eq!(scan.next().map(|(at, h)| (at, h.tag)), Some((0, b'S')));
-        assert_eq!(scan.next().map(|(at, h)| (at, h.tag)), Some((5, b'H')));
+        assert_eq!(scan.next().map(|f| (f.at, f.tag())), Some((0, b'S')));
+        let h = scan.next().unwrap();
+        assert_eq!((h.at, h.tag(), h.body(), h.end()), (5, b'H', &[][..], 10));
         assert_eq!(scan.next(), None);
         assert_eq!(scan.position(), 10);
         assert_eq!(scan.error(), None);

@@ -230,6 +230,41 @@ pub fn statement_of(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     Ok((name, query))
 }
 
+/// The SQL text of a Query body without its NUL; the string must end the message.
+pub fn query_sql(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    match cstr(body) {
+        Ok((&[], sql)) => Ok(sql),
+        _ => Err(ProtocolError::Malformed {
+            tag: b'Q',
+            what: "invalid string in Query message",
+        }),
+    }
+}
+
+/// The statement a Bind body names (after its portal name).
+pub fn bind_statement(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    let bad = ProtocolError::Malformed {
+        tag: b'B',
+        what: "bad Bind",
+    };
+    let (rest, _portal) = cstr(body).map_err(|_| bad)?;
+    cstr(rest).map(|(_, statement)| statement).map_err(|_| bad)
+}
+
+/// What a Describe or Close body names: `(b'S', statement)` or `(b'P', portal)`.
+pub fn describe_target(tag: u8, body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
+    let bad = ProtocolError::Malformed {
+        tag,
+        what: "bad Describe or Close",
+    };
+    match body.split_first() {
+        Some((&kind @ (b'S' | b'P'), rest)) => {
+            cstr(rest).map(|(_, name)| (kind, name)).map_err(|_| bad)
+        }
+        _ => Err(bad),
+    }
+}
+
 /// Parameter type count of a Parse body, without decoding the types.
 pub fn parse_param_count(body: &[u8]) -> Option<u16> {
     let (rest, _) = cstr(body).ok()?;
@@ -240,6 +275,23 @@ pub fn parse_param_count(body: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_views_refuse_what_postgres_refuses() {
+        assert_eq!(query_sql(b"SELECT 1\0"), Ok(&b"SELECT 1"[..]));
+        assert_eq!(query_sql(b"\0"), Ok(&b""[..]));
+        for bad in [&b""[..], b"SELECT 1", b"SELECT 1\0junk"] {
+            assert!(query_sql(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(bind_statement(b"p\0s1\0\0\0"), Ok(&b"s1"[..]));
+        assert!(bind_statement(b"p\0s1").is_err());
+        assert!(bind_statement(b"").is_err());
+        assert_eq!(describe_target(b'D', b"Ss1\0"), Ok((b'S', &b"s1"[..])));
+        assert_eq!(describe_target(b'C', b"P\0"), Ok((b'P', &b""[..])));
+        for bad in [&b""[..], b"X\0", b"S", b"Sname"] {
+            assert!(describe_target(b'D', bad).is_err(), "{bad:?}");
+        }
+    }
     use crate::encode;
     use crate::frame::split_frame;
     use bytes::BytesMut;

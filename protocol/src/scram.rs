@@ -107,7 +107,10 @@ impl ScramSecret {
 fn attrs(msg: &str) -> impl Iterator<Item = (u8, &str)> {
     msg.split(',').filter_map(|a| {
         let (k, v) = a.split_once('=')?;
-        (k.len() == 1).then(|| (k.as_bytes()[0], v))
+        match k.as_bytes() {
+            &[key] => Some((key, v)),
+            _ => None,
+        }
     })
 }
 

@@ -8,8 +8,7 @@ use pgpilot_protocol::classify::{
 };
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
-use pgpilot_protocol::frontend::statement_of;
-use pgpilot_protocol::Header;
+use pgpilot_protocol::frontend::{query_sql, statement_of, FrontendTag};
 
 use super::login::intern_code;
 use super::unit::Unit;
@@ -31,9 +30,11 @@ impl Session {
 
     /// The SQL of a unit that is one simple Query.
     pub(super) fn lone_query(&self, unit: &Unit) -> Option<&[u8]> {
-        let frame = self.cbuf.get(..unit.len)?;
-        let h = Header::peek(frame, self.max_message).ok().flatten()?;
-        (h.tag == b'Q' && h.frame_len() == unit.len).then(|| &frame[5..frame.len() - 1])
+        let frame = FrameScan::new(self.cbuf.get(..unit.len)?, self.max_message).next()?;
+        if frame.tag() != FrontendTag::Query as u8 || frame.end() != unit.len {
+            return None;
+        }
+        query_sql(frame.body()).ok()
     }
 
     /// A plain BEGIN is held, and answered here, until the next statement shows whether the
@@ -104,11 +105,11 @@ impl Session {
             return None;
         }
         let mut parses = 0;
-        for (at, h) in FrameScan::new(&self.cbuf[..unit.len], self.max_message) {
-            match h.tag {
-                b'S' => return Some(parses),
-                b'P' if statement_of(&self.cbuf[at + 5..at + h.frame_len()])
-                    .is_ok_and(|(n, _)| !n.is_empty()) =>
+        for frame in FrameScan::new(self.cbuf.get(..unit.len)?, self.max_message) {
+            match FrontendTag::try_from(frame.tag()) {
+                Ok(FrontendTag::Sync) => return Some(parses),
+                Ok(FrontendTag::Parse)
+                    if statement_of(frame.body()).is_ok_and(|(n, _)| !n.is_empty()) =>
                 {
                     parses += 1
                 }
@@ -122,14 +123,9 @@ impl Session {
     /// ALL` when nothing SQL-level was prepared): the client's name is forgotten and the proxy
     /// answers, since the backend knows the statement by another name and shares it.
     pub(super) async fn answer_deallocate(&mut self, unit: &Unit) -> Result<bool, Error> {
-        let frame = &self.cbuf[..unit.len];
-        let Some(h) = Header::peek(frame, self.max_message).ok().flatten() else {
+        let Some(sql) = self.lone_query(unit) else {
             return Ok(false);
         };
-        if h.frame_len() != unit.len {
-            return Ok(false);
-        }
-        let sql = &frame[5..frame.len() - 1];
         let tag: &[u8] = match deallocate(sql) {
             Some(Deallocate::Name(name)) if self.statements.remove(name.as_slice()).is_some() => {
                 b"DEALLOCATE"

@@ -1,3 +1,5 @@
+#![deny(clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 //! One client connection from accept to close.
 //!
 //! `startup` reads the startup packet, `auth` checks the client, `login` sends the first
@@ -21,8 +23,11 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{SettingChange, Target};
@@ -35,6 +40,9 @@ use crate::error::Error;
 use crate::pool::Pool;
 
 pub use params::Gucs;
+
+/// How long a session that panicked may take to tell its client so.
+const PANIC_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 use statements::{Slot, Stmt};
 
 /// A backend serving this session right now, and where its protocol state stands.
@@ -125,12 +133,31 @@ pub struct Session {
     view_version: u64,
     /// The backend query to cancel on CancelRequest.
     cancel: Rc<Cell<Option<CancelTarget>>>,
+    /// Released last, when the session is dropped (also by a panic unwinding it).
+    _admission: Admission,
+}
+
+/// What a client holds in its core from admission on: its place in `max_client_connections`
+/// and, once it has a BackendKeyData, its cancel registry entry. Dropping it gives both back,
+/// however the session ends; a panic included.
+struct Admission {
+    core: Rc<Core>,
+    pid: Option<u32>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            self.core.unregister_session(pid);
+        }
+        self.core.release_client();
+    }
 }
 
 /// The message tags in a buffer of whole frames, for trace logs.
 fn tags(buf: &[u8]) -> String {
     pgpilot_protocol::frame::FrameScan::new(buf, u32::MAX)
-        .map(|(_, h)| h.tag as char)
+        .map(|f| f.tag() as char)
         .collect()
 }
 
@@ -138,18 +165,62 @@ fn tags(buf: &[u8]) -> String {
 ///
 /// Not an `async fn`: its arguments would stay in the task's future for the session's whole
 /// life. They move into the boxed startup at once, which is freed once the session runs.
+///
+/// A panic inside the session ends this session alone: it is caught here and logged, and
+/// dropping the session closes its backends (never pooled: their state is unknown) and gives
+/// back its client slot, cancel entry and pool permits.
 pub fn run(core: Rc<Core>, client: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = client.set_nodelay(true);
-    let startup = Box::pin(startup::start(core, client));
+    let startup = Box::pin(contain(
+        || "client startup".to_owned(),
+        startup::start(core, client),
+    ));
     async move {
-        let Some(session) = startup.await else {
+        let Some(Some(session)) = startup.await else {
             return;
         };
         // On the heap, and the ending boxed too: while the session idles, the task's own
         // future holds little more than the relay's wait.
         let mut session = Box::new(session);
-        let result = session.relay().await;
-        Box::pin(session.end(result)).await;
+        let pid = session.pid;
+        let served = contain(|| format!("session={pid}"), async {
+            let result = session.relay().await;
+            Box::pin(session.end(result)).await;
+        })
+        .await;
+        if served.is_none() {
+            Box::pin(session.tell_internal_error()).await;
+        }
+    }
+}
+
+/// Runs `work`; a panic that escapes it is caught and logged, and `None` returned. Whatever
+/// `work` owned has been dropped by then (its drop guards have run).
+async fn contain<T>(
+    who: impl Fn() -> String,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            log::error!(
+                "{} panicked: {}; it alone ends, its backends are closed, not pooled",
+                who(),
+                panic_message(&*panic)
+            );
+            None
+        }
+    }
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
     }
 }
 
@@ -232,7 +303,65 @@ impl Session {
             self.give_back(att).await;
         }
         let _ = self.client.close().await;
-        self.core.unregister_session(self.pid);
-        self.core.release_client();
+    }
+
+    /// After a panic: tells the client as PostgreSQL tells it of an internal error, without
+    /// waiting long for a client that does not read. The backends are dropped with the session.
+    async fn tell_internal_error(&mut self) {
+        self.out.clear();
+        encode::error_response(
+            &mut self.out,
+            &ErrorFields::fatal("XX000", "internal error in pgpilot; the session is closed"),
+        );
+        let out = std::mem::take(&mut self.out);
+        let _ = glommio::timer::timeout(PANIC_WRITE_TIMEOUT, async {
+            let _ = self.client.write_all(&out).await;
+            Ok(())
+        })
+        .await;
+        let _ = self.client.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::contain;
+
+    /// Sets its flag when dropped, as the session's drop guards release what they hold.
+    struct Guard(Rc<Cell<bool>>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    #[test]
+    fn a_panicking_session_ends_alone_and_releases_what_it_held() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("an executor");
+        ex.run(async {
+            let released = Rc::new(Cell::new(false));
+            let guard = Guard(released.clone());
+            let bad = glommio::spawn_local(contain(|| "session=1".to_owned(), async move {
+                let _held = guard;
+                glommio::yield_if_needed().await;
+                let frame: &[u8] = &[b'Q', 0, 0, 0, 4];
+                // What the old relay did to an empty Query: slice past the end.
+                frame.get(5..frame.len() - 1).expect("a body");
+                1
+            }));
+            let good = glommio::spawn_local(contain(|| "session=2".to_owned(), async { 2 }));
+            assert_eq!(bad.await, None, "the panic is caught");
+            assert!(released.get(), "the panicking session's guards ran");
+            assert_eq!(good.await, Some(2), "the other session is served");
+            // The executor is still alive and serves new work.
+            let after = glommio::spawn_local(async { 3 }).await;
+            assert_eq!(after, 3);
+        });
     }
 }

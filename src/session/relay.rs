@@ -276,7 +276,7 @@ fn poll_fill(
         let mut first = [0u8; IDLE_READ];
         let result = Pin::new(stream).poll_read(cx, &mut first);
         if let Poll::Ready(Ok(n)) = result {
-            buf.extend_from_slice(&first[..n]);
+            buf.extend_from_slice(first.get(..n).unwrap_or_default());
         }
         return result;
     }
@@ -286,7 +286,7 @@ fn poll_fill(
     }
     let room = (buf.capacity() - start).min(MAX_READ);
     buf.resize(start + room, 0);
-    let result = Pin::new(stream).poll_read(cx, &mut buf[start..]);
+    let result = Pin::new(stream).poll_read(cx, buf.get_mut(start..).unwrap_or_default());
     let n = match &result {
         Poll::Ready(Ok(n)) => *n,
         _ => 0,

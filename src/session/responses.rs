@@ -79,12 +79,16 @@ impl Attached {
         let mut consumed = 0;
         let rbuf = &self.backend.rbuf;
         let mut scan = FrameScan::new(rbuf, MAX_BACKEND_MESSAGE);
-        for (at, h) in &mut scan {
-            let frame = &rbuf[at..at + h.frame_len()];
-            match h.tag {
+        for f in &mut scan {
+            let (at, frame) = (f.at, f.bytes);
+            match f.tag() {
                 b'Z' => {
                     self.pending = self.pending.saturating_sub(1);
-                    let status = frame.get(5).copied().and_then(TransactionStatus::from_byte);
+                    let status = f
+                        .body()
+                        .first()
+                        .copied()
+                        .and_then(TransactionStatus::from_byte);
                     self.status = status.unwrap_or(TransactionStatus::Failed);
                     if self.pending == 0 && self.changes.is_some() {
                         self.changes_settled = Some(self.status);
@@ -102,12 +106,12 @@ impl Attached {
                 _ => {}
             }
             let mut keep = true;
-            if tracked && !matches!(h.tag, b'N' | b'A' | b'S') {
+            if tracked && !matches!(f.tag(), b'N' | b'A' | b'S') {
                 while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
                 {
                     if let Slot::Fake(tag) = slot {
                         if !changed {
-                            out.put_slice(&rbuf[..at]);
+                            out.put_slice(rbuf.get(..at).unwrap_or_default());
                             changed = true;
                         }
                         put_fake(&mut out, tag);
@@ -119,17 +123,17 @@ impl Attached {
                     prepared: &mut self.backend.prepared,
                     skipping: &mut self.skipping,
                 };
-                keep = q.follow(h.tag, &mut self.pending, &mut self.copy_in);
+                keep = q.follow(f.tag(), &mut self.pending, &mut self.copy_in);
             }
             if keep {
                 if changed {
                     out.put_slice(frame);
                 }
             } else if !changed {
-                out.put_slice(&rbuf[..at]);
+                out.put_slice(rbuf.get(..at).unwrap_or_default());
                 changed = true;
             }
-            consumed = at + h.frame_len();
+            consumed = f.end();
         }
         if let Some(e) = scan.error() {
             return Err(e);

@@ -14,7 +14,7 @@ use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::startup::{self, StartupPacket};
 use pgpilot_protocol::Frame;
 
-use super::{Gucs, Session};
+use super::{Admission, Gucs, Session};
 use crate::config::RuleTarget;
 use crate::core::Core;
 
@@ -45,7 +45,11 @@ impl Conn {
     async fn fill(&mut self) -> Result<(), Refusal> {
         let start = self.buf.len();
         self.buf.resize(start + 1024, 0);
-        let n = self.stream.read(&mut self.buf[start..]).await.unwrap_or(0);
+        let n = self
+            .stream
+            .read(self.buf.get_mut(start..).unwrap_or_default())
+            .await
+            .unwrap_or(0);
         self.buf.truncate(start + n);
         if n == 0 {
             return Err(Refusal::Silent);
@@ -91,6 +95,8 @@ impl Conn {
 
 /// What a successful handshake established.
 struct Startup {
+    /// The client's place in `max_client_connections`, held from admission on.
+    admission: Admission,
     user: Rc<str>,
     database: Rc<str>,
     gucs: Gucs,
@@ -127,6 +133,8 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
     };
     let cancel = Rc::new(Cell::new(None));
     let (pid, secret) = core.register_session(cancel.clone());
+    let mut admission = st.admission;
+    admission.pid = Some(pid);
     let gucs = Rc::new(st.gucs);
     let mut session = Session {
         core: core.clone(),
@@ -155,6 +163,7 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
         view: Rc::new(Vec::new()),
         view_version: u64::MAX,
         cancel,
+        _admission: admission,
     };
     session.note_gucs();
     match session.login(secret).await {
@@ -192,8 +201,12 @@ async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal>
     if !core.admit_client() {
         return Err(ErrorFields::fatal("53300", "sorry, too many clients already").into());
     }
-    // From here on the client is counted; every exit path must release it.
-    let admitted = Admitted(core.clone());
+    // From here on the client is counted; the admission releases it however startup or the
+    // session ends.
+    let admission = Admission {
+        core: core.clone(),
+        pid: None,
+    };
     let user = msg.param("user").filter(|u| !u.is_empty());
     let user = user.ok_or_else(|| {
         ErrorFields::fatal(
@@ -240,21 +253,11 @@ async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal>
             RuleTarget::Replica => Target::Replica,
         });
     let st = Startup {
+        admission,
         user: user.into(),
         database: database.into(),
         gucs,
         rule,
     };
-    // The session now owns the client count; `Session::finish` releases it.
-    std::mem::forget(admitted);
     Ok(st)
-}
-
-/// Releases the client count if startup fails after admission.
-struct Admitted(Rc<Core>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.release_client();
-    }
 }

@@ -14,7 +14,7 @@ use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::frame::FrameScan;
 
 use crate::backend::Prepared;
-use pgpilot_protocol::frontend::statement_of;
+use pgpilot_protocol::frontend::{describe_target, statement_of};
 
 /// A client's named statement.
 pub(super) struct Stmt {
@@ -31,7 +31,7 @@ impl Stmt {
     /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
     /// the meaning of the same text (search_path) from sharing a backend statement.
     pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
-        let rest = &body[name_len + 1..];
+        let rest = body.get(name_len + 1..).unwrap_or_default();
         let mut h = DefaultHasher::new();
         scope.hash(&mut h);
         rest.hash(&mut h);
@@ -83,8 +83,13 @@ impl Slot {
 /// The backend's name for a shared statement.
 fn backend_name(hash: u64) -> [u8; 24] {
     let mut name = *b"pgpilot_0000000000000000";
-    for (i, b) in name[8..].iter_mut().enumerate() {
-        *b = b"0123456789abcdef"[((hash >> (60 - 4 * i)) & 0xf) as usize];
+    for (i, b) in name.iter_mut().skip(8).enumerate() {
+        let nibble = ((hash >> (60 - 4 * i)) & 0xf) as u8;
+        *b = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
     }
     name
 }
@@ -146,18 +151,16 @@ impl Rewrite<'_> {
     pub fn unit(&mut self, unit: Bytes, stmts: &mut HashMap<Bytes, Stmt>) -> Bytes {
         let mut out = BytesMut::new();
         let mut changed = false;
-        for (at, h) in FrameScan::new(&unit, u32::MAX) {
-            let frame = &unit[at..at + h.frame_len()];
-            let body = &frame[5..];
+        for frame in FrameScan::new(&unit, u32::MAX) {
             let start = out.len();
-            let same = self.frame(h.tag, body, stmts, &mut out);
+            let same = self.frame(frame.tag(), frame.body(), stmts, &mut out);
             if same {
                 if changed {
-                    out.put_slice(frame);
+                    out.put_slice(frame.bytes);
                 }
             } else if !changed {
                 let made = out.split_off(start);
-                out.put_slice(&unit[..at]);
+                out.put_slice(unit.get(..frame.at).unwrap_or_default());
                 out.unsplit(made);
                 changed = true;
             }
@@ -252,7 +255,10 @@ impl Rewrite<'_> {
         stmts: &mut HashMap<Bytes, Stmt>,
         out: &mut BytesMut,
     ) -> bool {
-        let name = body[1..].split(|&b| b == 0).next().unwrap_or_default();
+        let name = match describe_target(tag, body) {
+            Ok((b'S', name)) => name,
+            _ => b"",
+        };
         if name.is_empty() {
             self.push(Slot::Pass(tag));
             return true;
@@ -293,10 +299,16 @@ fn put_tagged(out: &mut BytesMut, tag: u8, body: &[u8]) {
 
 /// Portal name, statement name and the rest of a Bind body.
 fn split_bind(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let p = body.iter().position(|&b| b == 0)?;
-    let rest = &body[p + 1..];
-    let s = rest.iter().position(|&b| b == 0)?;
-    Some((&body[..p], &rest[..s], &rest[s + 1..]))
+    let (portal, rest) = split_cstr(body)?;
+    let (statement, rest) = split_cstr(rest)?;
+    Some((portal, statement, rest))
+}
+
+/// A C string and what follows its NUL.
+fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = b.iter().position(|&c| c == 0)?;
+    let (s, rest) = b.split_at_checked(nul)?;
+    Some((s, rest.get(1..)?))
 }
 
 /// Copy-in began (CopyInResponse) for the message at the head of `slots`: the Syncs sent after

@@ -8,7 +8,9 @@ use pgpilot_protocol::classify::{
     SessionEffect, SettingChange, Target,
 };
 use pgpilot_protocol::frame::FrameScan;
-use pgpilot_protocol::frontend::statement_of;
+use pgpilot_protocol::frontend::{
+    bind_statement, describe_target, query_sql, statement_of, FrontendTag,
+};
 use pgpilot_protocol::ProtocolError;
 
 use super::statements::Stmt;
@@ -93,13 +95,13 @@ impl Session {
         let mut target = None;
         let functions = &*Core::functions_for(&self.core, &self.user, &self.database);
         let mut scan = FrameScan::new(&self.cbuf, self.max_message);
-        for (at, h) in &mut scan {
-            let frame = &self.cbuf[at..at + h.frame_len()];
-            let body = &frame[5..];
-            match h.tag {
-                b'X' | b'p' => break,
-                b'Q' => {
-                    let sql = body.strip_suffix(&[0]).unwrap_or(body);
+        for frame in &mut scan {
+            let body = frame.body();
+            let tag = FrontendTag::try_from(frame.tag()).map_err(Error::Client)?;
+            match tag {
+                FrontendTag::Terminate | FrontendTag::Password => break,
+                FrontendTag::Query => {
+                    let sql = query_sql(body).map_err(Error::Client)?;
                     let (mut route, effect) = analyze(sql, functions);
                     if self.read_only_default && lone_default_begin(sql) {
                         // The session's default_transaction_read_only makes this block read-only.
@@ -113,16 +115,16 @@ impl Session {
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
-                b'F' => {
+                FrontendTag::FunctionCall => {
                     target = join(target, Target::Primary);
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
-                b'S' => {
+                FrontendTag::Sync => {
                     unit.rfqs += 1;
                     unit.complete = true;
                 }
-                b'P' => {
+                FrontendTag::Parse => {
                     let (name, query) = statement_of(body).map_err(Error::Client)?;
                     let (route, effect) = analyze(query, functions);
                     let t = route.target;
@@ -138,15 +140,18 @@ impl Session {
                     }
                     target = join(target, t);
                 }
-                b'B' | b'D' | b'C' => {
-                    if let Some(t) = self.statement_route(h.tag, body) {
+                FrontendTag::Bind | FrontendTag::Describe | FrontendTag::Close => {
+                    if let Some(t) = self.statement_route(tag, body).map_err(Error::Client)? {
                         target = join(target, t);
                     }
                 }
-                b'E' | b'H' | b'd' | b'c' | b'f' => {}
-                tag => return Err(Error::Client(ProtocolError::UnknownTag { tag })),
+                FrontendTag::Execute
+                | FrontendTag::Flush
+                | FrontendTag::CopyData
+                | FrontendTag::CopyDone
+                | FrontendTag::CopyFail => {}
             }
-            unit.len = at + h.frame_len();
+            unit.len = frame.end();
             if unit.complete {
                 break;
             }
@@ -172,24 +177,26 @@ impl Session {
     }
 
     /// The route of the statement a Bind, Describe or Close names (portals have none).
-    pub(super) fn statement_route(&self, tag: u8, body: &[u8]) -> Option<Target> {
+    pub(super) fn statement_route(
+        &self,
+        tag: FrontendTag,
+        body: &[u8],
+    ) -> Result<Option<Target>, ProtocolError> {
         let name = match tag {
-            b'B' => {
-                let portal_end = memchr_nul(body)?;
-                let rest = &body[portal_end + 1..];
-                &rest[..memchr_nul(rest)?]
-            }
-            _ if body.first() == Some(&b'S') => &body[1..1 + memchr_nul(&body[1..])?],
-            _ => return None,
+            FrontendTag::Bind => bind_statement(body)?,
+            _ => match describe_target(tag as u8, body)? {
+                (b'S', name) => name,
+                _ => return Ok(None),
+            },
         };
         if name.is_empty() {
-            return Some(self.unnamed);
+            return Ok(Some(self.unnamed));
         }
-        Some(
+        Ok(Some(
             self.statements
                 .get(name)
                 .map_or(Target::Primary, |s| s.target),
-        )
+        ))
     }
 
     /// A unit that changes session state leaves its backend in a state no other client may
@@ -233,8 +240,4 @@ impl Session {
             );
         }
     }
-}
-
-fn memchr_nul(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == 0)
 }

@@ -47,17 +47,15 @@ pub(super) fn statement_effect(tokens: &[Token<'_>]) -> SessionEffect {
     let has = |a: &str, b: &str| {
         tokens
             .windows(2)
-            .any(|w| is_kw(Some(&w[0]), a) && is_kw(Some(&w[1]), b))
+            .any(|w| is_kw(w.first(), a) && is_kw(w.get(1), b))
     };
     let calls_lock = tokens.windows(2).any(|w| {
-        let name = match w[0] {
-            Token::Word(n) | Token::Quoted(n) => n,
-            _ => return false,
+        let [Token::Word(name) | Token::Quoted(name), Token::LParen] = w else {
+            return false;
         };
-        w[1] == Token::LParen
-            && SESSION_LOCK_FUNCTIONS
-                .iter()
-                .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+        SESSION_LOCK_FUNCTIONS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
     });
     if is_kw(first, "listen") || is_kw(first, "prepare") || calls_lock {
         return SessionEffect::Pin;

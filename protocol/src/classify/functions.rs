@@ -27,8 +27,10 @@ const WRITE_FUNCTIONS: &[&str] = &[
 ];
 
 fn is_builtin_write_function(name: &[u8]) -> bool {
-    let lower =
-        |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    let lower = |p: &str| {
+        name.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+    };
     lower("pg_advisory")
         || lower("pg_try_advisory")
         || WRITE_FUNCTIONS

@@ -52,6 +52,16 @@ impl<'a> Lexer<'a> {
         self.sql.get(self.pos + i).copied()
     }
 
+    /// The text from `from` on (empty past the end).
+    fn from(&self, from: usize) -> &'a [u8] {
+        self.sql.get(from..).unwrap_or_default()
+    }
+
+    /// The text between two positions (empty if they are out of order or past the end).
+    fn span(&self, start: usize, end: usize) -> &'a [u8] {
+        self.sql.get(start..end).unwrap_or_default()
+    }
+
     /// Moves past the end of the text, marking it unparsable.
     fn give_up(&mut self) {
         self.pos = self.sql.len();
@@ -60,14 +70,14 @@ impl<'a> Lexer<'a> {
 
     fn skip_block_comment(&mut self) {
         let mut depth = 0usize;
-        while let Some(i) = memchr2(b'*', b'/', &self.sql[self.pos..]) {
+        while let Some(i) = memchr2(b'*', b'/', self.from(self.pos)) {
             let at = self.pos + i;
-            match (self.sql[at], self.sql.get(at + 1)) {
-                (b'/', Some(b'*')) => {
+            match (self.sql.get(at), self.sql.get(at + 1)) {
+                (Some(b'/'), Some(b'*')) => {
                     depth += 1;
                     self.pos = at + 2;
                 }
-                (b'*', Some(b'/')) => {
+                (Some(b'*'), Some(b'/')) => {
                     depth -= 1;
                     self.pos = at + 2;
                     if depth == 0 {
@@ -85,7 +95,7 @@ impl<'a> Lexer<'a> {
     fn skip_quoted(&mut self, quote: u8, backslash: bool) {
         self.pos += 1;
         loop {
-            let rest = &self.sql[self.pos..];
+            let rest = self.from(self.pos);
             let found = if backslash {
                 memchr2(quote, b'\\', rest)
             } else {
@@ -95,7 +105,7 @@ impl<'a> Lexer<'a> {
                 return self.give_up();
             };
             let at = self.pos + i;
-            if self.sql[at] == b'\\' || self.sql.get(at + 1) == Some(&quote) {
+            if self.sql.get(at) == Some(&b'\\') || self.sql.get(at + 1) == Some(&quote) {
                 self.pos = at + 2;
             } else {
                 self.pos = at + 1;
@@ -123,8 +133,8 @@ impl<'a> Lexer<'a> {
         if self.sql.get(end) != Some(&b'$') {
             return false;
         }
-        let tag = &self.sql[start..=end];
-        match memmem::find(&self.sql[end + 1..], tag) {
+        let tag = self.span(start, end + 1);
+        match memmem::find(self.from(end + 1), tag) {
             Some(i) => self.pos = end + 1 + i + tag.len(),
             None => self.give_up(),
         }
@@ -149,7 +159,7 @@ impl<'a> Lexer<'a> {
         let token = self.next_token()?;
         Some((
             token,
-            &self.sql[self.token_start..self.pos.min(self.sql.len())],
+            self.span(self.token_start, self.pos.min(self.sql.len())),
         ))
     }
 
@@ -159,7 +169,7 @@ impl<'a> Lexer<'a> {
             let b = self.at(0)?;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos += 1,
-                b'-' if self.at(1) == Some(b'-') => match memchr(b'\n', &self.sql[self.pos..]) {
+                b'-' if self.at(1) == Some(b'-') => match memchr(b'\n', self.from(self.pos)) {
                     Some(i) => self.pos += i + 1,
                     None => self.pos = self.sql.len(),
                 },
@@ -172,7 +182,7 @@ impl<'a> Lexer<'a> {
                     let start = self.pos + 1;
                     self.skip_quoted(b'"', false);
                     let end = self.pos.saturating_sub(1).max(start);
-                    return Some(Token::Quoted(&self.sql[start..end]));
+                    return Some(Token::Quoted(self.span(start, end)));
                 }
                 b'$' if self.at(1).is_some_and(|c| c.is_ascii_digit()) => {
                     self.pos += 1;
@@ -217,11 +227,11 @@ impl<'a> Lexer<'a> {
         while self.at(0).is_some_and(is_ident_char) {
             self.pos += 1;
         }
-        let word = &self.sql[start..self.pos];
+        let word = self.span(start, self.pos);
         // String constants with a prefix: E'…' (backslash escapes), B'…', X'…', N'…', U&'…'.
-        if self.at(0) == Some(b'\'') && word.len() == 1 {
-            let escapes = word[0].eq_ignore_ascii_case(&b'e');
-            if escapes || b"bBxXnN".contains(&word[0]) {
+        if let (Some(b'\''), &[prefix]) = (self.at(0), word) {
+            let escapes = prefix.eq_ignore_ascii_case(&b'e');
+            if escapes || b"bBxXnN".contains(&prefix) {
                 self.skip_quoted(b'\'', escapes);
                 return Token::Literal;
             }
@@ -231,8 +241,9 @@ impl<'a> Lexer<'a> {
             && matches!(self.at(1), Some(b'\'' | b'"'))
         {
             self.pos += 1;
-            let quote = self.sql[self.pos];
-            self.skip_quoted(quote, false);
+            if let Some(quote) = self.at(0) {
+                self.skip_quoted(quote, false);
+            }
             return Token::Literal;
         }
         Token::Word(word)

@@ -3,6 +3,7 @@
 //! the caller keeps the client on its backend instead.
 
 use super::lexer::{Lexer, Token};
+use super::skip;
 
 /// A token with its text as written.
 type Spanned<'t> = (Token<'t>, &'t [u8]);
@@ -69,9 +70,9 @@ pub fn deallocate(sql: &[u8]) -> Option<Deallocate> {
         return None;
     }
     let rest = if kw(tokens.get(1), "prepare") {
-        &tokens[2..]
+        skip(&tokens, 2)
     } else {
-        &tokens[1..]
+        skip(&tokens, 1)
     };
     match rest {
         [Token::Word(w)] if w.eq_ignore_ascii_case(b"all") => Some(Deallocate::All),
@@ -121,7 +122,7 @@ fn statement(stmt: &[Spanned<'_>]) -> Option<Option<SettingChange>> {
         _ if word(rest.first(), "reset") => true,
         _ => return Some(None),
     };
-    rest = &rest[1..];
+    rest = skip(rest, 1);
     if !reset
         && ["local", "transaction", "constraints"]
             .iter()
@@ -130,7 +131,7 @@ fn statement(stmt: &[Spanned<'_>]) -> Option<Option<SettingChange>> {
         return Some(None);
     }
     if !reset && word(rest.first(), "session") {
-        rest = &rest[1..];
+        rest = skip(rest, 1);
     }
     let (name, after) = parameter(rest)?;
     if reset {
@@ -143,8 +144,8 @@ fn statement(stmt: &[Spanned<'_>]) -> Option<Option<SettingChange>> {
         });
     }
     let after = match after.first() {
-        Some((Token::Op, b"=")) => &after[1..],
-        _ if word(after.first(), "to") => &after[1..],
+        Some((Token::Op, b"=")) => skip(after, 1),
+        _ if word(after.first(), "to") => skip(after, 1),
         _ if ["timezone", "search_path", "client_encoding", "xmloption"]
             .contains(&name.as_str()) =>
         {
@@ -169,14 +170,14 @@ fn statement(stmt: &[Spanned<'_>]) -> Option<Option<SettingChange>> {
 /// to the parameter they set.
 fn parameter<'a, 'b>(rest: &'a [Spanned<'b>]) -> Option<(String, &'a [Spanned<'b>])> {
     if word(rest.first(), "time") && word(rest.get(1), "zone") {
-        return Some(("timezone".into(), &rest[2..]));
+        return Some(("timezone".into(), skip(rest, 2)));
     }
     if word(rest.first(), "xml") && word(rest.get(1), "option") {
-        return Some(("xmloption".into(), &rest[2..]));
+        return Some(("xmloption".into(), skip(rest, 2)));
     }
     for (kw, param) in [("schema", "search_path"), ("names", "client_encoding")] {
         if word(rest.first(), kw) {
-            return Some((param.into(), &rest[1..]));
+            return Some((param.into(), skip(rest, 1)));
         }
     }
     if ["role", "session", "authorization"]
@@ -200,7 +201,7 @@ fn parameter<'a, 'b>(rest: &'a [Spanned<'b>]) -> Option<(String, &'a [Spanned<'b
             name.push('.');
             i += 1;
         } else {
-            return Some((name, &rest[i..]));
+            return Some((name, skip(rest, i)));
         }
     }
 }

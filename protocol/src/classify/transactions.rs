@@ -2,7 +2,7 @@
 //! SET TRANSACTION forms the session acts on.
 
 use super::lexer::{Lexer, Token};
-use super::{is_kw, Reason, Route};
+use super::{is_kw, skip, Reason, Route};
 
 /// Whether the text is one `BEGIN` / `START TRANSACTION` that leaves the access mode and
 /// isolation to the session's defaults.
@@ -63,7 +63,7 @@ pub fn set_transaction_read_only(sql: &[u8]) -> bool {
     }
     is_kw(tokens.first(), "set")
         && is_kw(tokens.get(1), "transaction")
-        && begin(&tokens[2..]) == Route::replica(Reason::ReadOnlyTransaction)
+        && begin(skip(&tokens, 2)) == Route::replica(Reason::ReadOnlyTransaction)
 }
 
 /// BEGIN / START TRANSACTION: a replica may take a READ ONLY block, unless it is SERIALIZABLE

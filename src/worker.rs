@@ -1,0 +1,127 @@
+//! The thread of one worker core: it builds its executor, runs the core's main future, and
+//! takes the whole process down if it dies.
+//!
+//! A panic that escapes a session is caught at the session boundary (`session::run`); one that
+//! escapes anything else on a core (the accept loop, the control drain) ends the worker
+//! thread. A process with a dead worker is worse than no process: the dead core's
+//! SO_REUSEPORT share of new connections would go unanswered, or, once its listener closes,
+//! its sessions would be lost without the supervisor knowing. So the process exits with
+//! status 1 and systemd or Kubernetes restarts it.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// Exit status of a process whose worker died (DESIGN: 1 = runtime failure).
+pub const DIED: i32 = 1;
+
+/// Memory glommio registers per executor for I/O; a network proxy needs little.
+const IO_MEMORY: usize = 64 * 1024;
+
+/// Ends the process when the worker thread unwinds from a panic.
+struct Watch {
+    name: String,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!(
+                "{} panicked outside any session; exiting so that the supervisor restarts pgpilot",
+                self.name
+            );
+            std::process::exit(DIED);
+        }
+    }
+}
+
+/// Starts a worker thread named `name` with an executor placed by `placement`, and runs the
+/// future `main` makes on it. Returns once the executor exists, or with the reason it could
+/// not be built.
+pub fn spawn<G, F>(name: String, placement: Placement, main: G) -> Result<JoinHandle<()>, String>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let thread_name = name.clone();
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _watch = Watch { name: thread_name };
+            let executor = LocalExecutorBuilder::new(placement)
+                .name(&name)
+                .io_memory(IO_MEMORY)
+                .make();
+            let executor = match executor {
+                Ok(e) => {
+                    let _ = ready_tx.send(Ok(()));
+                    e
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            executor.run(main());
+        })
+        .map_err(|e| e.to_string())?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(reason)) => {
+            let _ = thread.join();
+            Err(reason)
+        }
+        Err(_) => Err("the worker thread ended before its executor started".into()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the test thread is no core: it may sleep
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use glommio::Placement;
+
+    const CHILD: &str = "PGPILOT_TEST_WORKER_CHILD";
+
+    /// Run twice: as the test, it starts itself again as a child whose worker panics, and
+    /// checks that the child process exits with status 1 by itself.
+    #[test]
+    fn a_worker_that_panics_ends_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            let thread = super::spawn("pgpilot-test".into(), Placement::Unbound, || async {
+                panic!("a bug outside any session");
+            })
+            .expect("the worker starts");
+            let _ = thread.join();
+            // Only reached if the worker's death did not end the process.
+            std::thread::sleep(Duration::from_secs(30));
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "worker::tests::a_worker_that_panics_ends_the_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .spawn()
+            .expect("the child starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("child status") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the process outlived its dead worker");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(super::DIED));
+    }
+}
