@@ -28,6 +28,13 @@ fn untagged(buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     }
 }
 
+/// Appends a protocol-2 ErrorResponse (`E` and one C string, no length word): what
+/// PostgreSQL answers a client that asked for protocol 2, which libpq still reads.
+pub fn error_response_v2(buf: &mut BytesMut, message: &str) {
+    buf.put_u8(b'E');
+    put_cstr(buf, format!("FATAL:  {message}\n").as_bytes());
+}
+
 fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
     buf.put_u8(0);

@@ -13,7 +13,8 @@ pub const GSSENC_REQUEST: u32 = 80_877_104;
 /// Request code of a CancelRequest.
 pub const CANCEL_REQUEST: u32 = 80_877_102;
 
-/// Startup packets are small; anything longer than this is refused before allocation.
+/// Startup packets are small: a body (after the length word) longer than this is refused
+/// before allocation, as PostgreSQL refuses it.
 pub const MAX_STARTUP_LEN: u32 = 10_000;
 
 /// `Ok(Some(len))` once the length word of a startup packet is buffered; `len` counts the
@@ -27,7 +28,7 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
             tag: 0,
             msg_len: len,
         }),
-        len if len > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge {
+        len if len - 4 > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge {
             tag: 0,
             msg_len: len,
         }),
@@ -100,6 +101,17 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> {
         }
         code => Err(ProtocolError::UnsupportedVersion { code }),
     }
+}
+
+/// What PostgreSQL says to a startup packet with a protocol it does not speak; a client that
+/// asked for protocol 2 (or older) gets it in protocol 2's own error format.
+pub fn unsupported_version(code: u32) -> (String, bool) {
+    let text = format!(
+        "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+        code >> 16,
+        code & 0xffff
+    );
+    (text, code >> 16 < 3)
 }
 
 fn parse_params(mut input: &[u8]) -> Option<Vec<(&str, &str)>> {

@@ -83,7 +83,7 @@ async fn scram_exchange(conn: &mut Conn, secret: &ScramSecret) -> Result<(), Ref
     let init = SaslInitialResponse::parse(frame.body()).map_err(bad)?;
     if init.mechanism != scram::MECHANISM {
         return Err(ErrorFields::fatal(
-            "28000",
+            "08P01",
             "client selected an invalid SASL authentication mechanism",
         )
         .into());

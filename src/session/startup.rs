@@ -12,7 +12,7 @@ use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::startup::{self, StartupPacket};
-use pgpilot_protocol::Frame;
+use pgpilot_protocol::{Frame, ProtocolError};
 
 use super::{Admission, Gucs, Session};
 use crate::config::RuleTarget;
@@ -25,7 +25,10 @@ const MAX_AUTH_MESSAGE: u32 = 8192;
 pub(super) enum Refusal {
     /// Tell the client this, then close.
     Fatal(ErrorFields),
-    /// Close without a word (hang-up, cancel request handled).
+    /// Tell a client that asked for protocol 2 this, in protocol 2's format, then close.
+    Protocol2(String),
+    /// Close without a word: hang-up, cancel request handled, or bytes that are no startup
+    /// packet (PostgreSQL answers those with silence too: the peer may not speak its protocol).
     Silent,
 }
 
@@ -72,7 +75,10 @@ impl Conn {
                     return Ok(self.buf.split_to(len).freeze())
                 }
                 Ok(_) => self.fill().await?,
-                Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
+                Err(e) => {
+                    log::info!("client refused at startup: invalid startup packet: {e}");
+                    return Err(Refusal::Silent);
+                }
             }
         }
     }
@@ -103,6 +109,14 @@ struct Startup {
     rule: Option<Target>,
 }
 
+/// PostgreSQL's answer to a protocol version it does not speak.
+fn unsupported(code: u32) -> Refusal {
+    match startup::unsupported_version(code) {
+        (text, true) => Refusal::Protocol2(text),
+        (text, false) => ErrorFields::fatal("0A000", text).into(),
+    }
+}
+
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
 pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> {
     let mut conn = Conn {
@@ -125,6 +139,14 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
             log::info!("client refused at startup: {} {}", e.code, e.message);
             let mut out = BytesMut::new();
             encode::error_response(&mut out, &e);
+            let _ = conn.send(&out).await;
+            let _ = conn.stream.close().await;
+            return None;
+        }
+        Err(Refusal::Protocol2(text)) => {
+            log::info!("client refused at startup: {text}");
+            let mut out = BytesMut::new();
+            encode::error_response_v2(&mut out, &text);
             let _ = conn.send(&out).await;
             let _ = conn.stream.close().await;
             return None;
@@ -183,15 +205,29 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Session> 
 }
 
 async fn handshake(core: &Rc<Core>, conn: &mut Conn) -> Result<Startup, Refusal> {
+    // One SSLRequest and one GSSENCRequest may come first; both are declined (TLS is not
+    // offered yet, GSSAPI never). A repeated request is what PostgreSQL takes it for: a
+    // startup packet of an unknown protocol version.
+    let (mut ssl_asked, mut gss_asked) = (false, false);
     let packet = loop {
         let packet = conn.startup_packet().await?;
         match startup::parse(&packet) {
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => conn.send(b"N").await?,
+            Ok(StartupPacket::SslRequest) if !ssl_asked => {
+                ssl_asked = true;
+                conn.send(b"N").await?
+            }
+            Ok(StartupPacket::GssEncRequest) if !gss_asked => {
+                gss_asked = true;
+                conn.send(b"N").await?
+            }
+            Ok(StartupPacket::SslRequest) => return Err(unsupported(startup::SSL_REQUEST)),
+            Ok(StartupPacket::GssEncRequest) => return Err(unsupported(startup::GSSENC_REQUEST)),
             Ok(StartupPacket::CancelRequest { pid, secret }) => {
                 core.cancel(pid, secret);
                 return Err(Refusal::Silent);
             }
             Ok(StartupPacket::Startup(_)) => break packet,
+            Err(ProtocolError::UnsupportedVersion { code }) => return Err(unsupported(code)),
             Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string()).into()),
         }
     };

@@ -17,8 +17,10 @@ fn settings(workload: Workload, clients: usize) -> Settings {
         workload,
         clients,
         threads: 2,
-        duration: Duration::from_millis(700),
-        warmup: Duration::from_millis(300),
+        // Long enough that the clients have logged in (SCRAM in a debug build, on a machine
+        // the other tests load too) before the window opens; this checks errors, not speed.
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(1500),
         ..Settings::default()
     }
 }
