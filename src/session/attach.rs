@@ -78,6 +78,8 @@ impl Session {
             changes: None,
             changes_failed: false,
             changes_settled: None,
+            outbox: Default::default(),
+            streaming: 0,
         });
         if att.backend.applied != self.gucs.hash {
             let mut q = BytesMut::new();

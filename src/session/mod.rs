@@ -12,6 +12,7 @@ mod attach;
 mod auth;
 mod local;
 mod login;
+mod outbox;
 mod params;
 mod relay;
 mod responses;
@@ -71,6 +72,10 @@ struct Attached {
     changes_failed: bool,
     /// The transaction status when the unit carrying `changes` ended.
     changes_settled: Option<TransactionStatus>,
+    /// Client frames not yet written to the backend.
+    outbox: outbox::Outbox,
+    /// Bytes of a long backend message still to pass through unparsed (see `responses`).
+    streaming: usize,
 }
 
 impl Attached {
@@ -78,6 +83,8 @@ impl Attached {
     fn is_idle(&self) -> bool {
         self.pending == 0
             && self.hidden == 0
+            && self.outbox.is_empty()
+            && self.streaming == 0
             && !self.unsynced
             && !self.copy_in
             && self.status == TransactionStatus::Idle

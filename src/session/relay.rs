@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use futures_lite::future::poll_once;
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
@@ -32,6 +33,8 @@ const MAX_READ: usize = 256 * 1024;
 enum Event {
     Client(io::Result<usize>),
     Backend(io::Result<usize>),
+    /// Everything queued for the backend has been written.
+    Drained,
     Shutdown,
 }
 
@@ -52,6 +55,7 @@ impl Session {
                 }
                 Event::Backend(Err(e)) => Box::pin(self.backend_lost(e)).await?,
                 Event::Backend(Ok(_)) => Box::pin(self.pump_backend()).await?,
+                Event::Drained => {}
                 Event::Shutdown => {
                     let e = ErrorFields::fatal(
                         "57P01",
@@ -70,7 +74,10 @@ impl Session {
             // Everything read has been handled: give the memory back while the client is quiet.
             self.cbuf = BytesMut::new();
         }
-        let read_client = !self.blocked;
+        // While the backend has not taken what the client sent, the client waits: at most
+        // `outbox::LIMIT` bytes queue up towards a backend.
+        let read_client =
+            !self.blocked && self.attached.as_ref().is_none_or(|a| !a.outbox.is_full());
         let idle = self.attached.as_ref().is_none_or(|a| a.is_idle());
         let (core, pid) = (&self.core, self.pid);
         let (client, cbuf, attached) = (&mut self.client, &mut self.cbuf, &mut self.attached);
@@ -81,6 +88,14 @@ impl Session {
                 }
             }
             if let Some(att) = attached.as_mut() {
+                // Writing to the backend and reading its results go on together.
+                if !att.outbox.is_empty() {
+                    match att.outbox.poll_drain(&mut att.backend.stream, cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Event::Drained),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Backend(Err(e))),
+                        Poll::Pending => {}
+                    }
+                }
                 if let Poll::Ready(r) = poll_fill(
                     &mut att.backend.stream,
                     &mut att.backend.rbuf,
@@ -247,17 +262,20 @@ impl Session {
             att.pending -= rw.ignored_syncs.min(att.pending);
         }
         log::trace!(
-            "session={} -> backend {}: {:?} pending={} slots={:?}",
+            "session={} -> backend {}: {:?} pending={} slots={:?} queued={}",
             self.pid,
             att.backend.key.0,
             super::tags(&batch),
             att.pending,
-            att.slots
+            att.slots,
+            att.outbox.len()
         );
-        if !batch.is_empty() {
-            if let Err(Error::Backend { source, .. }) = att.backend.send(&batch).await {
-                return self.backend_lost(source).await;
-            }
+        att.outbox.push(batch);
+        // Most writes go through at once; what the socket does not take now, `wait` writes
+        // while it reads the backend's results.
+        let (outbox, stream) = (&mut att.outbox, &mut att.backend.stream);
+        if let Some(Err(e)) = poll_once(poll_fn(|cx| outbox.poll_drain(stream, cx))).await {
+            return self.backend_lost(e).await;
         }
         self.answer_fakes().await
     }

@@ -11,7 +11,7 @@ use futures_lite::AsyncWriteExt;
 use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::{split_frame, FrameScan};
-use pgpilot_protocol::ProtocolError;
+use pgpilot_protocol::{Header, ProtocolError};
 
 use super::statements::{put_fake, start_copy_in, Slot};
 use super::{Attached, Gucs, Session};
@@ -19,6 +19,10 @@ use crate::backend::{Prepared, MAX_BACKEND_MESSAGE};
 use crate::config::PoolMode;
 use crate::error::Error;
 use pgpilot_protocol::classify::SettingChange;
+
+/// Backend messages longer than this are passed on while they arrive, not buffered whole
+/// (DataRow and CopyData only: the others are small, and some are read or rewritten).
+const STREAM_FROM: usize = 64 * 1024;
 
 /// The parts of an attached backend the slot queue moves.
 struct SlotQueue<'a> {
@@ -76,11 +80,14 @@ impl Attached {
     ) -> Result<Bytes, ProtocolError> {
         let mut out = BytesMut::new();
         let mut changed = false;
-        let mut consumed = 0;
         let rbuf = &self.backend.rbuf;
-        let mut scan = FrameScan::new(rbuf, MAX_BACKEND_MESSAGE);
+        // The rest of a long row being streamed goes first, as it is.
+        let start = self.streaming.min(rbuf.len());
+        self.streaming -= start;
+        let mut consumed = start;
+        let mut scan = FrameScan::new(rbuf.get(start..).unwrap_or_default(), MAX_BACKEND_MESSAGE);
         for f in &mut scan {
-            let (at, frame) = (f.at, f.bytes);
+            let (at, frame) = (start + f.at, f.bytes);
             match f.tag() {
                 b'Z' => {
                     self.pending = self.pending.saturating_sub(1);
@@ -133,10 +140,27 @@ impl Attached {
                 out.put_slice(rbuf.get(..at).unwrap_or_default());
                 changed = true;
             }
-            consumed = f.end();
+            consumed = start + f.end();
         }
         if let Some(e) = scan.error() {
             return Err(e);
+        }
+        // A long DataRow or CopyData that is not all here yet is passed on as it arrives, so no
+        // session ever holds a whole large row. Its header is all the tracking needs of it.
+        let rest = rbuf.get(consumed..).unwrap_or_default();
+        if let Ok(Some(h)) = Header::peek(rest, MAX_BACKEND_MESSAGE) {
+            let plain_front = !matches!(
+                self.slots.front(),
+                Some(Slot::Fake(_) | Slot::CopyEnd | Slot::HiddenClose)
+                    | Some(Slot::Parse { visible: false, .. })
+            );
+            if matches!(h.tag, b'D' | b'd') && h.frame_len() > STREAM_FROM && plain_front {
+                self.streaming = h.frame_len() - rest.len();
+                if changed {
+                    out.put_slice(rest);
+                }
+                consumed = rbuf.len();
+            }
         }
         let raw = self.backend.rbuf.split_to(consumed).freeze();
         Ok(if changed { out.freeze() } else { raw })

@@ -686,3 +686,105 @@ fn a_client_that_never_reads_is_held_back_with_bounded_memory() {
             == Some(vec!["2".to_owned()])
     }));
 }
+
+/// Writes `messages` down one logged-in connection from one thread while another reads the
+/// results, as libpq's pipeline mode does; returns how many ReadyForQuery came back in time.
+fn pipeline_through(addr: SocketAddr, messages: Vec<u8>, queries: usize) -> usize {
+    let mut s = logged_in(addr);
+    let mut reader = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = s.write_all(&messages);
+    });
+    reader
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = BytesMut::new();
+    let mut ready = 0;
+    while ready < queries {
+        let mut chunk = [0u8; 65536];
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(f) = split_frame(&mut buf, 1 << 30).unwrap() {
+            ready += usize::from(f.tag == b'Z');
+        }
+    }
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    ready
+}
+
+/// A query with 50 MB of results followed at once by a 16 MB query, written while the results
+/// are read. A relay that writes one way at a time deadlocks here: it is busy writing the big
+/// query while the backend, whose output nobody reads, has stopped reading. pgpilot writes to
+/// the backend and reads its results at the same time.
+#[test]
+fn a_multi_megabyte_pipeline_does_not_deadlock() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            max_message_bytes: 64 << 20,
+            ..Opts::default()
+        },
+    );
+    let direct: SocketAddr = format!("127.0.0.1:{}", c.ports[0]).parse().unwrap();
+    let mut messages = tagged(
+        b'Q',
+        b"SELECT repeat('r', 1000) FROM generate_series(1, 50000)\0",
+    );
+    let big = format!("SELECT 1 /* {} */\0", "w".repeat(16 << 20));
+    messages.extend_from_slice(&tagged(b'Q', big.as_bytes()));
+    assert_eq!(
+        pipeline_through(direct, messages.clone(), 2),
+        2,
+        "straight to PostgreSQL"
+    );
+    assert_eq!(
+        pipeline_through(proxy.addr(), messages, 2),
+        2,
+        "through pgpilot"
+    );
+    still_serves(proxy.addr(), "after a large pipeline");
+}
+
+/// A client can make PostgreSQL send one huge row (here 200 MB). pgpilot passes a long row on
+/// as it arrives instead of buffering it whole: its memory does not grow by the row's size.
+#[test]
+fn a_huge_row_is_streamed_not_buffered() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut s = logged_in(proxy.addr());
+    let rss_before = rss_kib();
+    s.write_all(&tagged(b'Q', b"SELECT repeat('x', 200000000)\0"))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (mut total, mut peak, mut tail) = (0usize, 0u64, Vec::new());
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut since_sample = 0;
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the end of the row");
+        total += n;
+        since_sample += n;
+        if since_sample > 4 << 20 {
+            peak = peak.max(rss_kib());
+            since_sample = 0;
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        let keep = tail.len().saturating_sub(6);
+        tail.drain(..keep);
+        if tail.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+            break;
+        }
+    }
+    let grown = peak.saturating_sub(rss_before);
+    eprintln!("a 200 MB row: {total} bytes relayed, RSS peak {grown} KiB above {rss_before} KiB");
+    assert!(total > 200_000_000);
+    assert!(
+        grown < 64 * 1024,
+        "the row passed through without being held whole: grew {grown} KiB"
+    );
+    still_serves(proxy.addr(), "after a huge row");
+}
