@@ -6,6 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Iterations PostgreSQL uses by default (`scram_iterations`).
 pub const DEFAULT_ITERATIONS: u32 = 4096;
@@ -55,8 +56,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Compares secrets without an early exit, so the time taken does not tell an attacker how many
+/// leading bytes were right. Lengths are public (a proof is always 32 bytes, an MD5 answer 35).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
 }
 
 /// What the server keeps of a password: derived once, used for every login.
