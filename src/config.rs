@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgpilot_protocol::classify::Functions;
-use pgpilot_protocol::scram::ScramSecret;
+use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
 mod raw;
@@ -199,6 +199,8 @@ pub struct Config {
     pub auth_method: AuthMethod,
     /// `[[users]]` by name.
     pub users: HashMap<String, User>,
+    /// Secrets for names not in `users`, so that unknown users go through the same exchange.
+    pub mock_auth: MockAuth,
     /// `[pool]`.
     pub pool: PoolConfig,
     /// `[[backends]]` in file order; the index is the backend id.

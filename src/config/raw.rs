@@ -5,7 +5,7 @@ use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::Duration;
 
-use pgpilot_protocol::scram::{random_bytes, ScramSecret, DEFAULT_ITERATIONS};
+use pgpilot_protocol::scram::{random_bytes, MockAuth, ScramSecret, DEFAULT_ITERATIONS, SALT_LEN};
 use serde::Deserialize;
 
 use pgpilot_protocol::classify::Functions;
@@ -165,6 +165,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
         users: validate_users(raw.users, &err)?,
+        mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,
         backends: validate_backends(raw.backends, &err)?,
         routing: validate_routing(raw.routing, &err)?,
@@ -287,7 +288,7 @@ fn validate_users(
         }
         let scram = ScramSecret::derive(
             u.password.as_bytes(),
-            &random_bytes::<16>(),
+            &random_bytes::<SALT_LEN>(),
             DEFAULT_ITERATIONS,
         );
         users.insert(
