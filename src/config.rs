@@ -13,6 +13,7 @@ use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
 mod raw;
+mod secret;
 
 /// A config that cannot be used: `PATH: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,23 +221,29 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` names it in errors.
+    /// Parses and validates config text; `path` names it in errors and is where relative
+    /// `password_file`s start. `${NAME}` takes the process environment.
     pub fn parse(text: &str, path: &Path) -> Result<Arc<Config>, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            key: e
-                .span()
-                .map(|s| key_at(text, s.start))
-                .unwrap_or_else(|| "(file)".into()),
-            problem: e.message().trim().replace('\n', "; "),
-        })?;
-        raw::validate(raw, path).map(Arc::new)
+        parse_env(text, path, &|name| std::env::var_os(name))
     }
 
     /// The user entry for a name.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
     }
+}
+
+/// [`Config::parse`] with the environment given, so tests need not change the process's.
+fn parse_env(text: &str, path: &Path, env: secret::Env<'_>) -> Result<Arc<Config>, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        key: e
+            .span()
+            .map(|s| key_at(text, s.start))
+            .unwrap_or_else(|| "(file)".into()),
+        problem: e.message().trim().replace('\n', "; "),
+    })?;
+    raw::validate(raw, path, env).map(Arc::new)
 }
 
 /// The dotted key whose line holds byte `offset`: `section.key`, with `[i]` for array tables.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use pgpilot_protocol::classify::Functions;
 
+use super::secret::{resolve_password, Env, PasswordSource};
 use super::{
     AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, RoutingConfig,
     Rule, RuleTarget, ServerConfig, User,
@@ -107,7 +108,8 @@ impl Default for RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: String,
-    password: String,
+    password: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +156,7 @@ fn default_port() -> u16 {
 type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
 /// Checks every key and builds the immutable [`Config`].
-pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
     let err = |key: &str, problem: String| ConfigError {
         path: path.to_owned(),
         key: key.into(),
@@ -164,7 +166,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
-        users: validate_users(raw.users, &err)?,
+        users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,
         backends: validate_backends(raw.backends, &err)?,
@@ -275,6 +277,8 @@ fn validate_server(s: RawServer, err: Problem<'_>) -> Result<ServerConfig, Confi
 /// Users by name, each with its SCRAM secret derived once here.
 fn validate_users(
     raw: Vec<RawUser>,
+    path: &Path,
+    env: Env<'_>,
     err: Problem<'_>,
 ) -> Result<HashMap<String, User>, ConfigError> {
     let mut users = HashMap::new();
@@ -286,8 +290,13 @@ fn validate_users(
         if users.contains_key(&u.name) {
             return Err(err(&key, format!("user {:?} is listed twice", u.name)));
         }
+        let source = PasswordSource {
+            password: u.password.as_deref(),
+            password_file: u.password_file.as_deref(),
+        };
+        let password = resolve_password(i, &source, path, env).map_err(|(k, p)| err(&k, p))?;
         let scram = ScramSecret::derive(
-            u.password.as_bytes(),
+            password.as_bytes(),
             &random_bytes::<SALT_LEN>(),
             DEFAULT_ITERATIONS,
         );
@@ -295,7 +304,7 @@ fn validate_users(
             u.name.clone(),
             User {
                 name: u.name,
-                password: u.password,
+                password,
                 scram,
             },
         );
