@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 mod raw;
 mod secret;
+mod tcp;
 
 /// A config that cannot be used: `PATH: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,23 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Startup and authentication must finish within this.
     pub startup_timeout: Duration,
+    /// Keepalive and TCP_USER_TIMEOUT for every client and backend socket.
+    pub tcp: TcpOptions,
+}
+
+/// `[server] tcp_*`: socket options that let the kernel find a peer that vanished without a
+/// word (a failed-over RDS primary, a dead host), which would otherwise hold a socket for hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpOptions {
+    /// Idle time before the first keepalive probe; `None` = no keepalive.
+    pub keepalive_idle: Option<Duration>,
+    /// Time between probes; `None` = the kernel's default.
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped; `None` = the kernel's default.
+    pub keepalive_count: Option<u32>,
+    /// Longest sent data (or a probe) may go unacknowledged before the connection is dropped;
+    /// `None` = the kernel's retransmission limit (about 15 minutes).
+    pub user_timeout: Option<Duration>,
 }
 
 /// A user clients log in as, and pgpilot logs in to backends as.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use pgpilot_protocol::classify::Functions;
 
 use super::secret::{resolve_password, Env, PasswordSource};
+use super::tcp;
 use super::{
     AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, RoutingConfig,
     Rule, RuleTarget, ServerConfig, User,
@@ -74,6 +75,10 @@ struct RawServer {
     max_client_connections: usize,
     max_message_bytes: u32,
     startup_timeout_ms: u64,
+    tcp_keepalive_idle_ms: u64,
+    tcp_keepalive_interval_ms: u64,
+    tcp_keepalive_count: u32,
+    tcp_user_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -86,6 +91,12 @@ impl Default for RawServer {
             max_client_connections: 10_000,
             max_message_bytes: 64 << 20,
             startup_timeout_ms: 10_000,
+            // An idle peer that vanished is found after 60 s + 6 × 10 s; sent data that is not
+            // acknowledged for as long fails the socket (instead of ~15 min of retransmits).
+            tcp_keepalive_idle_ms: 60_000,
+            tcp_keepalive_interval_ms: 10_000,
+            tcp_keepalive_count: 6,
+            tcp_user_timeout_ms: 120_000,
         }
     }
 }
@@ -153,7 +164,7 @@ fn default_port() -> u16 {
 }
 
 /// Builds a [`ConfigError`] for a key.
-type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+pub(super) type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
 /// Checks every key and builds the immutable [`Config`].
 pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
@@ -271,6 +282,15 @@ fn validate_server(s: RawServer, err: Problem<'_>) -> Result<ServerConfig, Confi
         max_client_connections: s.max_client_connections,
         max_message_bytes: s.max_message_bytes,
         startup_timeout: Duration::from_millis(s.startup_timeout_ms),
+        tcp: tcp::validate(
+            [
+                s.tcp_keepalive_idle_ms,
+                s.tcp_keepalive_interval_ms,
+                s.tcp_keepalive_count.into(),
+                s.tcp_user_timeout_ms,
+            ],
+            err,
+        )?,
     })
 }
 

@@ -13,3 +13,4 @@ mod loadtest;
 mod pgbench;
 mod pooling;
 mod routing;
+mod tcp;
