@@ -8,6 +8,7 @@ mod raw;
 
 mod auth;
 mod basics;
+mod hostile_auth;
 mod limits;
 mod loadtest;
 mod pgbench;
