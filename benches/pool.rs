@@ -56,7 +56,7 @@ fn main() {
                 database: Rc::from("app"),
             };
             let hour = Duration::from_secs(3600);
-            let pool = Pool::new(key, None, Some(addr), 4, hour, hour);
+            let pool = Pool::new(key, None, Some(addr), 4, hour, hour, Default::default());
             // Connect once; every later checkout finds the connection idle.
             let first = pool.checkout(hour).await.expect("first checkout connects");
             pool.checkin(first);

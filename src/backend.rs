@@ -12,6 +12,7 @@ use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
 use pgpilot_protocol::{encode, Frame};
 
+use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permit;
 
@@ -62,10 +63,12 @@ impl Backend {
         addr: SocketAddr,
         backend_id: usize,
         login: &Login<'_>,
+        tcp: &TcpOptions,
     ) -> Result<Backend, Error> {
         let io = |source| Error::Backend { addr, source };
         let stream = TcpStream::connect(addr).await.map_err(|e| io(e.into()))?;
         stream.set_nodelay(true).map_err(|e| io(e.into()))?;
+        crate::tcp::apply_to(&stream, tcp).map_err(io)?;
         let now = Instant::now();
         let mut b = Backend {
             stream,

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgpilot_protocol::classify::Functions;
-use pgpilot_protocol::scram::ScramSecret;
+use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
 mod raw;
+mod secret;
+mod tcp;
 
 /// A config that cannot be used: `PATH: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,23 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Startup and authentication must finish within this.
     pub startup_timeout: Duration,
+    /// Keepalive and TCP_USER_TIMEOUT for every client and backend socket.
+    pub tcp: TcpOptions,
+}
+
+/// `[server] tcp_*`: socket options that let the kernel find a peer that vanished without a
+/// word (a failed-over RDS primary, a dead host), which would otherwise hold a socket for hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpOptions {
+    /// Idle time before the first keepalive probe; `None` = no keepalive.
+    pub keepalive_idle: Option<Duration>,
+    /// Time between probes; `None` = the kernel's default.
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped; `None` = the kernel's default.
+    pub keepalive_count: Option<u32>,
+    /// Longest sent data (or a probe) may go unacknowledged before the connection is dropped;
+    /// `None` = the kernel's retransmission limit (about 15 minutes).
+    pub user_timeout: Option<Duration>,
 }
 
 /// A user clients log in as, and pgpilot logs in to backends as.
@@ -199,6 +218,8 @@ pub struct Config {
     pub auth_method: AuthMethod,
     /// `[[users]]` by name.
     pub users: HashMap<String, User>,
+    /// Secrets for names not in `users`, so that unknown users go through the same exchange.
+    pub mock_auth: MockAuth,
     /// `[pool]`.
     pub pool: PoolConfig,
     /// `[[backends]]` in file order; the index is the backend id.
@@ -218,23 +239,29 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` names it in errors.
+    /// Parses and validates config text; `path` names it in errors and is where relative
+    /// `password_file`s start. `${NAME}` takes the process environment.
     pub fn parse(text: &str, path: &Path) -> Result<Arc<Config>, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            key: e
-                .span()
-                .map(|s| key_at(text, s.start))
-                .unwrap_or_else(|| "(file)".into()),
-            problem: e.message().trim().replace('\n', "; "),
-        })?;
-        raw::validate(raw, path).map(Arc::new)
+        parse_env(text, path, &|name| std::env::var_os(name))
     }
 
     /// The user entry for a name.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
     }
+}
+
+/// [`Config::parse`] with the environment given, so tests need not change the process's.
+fn parse_env(text: &str, path: &Path, env: secret::Env<'_>) -> Result<Arc<Config>, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        key: e
+            .span()
+            .map(|s| key_at(text, s.start))
+            .unwrap_or_else(|| "(file)".into()),
+        problem: e.message().trim().replace('\n', "; "),
+    })?;
+    raw::validate(raw, path, env).map(Arc::new)
 }
 
 /// The dotted key whose line holds byte `offset`: `section.key`, with `[i]` for array tables.

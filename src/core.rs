@@ -162,6 +162,7 @@ impl Core {
             size,
             cfg.idle_timeout,
             cfg.max_lifetime,
+            self.config.server.tcp,
         ));
         self.pools.borrow_mut().insert(key, pool.clone());
         pool

@@ -25,6 +25,7 @@
 //! - [`router`]: picks the backend for a route; pure.
 //! - [`pool`]: per-core connection pools with bounded checkout.
 //! - [`backend`]: one server connection: connect, authenticate, parameters.
+//! - [`tcp`]: keepalive and TCP_USER_TIMEOUT on every client and backend socket.
 //! - [`catalog`]: learns from the primary which functions may write.
 //! - [`cluster`]: starts a local primary + streaming replicas (demo and tests).
 //! - [`demo`]: `pgpilot demo`.
@@ -44,6 +45,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod session;
+pub mod tcp;
 pub mod worker;
 
 pub use config::Config;

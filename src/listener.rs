@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::core::Core;
 use crate::session;
+use crate::tcp;
 
 /// Binds `count` listeners on `addr`. With port 0 the first picks the port and the others
 /// join it, so all cores serve one address.
@@ -68,6 +69,9 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                if let Err(e) = tcp::apply_to(&stream, &core.config.server.tcp) {
+                    log::warn!("core {}: cannot set TCP options on a client: {e}", core.id);
+                }
                 glommio::spawn_local(session::run(core.clone(), stream)).detach();
             }
             Some(Err(e)) => {

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Login};
+use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permits;
 
@@ -41,6 +42,8 @@ pub struct Pool {
     permits: Rc<Permits>,
     idle_timeout: Duration,
     max_lifetime: Duration,
+    /// Socket options for new connections.
+    tcp: TcpOptions,
     /// The ParameterStatus set a backend reported after a client parameter set was applied,
     /// by the set's hash: lets later logins with the same set skip the backend.
     logins: RefCell<HashMap<u64, ParamSet>>,
@@ -61,6 +64,7 @@ impl Pool {
         size: usize,
         idle_timeout: Duration,
         max_lifetime: Duration,
+        tcp: TcpOptions,
     ) -> Pool {
         Pool {
             key,
@@ -70,6 +74,7 @@ impl Pool {
             permits: Permits::new(size),
             idle_timeout,
             max_lifetime,
+            tcp,
             logins: RefCell::new(HashMap::new()),
         }
     }
@@ -122,7 +127,8 @@ impl Pool {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let connect = async { Ok(Backend::connect(addr, self.key.backend_id, &login).await) };
+        let connect =
+            async { Ok(Backend::connect(addr, self.key.backend_id, &login, &self.tcp).await) };
         let mut b = match glommio::timer::timeout(left, connect).await {
             Ok(result) => result?,
             Err(_) => {

@@ -6,9 +6,12 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Iterations PostgreSQL uses by default (`scram_iterations`).
 pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// Salt length PostgreSQL uses (`SCRAM_DEFAULT_SALT_LEN`); mock salts have the same length.
+pub const SALT_LEN: usize = 16;
 /// The mechanism name pgpilot speaks. Channel binding (`-PLUS`) needs TLS, which comes later.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 
@@ -55,8 +58,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Compares secrets without an early exit, so the time taken does not tell an attacker how many
+/// leading bytes were right. Lengths are public (a proof is always 32 bytes, an MD5 answer 35).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
 }
 
 /// What the server keeps of a password: derived once, used for every login.
@@ -100,6 +105,37 @@ impl ScramSecret {
             stored_key: random_bytes(),
             server_key: random_bytes(),
         }
+    }
+}
+
+/// Secrets for users the server does not know (PostgreSQL's mock authentication). The salt is
+/// HMAC-SHA-256(per-process key, user name) cut to [`SALT_LEN`]: a probe that asks twice for
+/// one name sees one salt, as it would for a real user, and without the key a salt does not
+/// show whether the user exists.
+#[derive(Clone)]
+pub struct MockAuth {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for MockAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockAuth { .. }")
+    }
+}
+
+impl MockAuth {
+    /// A fresh random key: salts are stable for the life of the process.
+    pub fn random() -> Self {
+        MockAuth {
+            key: random_bytes(),
+        }
+    }
+
+    /// The secret an unknown `user` is checked against: its stable salt, the default
+    /// iteration count, and keys no password matches.
+    pub fn secret(&self, user: &[u8]) -> ScramSecret {
+        let salt = hmac(&self.key, &[b"pgpilot mock salt\0", user]);
+        ScramSecret::impossible(&salt[..SALT_LEN])
     }
 }
 
@@ -372,6 +408,21 @@ mod tests {
         let sf = server.handle_client_first(&first).unwrap();
         let cf = client.handle_server_first(sf.as_bytes()).unwrap();
         assert_eq!(server.handle_client_final(&cf), Err(ScramError::AuthFailed));
+    }
+
+    #[test]
+    fn mock_salt_is_stable_per_user_and_shaped_like_a_real_one() {
+        let mock = MockAuth::random();
+        let (a, b) = (mock.secret(b"nobody"), mock.secret(b"nobody"));
+        assert_eq!((a.salt.len(), a.iterations), (SALT_LEN, DEFAULT_ITERATIONS));
+        assert_eq!(a.salt, b.salt, "two probes for one name see one salt");
+        assert_ne!(
+            a.stored_key, b.stored_key,
+            "no fixed key to find a password for"
+        );
+        assert_ne!(a.salt, mock.secret(b"nobody2").salt);
+        assert_ne!(a.salt, MockAuth::random().secret(b"nobody").salt);
+        assert!(!format!("{mock:?}").contains(&format!("{:?}", mock.key)));
     }
 
     #[test]

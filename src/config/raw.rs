@@ -5,11 +5,13 @@ use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::Duration;
 
-use pgpilot_protocol::scram::{random_bytes, ScramSecret, DEFAULT_ITERATIONS};
+use pgpilot_protocol::scram::{random_bytes, MockAuth, ScramSecret, DEFAULT_ITERATIONS, SALT_LEN};
 use serde::Deserialize;
 
 use pgpilot_protocol::classify::Functions;
 
+use super::secret::{resolve_password, Env, PasswordSource};
+use super::tcp;
 use super::{
     AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, RoutingConfig,
     Rule, RuleTarget, ServerConfig, User,
@@ -73,6 +75,10 @@ struct RawServer {
     max_client_connections: usize,
     max_message_bytes: u32,
     startup_timeout_ms: u64,
+    tcp_keepalive_idle_ms: u64,
+    tcp_keepalive_interval_ms: u64,
+    tcp_keepalive_count: u32,
+    tcp_user_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -85,6 +91,12 @@ impl Default for RawServer {
             max_client_connections: 10_000,
             max_message_bytes: 64 << 20,
             startup_timeout_ms: 10_000,
+            // An idle peer that vanished is found after 60 s + 6 × 10 s; sent data that is not
+            // acknowledged for as long fails the socket (instead of ~15 min of retransmits).
+            tcp_keepalive_idle_ms: 60_000,
+            tcp_keepalive_interval_ms: 10_000,
+            tcp_keepalive_count: 6,
+            tcp_user_timeout_ms: 120_000,
         }
     }
 }
@@ -107,7 +119,8 @@ impl Default for RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: String,
-    password: String,
+    password: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,10 +164,10 @@ fn default_port() -> u16 {
 }
 
 /// Builds a [`ConfigError`] for a key.
-type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+pub(super) type Problem<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
 /// Checks every key and builds the immutable [`Config`].
-pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
     let err = |key: &str, problem: String| ConfigError {
         path: path.to_owned(),
         key: key.into(),
@@ -164,7 +177,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
-        users: validate_users(raw.users, &err)?,
+        users: validate_users(raw.users, path, env, &err)?,
+        mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,
         backends: validate_backends(raw.backends, &err)?,
         routing: validate_routing(raw.routing, &err)?,
@@ -268,12 +282,23 @@ fn validate_server(s: RawServer, err: Problem<'_>) -> Result<ServerConfig, Confi
         max_client_connections: s.max_client_connections,
         max_message_bytes: s.max_message_bytes,
         startup_timeout: Duration::from_millis(s.startup_timeout_ms),
+        tcp: tcp::validate(
+            [
+                s.tcp_keepalive_idle_ms,
+                s.tcp_keepalive_interval_ms,
+                s.tcp_keepalive_count.into(),
+                s.tcp_user_timeout_ms,
+            ],
+            err,
+        )?,
     })
 }
 
 /// Users by name, each with its SCRAM secret derived once here.
 fn validate_users(
     raw: Vec<RawUser>,
+    path: &Path,
+    env: Env<'_>,
     err: Problem<'_>,
 ) -> Result<HashMap<String, User>, ConfigError> {
     let mut users = HashMap::new();
@@ -285,16 +310,21 @@ fn validate_users(
         if users.contains_key(&u.name) {
             return Err(err(&key, format!("user {:?} is listed twice", u.name)));
         }
+        let source = PasswordSource {
+            password: u.password.as_deref(),
+            password_file: u.password_file.as_deref(),
+        };
+        let password = resolve_password(i, &source, path, env).map_err(|(k, p)| err(&k, p))?;
         let scram = ScramSecret::derive(
-            u.password.as_bytes(),
-            &random_bytes::<16>(),
+            password.as_bytes(),
+            &random_bytes::<SALT_LEN>(),
             DEFAULT_ITERATIONS,
         );
         users.insert(
             u.name.clone(),
             User {
                 name: u.name,
-                password: u.password,
+                password,
                 scram,
             },
         );

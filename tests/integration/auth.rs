@@ -20,10 +20,19 @@ fn wrong_password_and_unknown_user_get_28p01() {
             .err()
             .unwrap();
         assert_eq!(common::sqlstate(&e), "28P01", "{auth}");
+        assert_eq!(
+            e.as_db_error().unwrap().message(),
+            "password authentication failed for user \"app\""
+        );
         let e = postgres::Client::connect(&common::dsn(port, "nobody", "x"), postgres::NoTls)
             .err()
             .unwrap();
         assert_eq!(common::sqlstate(&e), "28P01", "{auth}: no user enumeration");
+        assert_eq!(
+            e.as_db_error().unwrap().message(),
+            "password authentication failed for user \"nobody\"",
+            "{auth}: the same words as for a wrong password"
+        );
         let mut ok =
             postgres::Client::connect(&common::dsn(port, "app", "app"), postgres::NoTls).unwrap();
         assert_eq!(
