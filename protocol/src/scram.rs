@@ -6,6 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use subtle::ConstantTimeEq;
 
 /// Iterations PostgreSQL uses by default (`scram_iterations`).
@@ -62,6 +63,19 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// leading bytes were right. Lengths are public (a proof is always 32 bytes, an MD5 answer 35).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
+}
+
+/// Lets [`ScramServer::new`] take a borrowed secret as it takes an owned one.
+impl<'a> From<&'a ScramSecret> for Cow<'a, ScramSecret> {
+    fn from(secret: &'a ScramSecret) -> Self {
+        Cow::Borrowed(secret)
+    }
+}
+
+impl From<ScramSecret> for Cow<'_, ScramSecret> {
+    fn from(secret: ScramSecret) -> Self {
+        Cow::Owned(secret)
+    }
 }
 
 /// What the server keeps of a password: derived once, used for every login.
@@ -156,16 +170,17 @@ fn attr(msg: &str, key: u8) -> Option<&str> {
 
 /// The server side of one SCRAM-SHA-256 exchange.
 pub struct ScramServer<'s> {
-    secret: &'s ScramSecret,
+    secret: Cow<'s, ScramSecret>,
     /// gs2 header, client-first-message-bare, server-first-message, full nonce.
     first: Option<(String, String, String, String)>,
 }
 
 impl<'s> ScramServer<'s> {
-    /// Starts an exchange against `secret`.
-    pub fn new(secret: &'s ScramSecret) -> Self {
+    /// Starts an exchange against `secret`, borrowed (a configured user's) or owned (an
+    /// unknown user's mock secret).
+    pub fn new(secret: impl Into<Cow<'s, ScramSecret>>) -> Self {
         ScramServer {
-            secret,
+            secret: secret.into(),
             first: None,
         }
     }

@@ -6,9 +6,8 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
 use pgpilot_protocol::classify::Target;
-use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::encode;
 
-use super::login::intern_code;
 use super::responses::note_param;
 use super::{Attached, Session};
 use crate::backend::Backend;
@@ -39,12 +38,26 @@ impl Session {
                 database: self.database.clone(),
             };
             let pool = self.core.pool(key);
+            let mut reused = false;
             let result = match pool.checkout(self.core.config.pool.checkout_timeout).await {
-                Ok(backend) => self.install(backend, pool, on_replica).await,
+                Ok(backend) => {
+                    reused = backend.applied != 0;
+                    self.install(backend, pool, on_replica).await
+                }
                 Err(e) => Err(e),
             };
             match result {
                 Ok(()) => return Ok(()),
+                // A backend that served other clients could not take this client's parameters
+                // (its old settings got in the way: a 1 ms statement_timeout, say). It has been
+                // closed; a new connection starts from the server's defaults.
+                Err(e @ Error::BackendRejected { .. }) if reused && retries > 0 => {
+                    log::warn!(
+                        "session={} parameter setup failed, trying a new connection: {e}",
+                        self.pid
+                    );
+                    retries -= 1;
+                }
                 Err(e) if e.is_retryable() && on_replica => {
                     log::warn!(
                         "session={} replica {id} unusable, reading from the primary: {e}",
@@ -60,11 +73,15 @@ impl Session {
 
     async fn install(
         &mut self,
-        backend: Backend,
+        mut backend: Backend,
         pool: Rc<Pool>,
         on_replica: bool,
     ) -> Result<(), Error> {
-        let mut att = Box::new(Attached {
+        if backend.applied != self.gucs.hash {
+            // On error the backend is dropped here: closed, never pooled.
+            self.apply_gucs(&mut backend).await?;
+        }
+        let att = Box::new(Attached {
             backend,
             pool,
             on_replica,
@@ -81,13 +98,6 @@ impl Session {
             outbox: Default::default(),
             streaming: 0,
         });
-        if att.backend.applied != self.gucs.hash {
-            let mut q = BytesMut::new();
-            encode::query(&mut q, self.gucs.setup_sql(att.backend.applied).as_bytes());
-            att.backend.send(&q).await?;
-            att.backend.applied = self.gucs.hash;
-            att.hidden = 1;
-        }
         log::trace!(
             "session={} attached backend {}",
             self.pid,
@@ -99,47 +109,52 @@ impl Session {
             pid,
             secret,
         }));
-        let hidden = att.hidden;
         self.attached = Some(att);
-        if hidden == 0 {
-            self.sync_view();
-        }
+        self.sync_view();
         Ok(())
     }
 
-    /// Waits for the parameter setup of a fresh attach (login only): an error there means the
-    /// client's startup parameters are invalid, and the client is refused as PostgreSQL would.
-    pub(super) async fn finish_setup(&mut self) -> Result<(), ErrorFields> {
-        let Some(att) = self.attached.as_mut() else {
-            return Ok(());
-        };
-        let mut error = None;
-        while att.hidden > 0 {
-            let frame = att
-                .backend
-                .recv()
-                .await
-                .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
+    /// Brings a backend's run-time parameters to the client's set and waits for the answer.
+    /// The client's statements are not pipelined behind it: they must never run on a backend
+    /// whose setup failed, which would still carry the previous client's settings. At login an
+    /// error here means the client's startup parameters are invalid, and the client is refused
+    /// with the server's own error, as PostgreSQL would refuse it.
+    async fn apply_gucs(&self, backend: &mut Backend) -> Result<(), Error> {
+        let mut q = BytesMut::new();
+        encode::query(&mut q, self.gucs.setup_sql(backend.applied).as_bytes());
+        backend.applied = u64::MAX;
+        backend.send(&q).await?;
+        let mut failed = None;
+        loop {
+            let frame = backend.recv().await?;
             match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => att.hidden -= 1,
+                Ok(BackendMessage::ReadyForQuery { .. }) => break,
                 Ok(BackendMessage::ParameterStatus { name, value }) => {
-                    att.backend.params.set(name, value)
+                    backend.params.set(name, value)
                 }
                 Ok(BackendMessage::ErrorResponse(f)) => {
-                    error.get_or_insert_with(|| {
-                        ErrorFields::fatal(intern_code(f.code()), f.message())
-                    });
+                    if failed.is_none() {
+                        failed = Some((f.code().to_owned(), f.message(), frame.bytes.clone()));
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => return Err(ErrorFields::fatal("08006", e.to_string())),
+                Err(source) => {
+                    return Err(Error::BackendProtocol {
+                        addr: backend.addr,
+                        source,
+                    })
+                }
             }
         }
-        if let Some(e) = error {
-            att.backend.applied = u64::MAX;
-            self.release();
-            return Err(e);
+        if let Some((code, message, frame)) = failed {
+            return Err(Error::BackendRejected {
+                addr: backend.addr,
+                code,
+                message,
+                frame,
+            });
         }
-        self.sync_view();
+        backend.applied = self.gucs.hash;
         Ok(())
     }
 

@@ -60,7 +60,6 @@ impl Session {
                 e => ErrorFields::fatal("08006", e.to_string()),
             });
         }
-        self.finish_setup().await?;
         if let Some(att) = &self.attached {
             att.pool
                 .remember_login(self.gucs.hash, &att.backend.params.list);

@@ -2,14 +2,14 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 //! One client connection from accept to close.
 //!
-//! `startup` reads the startup packet, `auth` checks the client, `login` sends the first
-//! ParameterStatus set; `relay` moves frames both ways, cutting client input into `unit`s that
+//! `handshake` decides startup and authentication without I/O and `startup` runs it over the
+//! socket; `login` sends the first ParameterStatus set; `relay` moves frames both ways, cutting client input into `unit`s that
 //! are routed (or answered by the proxy in `local`), rewritten for named statements by
 //! `statements`, and whose responses `responses` forwards; `attach` picks and prepares backends;
 //! `params` turns client parameters into set_config calls.
 
 mod attach;
-mod auth;
+pub mod handshake;
 mod local;
 mod login;
 mod outbox;

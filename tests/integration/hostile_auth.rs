@@ -132,7 +132,7 @@ fn malformed_scram(addr: SocketAddr) {
         (
             "unknown mechanism",
             initial("SCRAM-SHA-1", b"n,,n=,r=abc"),
-            "28000",
+            "08P01",
         ),
         (
             "not a password message",
@@ -218,6 +218,15 @@ fn failed_logins_never_open_a_backend() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
+        // Stops the sampler however the probes end: a failed assertion must not leave the
+        // scope waiting for it forever.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _stop = Stop(&done);
         for proxy in &proxies {
             let port = proxy.addr().port();
             for _ in 0..10 {
@@ -234,7 +243,6 @@ fn failed_logins_never_open_a_backend() {
             }
         }
         malformed_scram(proxies[0].addr());
-        done.store(true, Ordering::Release);
     });
     assert_eq!(
         most.load(Ordering::Acquire),
