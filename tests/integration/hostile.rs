@@ -258,6 +258,14 @@ fn still_serves(addr: SocketAddr, what: &str) {
     );
 }
 
+/// Held by the tests here that measure this process's memory or use much of it, so that they
+/// do not blur each other's figures (the other test files' use is small next to the bounds).
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Resident memory of this process (the proxy runs in it), in KiB.
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -272,6 +280,7 @@ pub fn rss_kib() -> u64 {
 /// SQLSTATEs), and a close where PostgreSQL closes.
 #[test]
 fn startup_and_protocol_violations_are_answered_as_postgres_answers() {
+    let _heavy = heavy();
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(c, &Opts::default());
     let direct: SocketAddr = format!("127.0.0.1:{}", c.ports[0]).parse().unwrap();
@@ -577,6 +586,7 @@ fn slowloris_after_login_holds_no_backend() {
 /// with `max_client_connections = 50`, fifty clients still get in afterwards.
 #[test]
 fn bursts_of_connect_and_close_leave_nothing_behind() {
+    let _heavy = heavy();
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(
         c,
@@ -638,6 +648,7 @@ fn bursts_of_connect_and_close_leave_nothing_behind() {
 /// buffers between are full, so its memory stays bounded, and the session's end frees all.
 #[test]
 fn a_client_that_never_reads_is_held_back_with_bounded_memory() {
+    let _heavy = heavy();
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(
         c,
@@ -721,6 +732,7 @@ fn pipeline_through(addr: SocketAddr, messages: Vec<u8>, queries: usize) -> usiz
 /// the backend and reads its results at the same time.
 #[test]
 fn a_multi_megabyte_pipeline_does_not_deadlock() {
+    let _heavy = heavy();
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(
         c,
@@ -749,42 +761,101 @@ fn a_multi_megabyte_pipeline_does_not_deadlock() {
     still_serves(proxy.addr(), "after a large pipeline");
 }
 
+/// Reads one query's messages as they stream by, without holding their bodies: `(tag,
+/// length)` of each up to ReadyForQuery (ParameterStatus left out), how many `fill` bytes the
+/// bodies of `counted` messages held, and the highest RSS seen meanwhile.
+fn walk_messages(s: &mut TcpStream, counted: u8, fill: u8) -> (Vec<(u8, usize)>, usize, u64) {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut messages: Vec<(u8, usize)> = Vec::new();
+    let (mut header, mut body_left, mut filled) = (Vec::new(), 0usize, 0usize);
+    let (mut peak, mut since_sample) = (rss_kib(), 0usize);
+    let mut chunk = vec![0u8; 1 << 16];
+    while messages.last().map(|m| m.0) != Some(b'Z') || body_left > 0 {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before ReadyForQuery");
+        since_sample += n;
+        if since_sample > 4 << 20 {
+            peak = peak.max(rss_kib());
+            since_sample = 0;
+        }
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            if body_left > 0 {
+                let take = body_left.min(rest.len());
+                if messages.last().map(|m| m.0) == Some(counted) {
+                    filled += rest[..take].iter().filter(|&&b| b == fill).count();
+                }
+                body_left -= take;
+                rest = &rest[take..];
+                continue;
+            }
+            header.push(rest[0]);
+            rest = &rest[1..];
+            if header.len() == 5 {
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                messages.push((header[0], len as usize));
+                body_left = len as usize - 4;
+                header.clear();
+            }
+        }
+    }
+    messages.retain(|m| m.0 != b'S');
+    (messages, filled, peak)
+}
+
 /// A client can make PostgreSQL send one huge row (here 200 MB). pgpilot passes a long row on
-/// as it arrives instead of buffering it whole: its memory does not grow by the row's size.
+/// as it arrives instead of buffering it whole: its memory does not grow by the row's size,
+/// and the messages that arrive are PostgreSQL's, every byte of the row once.
 #[test]
 fn a_huge_row_is_streamed_not_buffered() {
+    let _heavy = heavy();
     let Some(c) = common::cluster() else { return };
     let proxy = common::proxy(c, &Opts::default());
     let mut s = logged_in(proxy.addr());
     let rss_before = rss_kib();
     s.write_all(&tagged(b'Q', b"SELECT repeat('x', 200000000)\0"))
         .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let (mut total, mut peak, mut tail) = (0usize, 0u64, Vec::new());
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut since_sample = 0;
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed before the end of the row");
-        total += n;
-        since_sample += n;
-        if since_sample > 4 << 20 {
-            peak = peak.max(rss_kib());
-            since_sample = 0;
-        }
-        tail.extend_from_slice(&chunk[..n]);
-        let keep = tail.len().saturating_sub(6);
-        tail.drain(..keep);
-        if tail.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-            break;
-        }
-    }
+    let (messages, xs, peak) = walk_messages(&mut s, b'D', b'x');
     let grown = peak.saturating_sub(rss_before);
-    eprintln!("a 200 MB row: {total} bytes relayed, RSS peak {grown} KiB above {rss_before} KiB");
-    assert!(total > 200_000_000);
+    eprintln!("a 200 MB row: RSS peak {grown} KiB above {rss_before} KiB");
+    let tags: Vec<u8> = messages.iter().map(|m| m.0).collect();
+    assert_eq!(tags, b"TDCZ");
+    assert_eq!(
+        messages[1].1,
+        4 + 2 + 4 + 200_000_000,
+        "one column of 200 MB"
+    );
+    assert_eq!(xs, 200_000_000, "every byte of the row arrived once");
     assert!(
         grown < 64 * 1024,
         "the row passed through without being held whole: grew {grown} KiB"
     );
     still_serves(proxy.addr(), "after a huge row");
+}
+
+/// The same for COPY out: one 100 MB CopyData.
+#[test]
+fn a_huge_copy_data_is_streamed_not_buffered() {
+    let _heavy = heavy();
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut s = logged_in(proxy.addr());
+    let rss_before = rss_kib();
+    s.write_all(&tagged(
+        b'Q',
+        b"COPY (SELECT repeat('y', 100000000)) TO STDOUT\0",
+    ))
+    .unwrap();
+    let (messages, ys, peak) = walk_messages(&mut s, b'd', b'y');
+    let grown = peak.saturating_sub(rss_before);
+    eprintln!("a 100 MB CopyData: RSS peak {grown} KiB above {rss_before} KiB");
+    let tags: Vec<u8> = messages.iter().map(|m| m.0).collect();
+    assert_eq!(
+        tags, b"HdcCZ",
+        "CopyOutResponse, CopyData, CopyDone, CommandComplete, RFQ"
+    );
+    assert_eq!(messages[1].1, 4 + 100_000_001, "the row and its newline");
+    assert_eq!(ys, 100_000_000, "every byte of the row arrived once");
+    assert!(grown < 64 * 1024, "grew {grown} KiB");
+    still_serves(proxy.addr(), "after a huge COPY");
 }
