@@ -166,6 +166,9 @@ pub struct RoutingConfig {
     pub read_your_writes: Duration,
     /// Most shared prepared statements one backend keeps; the least recently used is closed.
     pub max_prepared_statements: usize,
+    /// Most named prepared statements one client may hold: the proxy keeps each one's text, so
+    /// without a bound a client could grow the proxy's memory by preparing forever.
+    pub max_client_statements: usize,
 }
 
 impl RoutingConfig {

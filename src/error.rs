@@ -49,6 +49,12 @@ impl Error {
         }
     }
 
+    /// A backend refused what the client asked of it (a value of class 22, data exception, or
+    /// 42, syntax or access): any other backend would refuse it too.
+    pub fn is_clients_fault(&self) -> bool {
+        matches!(self, Error::BackendRejected { code, .. } if code.starts_with("22") || code.starts_with("42"))
+    }
+
     /// Whether another backend might succeed where this one failed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Backend { .. } | Error::BackendProtocol { .. })

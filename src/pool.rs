@@ -95,6 +95,16 @@ impl Pool {
 
     /// A clean connection within `wait`: an idle one, or a new one if capacity allows.
     pub async fn checkout(&self, wait: Duration) -> Result<Backend, Error> {
+        self.checkout_as(wait, true).await
+    }
+
+    /// A new connection within `wait`, never an idle one (which carries what other clients
+    /// left on it).
+    pub async fn checkout_new(&self, wait: Duration) -> Result<Backend, Error> {
+        self.checkout_as(wait, false).await
+    }
+
+    async fn checkout_as(&self, wait: Duration, reuse: bool) -> Result<Backend, Error> {
         let deadline = Instant::now() + wait;
         let Some(permit) = self.permits.acquire(wait).await else {
             log::debug!(
@@ -106,16 +116,11 @@ impl Pool {
             return Err(Error::PoolTimeout);
         };
         let now = Instant::now();
-        loop {
-            let candidate = self.idle.borrow_mut().pop();
-            match candidate {
-                Some(b) if self.is_fresh(&b, now) => {
-                    let mut b = b;
-                    b.permit = Some(permit);
-                    return Ok(b);
-                }
-                Some(_) => continue,
-                None => break,
+        while let Some(b) = reuse.then(|| self.idle.borrow_mut().pop()).flatten() {
+            if self.is_fresh(&b, now) {
+                let mut b = b;
+                b.permit = Some(permit);
+                return Ok(b);
             }
         }
         let addr = self.addr.get().ok_or(Error::NoBackend)?;

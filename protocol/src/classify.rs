@@ -180,7 +180,7 @@ fn analyze_text(sql: &[u8], functions: &Functions) -> (Route, SessionEffect) {
         }
         if !tokens.is_empty() {
             effect = effect.max(statement_effect(&tokens));
-            let route = statement(&tokens, functions);
+            let route = statement(&tokens, functions, 0);
             if route.target == Target::Primary {
                 primary.get_or_insert(route);
             } else if read.is_none_or(|r| r.reason == Reason::TransactionEnd) {
@@ -194,8 +194,17 @@ fn analyze_text(sql: &[u8], functions: &Functions) -> (Route, SessionEffect) {
     }
 }
 
-/// Classifies one statement's tokens.
-fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
+/// How deep EXPLAIN ANALYZE and COPY ( … ) may nest before the text is left unparsed (and
+/// sent to the primary): the classifier recurses once per level, and a client must not be
+/// able to exhaust a worker's stack with `EXPLAIN ANALYZE` repeated a million times.
+const MAX_NESTING: usize = 32;
+
+/// Classifies one statement's tokens, `nesting` levels inside EXPLAIN or COPY.
+fn statement(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
+    if nesting > MAX_NESTING {
+        return Route::primary(Reason::Unparsed);
+    }
+    let nesting = nesting + 1;
     let first = tokens.first();
     if is_kw(first, "select")
         || is_kw(first, "values")
@@ -208,13 +217,13 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
         return Route::replica(Reason::Show);
     }
     if is_kw(first, "copy") {
-        return copy(skip(tokens, 1), functions);
+        return copy(skip(tokens, 1), functions, nesting);
     }
     if ["fetch", "move", "close"].iter().any(|k| is_kw(first, k)) {
         return Route::replica(Reason::Cursor);
     }
     if is_kw(first, "explain") {
-        return explain(skip(tokens, 1), functions);
+        return explain(skip(tokens, 1), functions, nesting);
     }
     if is_kw(first, "begin") || is_kw(first, "start") {
         return begin(skip(tokens, 1));
@@ -243,7 +252,7 @@ fn statement(tokens: &[Token<'_>], functions: &Functions) -> Route {
 
 /// COPY … TO STDOUT of a table or of a read is a read; every other COPY writes (FROM) or has
 /// effects on the server (TO a file or program).
-fn copy(tokens: &[Token<'_>], functions: &Functions) -> Route {
+fn copy(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
     let (source_is_read, rest) = if tokens.first() == Some(&Token::LParen) {
         let mut depth = 0usize;
         let close = tokens.iter().position(|t| {
@@ -257,7 +266,7 @@ fn copy(tokens: &[Token<'_>], functions: &Functions) -> Route {
         let Some(close) = close else {
             return Route::primary(Reason::Write);
         };
-        let inner = statement(tokens.get(1..close).unwrap_or_default(), functions);
+        let inner = statement(tokens.get(1..close).unwrap_or_default(), functions, nesting);
         (
             inner.target == Target::Replica && inner.reason == Reason::PlainRead,
             skip(tokens, close + 1),
@@ -326,7 +335,7 @@ fn query(tokens: &[Token<'_>], functions: &Functions) -> Route {
 }
 
 /// EXPLAIN [ ( options ) | ANALYZE VERBOSE … ] statement: only EXPLAIN ANALYZE runs it.
-fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
+fn explain(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
     let mut analyze = false;
     let mut rest = tokens;
     if rest.first() == Some(&Token::LParen) {
@@ -352,7 +361,7 @@ fn explain(tokens: &[Token<'_>], functions: &Functions) -> Route {
     if !analyze {
         return Route::replica(Reason::Explain);
     }
-    match statement(rest, functions) {
+    match statement(rest, functions, nesting) {
         r if r.target == Target::Primary => r,
         _ => Route::replica(Reason::Explain),
     }

@@ -41,6 +41,7 @@ struct RawRouting {
     read_only_functions: Vec<String>,
     read_your_writes_ms: u64,
     max_prepared_statements: usize,
+    max_client_statements: usize,
     rules: Vec<RawRule>,
 }
 
@@ -51,6 +52,7 @@ impl Default for RawRouting {
             read_only_functions: Vec::new(),
             read_your_writes_ms: 1000,
             max_prepared_statements: 1000,
+            max_client_statements: 10_000,
             rules: Vec::new(),
         }
     }
@@ -227,8 +229,14 @@ fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, Co
             "must be at least 16".into(),
         ));
     }
+    at_least_one(
+        "routing.max_client_statements",
+        r.max_client_statements as u64,
+        err,
+    )?;
     Ok(RoutingConfig {
         max_prepared_statements: r.max_prepared_statements,
+        max_client_statements: r.max_client_statements,
         functions,
         rules,
         read_your_writes,

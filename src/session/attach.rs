@@ -24,6 +24,7 @@ impl Session {
         let state = self.core.state();
         let mut target = target;
         let mut retries = 1;
+        let mut fresh = false;
         loop {
             let core = &self.core;
             let id = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
@@ -39,7 +40,13 @@ impl Session {
             };
             let pool = self.core.pool(key);
             let mut reused = false;
-            let result = match pool.checkout(self.core.config.pool.checkout_timeout).await {
+            let wait = self.core.config.pool.checkout_timeout;
+            let checkout = if fresh {
+                pool.checkout_new(wait).await
+            } else {
+                pool.checkout(wait).await
+            };
+            let result = match checkout {
                 Ok(backend) => {
                     reused = backend.applied != 0;
                     self.install(backend, pool, on_replica).await
@@ -50,13 +57,17 @@ impl Session {
                 Ok(()) => return Ok(()),
                 // A backend that served other clients could not take this client's parameters
                 // (its old settings got in the way: a 1 ms statement_timeout, say). It has been
-                // closed; a new connection starts from the server's defaults.
-                Err(e @ Error::BackendRejected { .. }) if reused && retries > 0 => {
+                // closed; a new connection (not another idle one) starts from the server's
+                // defaults. Not when the client's own values are refused (classes 22 and 42):
+                // a new connection would refuse them too.
+                Err(e @ Error::BackendRejected { .. })
+                    if reused && !fresh && !e.is_clients_fault() =>
+                {
                     log::warn!(
                         "session={} parameter setup failed, trying a new connection: {e}",
                         self.pid
                     );
-                    retries -= 1;
+                    fresh = true;
                 }
                 Err(e) if e.is_retryable() && on_replica => {
                     log::warn!(

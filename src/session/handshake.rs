@@ -157,8 +157,8 @@ impl<'c> Handshake<'c> {
                 }
                 Ok(Some(action)) => return action,
                 Err(refusal) => {
+                    // What was queued before (an `N` to an SSLRequest) still goes first.
                     self.state = State::Over;
-                    self.out.clear();
                     return match refusal {
                         Refusal::Fatal(e) => {
                             log::info!("client refused at startup: {} {}", e.code, e.message);
@@ -170,7 +170,7 @@ impl<'c> Handshake<'c> {
                             encode::error_response_v2(&mut self.out, &text);
                             Action::Close(self.out.split())
                         }
-                        Refusal::Silent => Action::Close(BytesMut::new()),
+                        Refusal::Silent => Action::Close(self.out.split()),
                     };
                 }
             }

@@ -93,7 +93,14 @@ impl Session {
         };
         att.hidden += 1;
         if let Err(Error::Backend { source, .. }) = att.backend.send(&begin).await {
+            // The block the client was told it is in is gone: say so and leave the unit
+            // unrun, rather than running it in autocommit.
             self.backend_lost(source).await?;
+            let e = ErrorFields::error(
+                "08006",
+                "lost the connection to the server; the transaction is gone",
+            );
+            self.drop_unit(unit, &e).await?;
             return Ok(true);
         }
         Ok(false)
@@ -117,6 +124,15 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Whether [`Session::answer_deallocate`] would answer this unit itself.
+    pub(super) fn is_local_deallocate(&self, unit: &Unit) -> bool {
+        match self.lone_query(unit).and_then(deallocate) {
+            Some(Deallocate::Name(name)) => self.statements.contains_key(name.as_slice()),
+            Some(Deallocate::All) => !self.pinned,
+            None => false,
+        }
     }
 
     /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE

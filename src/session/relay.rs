@@ -55,7 +55,7 @@ impl Session {
                 }
                 Event::Backend(Err(e)) => Box::pin(self.backend_lost(e)).await?,
                 Event::Backend(Ok(_)) => Box::pin(self.pump_backend()).await?,
-                Event::Drained => {}
+                Event::Drained => self.drained(),
                 Event::Shutdown => {
                     let e = ErrorFields::fatal(
                         "57P01",
@@ -65,6 +65,21 @@ impl Session {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Everything queued for the backend is written: if that was all it owed, the session may
+    /// go on (and, in transaction mode, give the backend back), as after its last response.
+    fn drained(&mut self) {
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        if !att.is_idle() || !att.backend.rbuf.is_empty() {
+            return;
+        }
+        self.blocked = false;
+        if self.mode == PoolMode::Transaction && !self.pinned {
+            self.release();
         }
     }
 
@@ -171,10 +186,34 @@ impl Session {
         if unit.len == 0 {
             return Ok(true);
         }
+        // A unit the proxy answers itself waits until the backend has answered everything
+        // before it: the client must get its responses in order, and never inside a long row
+        // that is still streaming.
+        let local =
+            unit.refused || unit.over_limit || (tag == b'Q' && self.is_local_deallocate(&unit));
+        let owed = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.pending > 0 || a.streaming > 0);
+        if local && owed {
+            self.blocked = true;
+            return Ok(false);
+        }
         if unit.refused {
             let e = ErrorFields::error(
                 "25006",
                 "a pgpilot:replica hint on a statement that may write is refused",
+            );
+            self.drop_unit(&unit, &e).await?;
+            return Ok(true);
+        }
+        if unit.over_limit {
+            let e = ErrorFields::error(
+                "53400",
+                format!(
+                    "too many prepared statements in this session (routing.max_client_statements = {}); close some first",
+                    self.core.config.routing.max_client_statements
+                ),
             );
             self.drop_unit(&unit, &e).await?;
             return Ok(true);

@@ -323,6 +323,10 @@ impl Session {
         self.blocked = false;
         let addr = att.backend.addr;
         log::warn!("session={} lost backend {addr}: {source}", self.pid);
+        if att.streaming > 0 {
+            // The client has part of a message: nothing more can be said on this connection.
+            return Err(Error::Backend { addr, source });
+        }
         if self.mode == PoolMode::Session {
             self.send_error(&ErrorFields::fatal(
                 "08006",

@@ -33,6 +33,8 @@ pub(super) struct Unit {
     pub(super) effect: SessionEffect,
     /// A statement carries a replica hint but may write: the unit is refused.
     pub(super) refused: bool,
+    /// It prepares a named statement beyond `routing.max_client_statements`: refused.
+    pub(super) over_limit: bool,
     /// The session-level SETs / RESETs in it, to replay on the client's other backends.
     pub(super) changes: Vec<SettingChange>,
     /// The classifier (not a rule or read-your-writes) sent it to the primary.
@@ -87,6 +89,7 @@ impl Session {
             complete: false,
             effect: SessionEffect::None,
             refused: false,
+            over_limit: false,
             changes: Vec::new(),
             writes: false,
             replica_hint: false,
@@ -133,6 +136,11 @@ impl Session {
                         // Refused: the statement is never created.
                     } else if name.is_empty() {
                         self.unnamed = t;
+                    } else if self.statements.len()
+                        >= self.core.config.routing.max_client_statements
+                        && !self.statements.contains_key(name)
+                    {
+                        unit.over_limit = true;
                     } else {
                         let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
                         self.statements

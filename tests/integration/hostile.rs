@@ -859,3 +859,42 @@ fn a_huge_copy_data_is_streamed_not_buffered() {
     assert!(grown < 64 * 1024, "grew {grown} KiB");
     still_serves(proxy.addr(), "after a huge COPY");
 }
+
+/// The proxy keeps every named statement's text; a client may not hold more than
+/// `routing.max_client_statements` at once. One more is an ERROR (the session goes on), and
+/// closing one makes room.
+#[test]
+fn named_statements_beyond_the_limit_are_refused() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: "\n[routing]\nmax_client_statements = 3\n",
+            ..Opts::default()
+        },
+    );
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let prepare = |raw: &mut Raw, name: &str| {
+        let mut out = BytesMut::new();
+        encode::parse(&mut out, name.as_bytes(), b"SELECT 7", &[]);
+        encode::sync(&mut out);
+        raw.send(&out);
+        crate::raw::rows_of(&raw.until_ready())
+    };
+    for name in ["s1", "s2", "s3"] {
+        prepare(&mut raw, name).unwrap();
+    }
+    let e = prepare(&mut raw, "s4").unwrap_err();
+    assert_eq!((e.0.as_str(), e.1.as_str()), ("53400", "ERROR"));
+    assert_eq!(raw.query("SELECT 1").unwrap(), ["1"], "the session goes on");
+    // Preparing one it already has again is no new statement.
+    prepare(&mut raw, "s3").unwrap();
+    assert_eq!(raw.run_prepared(b"s3").unwrap(), ["7"]);
+    let mut out = BytesMut::new();
+    encode::close(&mut out, b'S', b"s1");
+    encode::sync(&mut out);
+    raw.send(&out);
+    crate::raw::rows_of(&raw.until_ready()).unwrap();
+    prepare(&mut raw, "s4").unwrap();
+    assert_eq!(raw.run_prepared(b"s4").unwrap(), ["7"]);
+}

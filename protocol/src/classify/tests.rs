@@ -353,3 +353,21 @@ fn transaction_ends_and_read_only_settings() {
         b"SET TRANSACTION READ ONLY; SELECT 1"
     ));
 }
+
+#[test]
+fn deep_nesting_is_unparsed_not_a_stack_overflow() {
+    // A million levels would overflow any worker's stack if each one recursed.
+    let explain = format!("{}SELECT 1", "EXPLAIN ANALYZE ".repeat(1_000_000));
+    let route = classify(explain.as_bytes());
+    assert_eq!(route.target, Target::Primary);
+    assert_eq!(route.reason, Reason::Unparsed);
+    let copy = format!(
+        "{}SELECT 1{}",
+        "COPY (".repeat(100_000),
+        ") TO STDOUT".repeat(100_000)
+    );
+    assert_eq!(classify(copy.as_bytes()).target, Target::Primary);
+    // Nesting within the bound is still classified.
+    let shallow = format!("{}SELECT 1", "EXPLAIN ANALYZE ".repeat(10));
+    assert_eq!(classify(shallow.as_bytes()).reason, Reason::Explain);
+}
