@@ -322,6 +322,12 @@ impl Core {
             for pool in self.pools.borrow().values() {
                 pool.reap(now);
             }
+            // A pool nobody holds and with no connection left goes (logins may name any
+            // database, and a failed one must not leave its pool behind for good). One a
+            // session still holds stays, so a key never has two pools.
+            self.pools
+                .borrow_mut()
+                .retain(|_, pool| Rc::strong_count(pool) > 1 || pool.idle_count() > 0);
         }
     }
 }

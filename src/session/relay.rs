@@ -138,7 +138,10 @@ impl Session {
                 return Ok(true);
             };
             if self.cbuf.len() < h.frame_len() {
-                self.cbuf.reserve(h.frame_len() - self.cbuf.len());
+                // Room for what is announced, but no more than one read at a time: a header
+                // that claims 64 MiB must not cost 64 MiB before the bytes exist.
+                self.cbuf
+                    .reserve((h.frame_len() - self.cbuf.len()).min(MAX_READ));
                 return Ok(true);
             }
             match h.tag {

@@ -20,6 +20,9 @@ use crate::config::PoolMode;
 use crate::error::Error;
 use pgpilot_protocol::classify::SettingChange;
 
+/// Most session-level SETs a client's set may hold before the client is pinned instead.
+const MAX_OVERRIDES: usize = 256;
+
 /// Backend messages longer than this are passed on while they arrive, not buffered whole
 /// (DataRow and CopyData only: the others are small, and some are read or rewritten).
 const STREAM_FROM: usize = 64 * 1024;
@@ -270,7 +273,14 @@ impl Session {
         if std::mem::take(&mut att.changes_failed) {
             return;
         }
-        if status != TransactionStatus::Idle {
+        // Left open in a transaction block the SETs may still roll back; and a client that
+        // keeps setting new parameters would make the set replayed on every attach grow
+        // without bound. Either way the client stays on this backend instead.
+        let new_names = changes
+            .iter()
+            .filter(|c| matches!(c, SettingChange::Set { name, .. } if !self.overrides.iter().any(|(n, _)| n == name)))
+            .count();
+        if status != TransactionStatus::Idle || self.overrides.len() + new_names > MAX_OVERRIDES {
             if !self.pinned {
                 self.pinned = true;
                 self.core.note_pin();

@@ -898,3 +898,60 @@ fn named_statements_beyond_the_limit_are_refused() {
     prepare(&mut raw, "s4").unwrap();
     assert_eq!(raw.run_prepared(b"s4").unwrap(), ["7"]);
 }
+
+/// Headers that announce huge messages cost nothing until the bytes come: fifty clients that
+/// each claim a 60 MB Query and send five bytes of it do not make the proxy reserve 3 GB.
+#[test]
+fn announced_lengths_are_not_reserved_before_the_bytes_arrive() {
+    let Some(c) = common::cluster() else { return };
+    let _heavy = heavy();
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            max_message_bytes: 64 << 20,
+            ..Opts::default()
+        },
+    );
+    // Address space, not RSS: reserved memory is not resident until written.
+    let vm_before = vm_kib();
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let mut s = logged_in(proxy.addr());
+        let mut head = vec![b'Q'];
+        head.extend_from_slice(&(60u32 << 20).to_be_bytes());
+        head.extend_from_slice(b"SELECT");
+        s.write_all(&head).unwrap();
+        held.push(s);
+    }
+    still_serves(proxy.addr(), "while fifty huge messages are announced");
+    let grown = vm_kib().saturating_sub(vm_before);
+    eprintln!("fifty 60 MB announcements: address space grew {grown} KiB");
+    assert!(grown < 1024 * 1024, "grew {grown} KiB");
+}
+
+/// Address space of this process, in KiB.
+fn vm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Every session-level SET is replayed on each backend that serves the client later; a client
+/// that keeps setting new parameters is pinned to its backend past 256 instead of making that
+/// set grow without bound. Its settings all stay in force.
+#[test]
+fn endless_sets_pin_the_client_instead_of_growing_its_replayed_set() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    for i in 0..300 {
+        raw.query(&format!("SET x.p{i} = 'v{i}'")).unwrap();
+    }
+    assert_eq!(raw.query("SHOW x.p0").unwrap(), ["v0"]);
+    assert_eq!(raw.query("SHOW x.p299").unwrap(), ["v299"]);
+    assert_eq!(raw.query("BEGIN; SHOW x.p150; COMMIT").unwrap(), ["v150"]);
+    still_serves(proxy.addr(), "after three hundred SETs");
+}
