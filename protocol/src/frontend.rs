@@ -26,12 +26,12 @@ pub enum FrontendTag {
     Terminate = b'X',
 }
 
-impl TryFrom<u8> for FrontendTag {
-    type Error = ProtocolError;
-
-    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+impl FrontendTag {
+    /// The tag a message type byte stands for; `None` for a byte no client message starts with.
+    #[inline]
+    pub const fn from_byte(tag: u8) -> Option<Self> {
         use FrontendTag::*;
-        Ok(match tag {
+        Some(match tag {
             b'Q' => Query,
             b'P' => Parse,
             b'B' => Bind,
@@ -46,10 +46,23 @@ impl TryFrom<u8> for FrontendTag {
             b'p' => Password,
             b'F' => FunctionCall,
             b'X' => Terminate,
-            tag => return Err(ProtocolError::UnknownTag { tag }),
+            _ => return None,
         })
     }
 }
+
+impl TryFrom<u8> for FrontendTag {
+    type Error = ProtocolError;
+
+    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+        FrontendTag::from_byte(tag).ok_or(ProtocolError::UnknownTag { tag })
+    }
+}
+
+/// The kind byte of a Describe or Close that names a prepared statement.
+pub const KIND_STATEMENT: u8 = b'S';
+/// The kind byte of a Describe or Close that names a portal.
+pub const KIND_PORTAL: u8 = b'P';
 
 /// A decoded frontend message; every slice borrows from the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +141,7 @@ impl<'a> FrontendMessage<'a> {
             }
             FrontendTag::Describe | FrontendTag::Close => {
                 let (rest, kind) = be_u8::<_, ()>(body).map_err(|_| bad("no kind"))?;
-                if kind != b'S' && kind != b'P' {
+                if kind != KIND_STATEMENT && kind != KIND_PORTAL {
                     return Err(bad("kind is neither S nor P"));
                 }
                 let (_, name) = cstr(rest).map_err(|_| bad("bad name"))?;
@@ -258,7 +271,7 @@ pub fn describe_target(tag: u8, body: &[u8]) -> Result<(u8, &[u8]), ProtocolErro
         what: "bad Describe or Close",
     };
     match body.split_first() {
-        Some((&kind @ (b'S' | b'P'), rest)) => {
+        Some((&kind @ (KIND_STATEMENT | KIND_PORTAL), rest)) => {
             cstr(rest).map(|(_, name)| (kind, name)).map_err(|_| bad)
         }
         _ => Err(bad),
@@ -275,6 +288,19 @@ pub fn parse_param_count(body: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_bytes_round_trip() {
+        let mut known = 0;
+        for b in 0..=u8::MAX {
+            if let Some(tag) = FrontendTag::from_byte(b) {
+                assert_eq!(tag as u8, b);
+                known += 1;
+            }
+            assert_eq!(FrontendTag::try_from(b).ok(), FrontendTag::from_byte(b));
+        }
+        assert_eq!(known, 14, "every variant has its byte");
+    }
 
     #[test]
     fn checked_views_refuse_what_postgres_refuses() {

@@ -14,6 +14,7 @@ use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::frontend::FrontendTag;
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::statements::Rewrite;
@@ -126,11 +127,12 @@ impl Session {
                 self.cbuf.reserve(h.frame_len() - self.cbuf.len());
                 return Ok(true);
             }
-            match h.tag {
-                b'X' => return Ok(false),
-                b'p' => {
+            let tag = FrontendTag::from_byte(h.tag);
+            match tag {
+                Some(FrontendTag::Terminate) => return Ok(false),
+                Some(FrontendTag::Password) => {
                     return Err(Error::Client(ProtocolError::Malformed {
-                        tag: b'p',
+                        tag: h.tag,
                         what: "password message after authentication",
                     }))
                 }
@@ -138,23 +140,25 @@ impl Session {
             }
             if self.skip_until_sync {
                 let _ = self.cbuf.split_to(h.frame_len());
-                if h.tag == b'S' {
+                if tag == Some(FrontendTag::Sync) {
                     self.skip_until_sync = false;
                     encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
                     self.flush_out().await?;
                 }
                 continue;
             }
-            if !self.pump_unit(h.tag).await? {
+            if !self.pump_unit(tag).await? {
                 return Ok(true);
             }
         }
     }
 
-    /// Routes and forwards the unit at the front of the buffer. `Ok(false)`: wait for the backend.
-    async fn pump_unit(&mut self, tag: u8) -> Result<bool, Error> {
+    /// Routes and forwards the unit at the front of the buffer, whose first message has `tag`
+    /// (`None`: unknown, refused by `scan_unit`). `Ok(false)`: wait for the backend.
+    async fn pump_unit(&mut self, tag: Option<FrontendTag>) -> Result<bool, Error> {
+        use FrontendTag as F;
         let mid_unit = self.attached.as_ref().is_some_and(|a| a.unsynced);
-        if matches!(tag, b'd' | b'c' | b'f') && !mid_unit {
+        if matches!(tag, Some(F::CopyData | F::CopyDone | F::CopyFail)) && !mid_unit {
             // Copy data flows to the backend running COPY; outside COPY PostgreSQL ignores it.
             let len = Header::peek(&self.cbuf, self.max_message)
                 .ok()
@@ -179,7 +183,7 @@ impl Session {
             self.drop_unit(&unit, &e).await?;
             return Ok(true);
         }
-        if tag == b'Q' && self.answer_deallocate(&unit).await? {
+        if tag == Some(F::Query) && self.answer_deallocate(&unit).await? {
             return Ok(true);
         }
         if self.mode == PoolMode::Transaction

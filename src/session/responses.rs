@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
-use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::{Header, ProtocolError};
@@ -32,9 +32,10 @@ struct SlotQueue<'a> {
 }
 
 impl SlotQueue<'_> {
-    /// Moves the queue along for one backend message; false when the client must not see it.
-    fn follow(self, tag: u8, pending: &mut u32, copy_in: &mut bool) -> bool {
-        if tag == b'G' {
+    /// Moves the queue along for one backend message (`None`: a tag pgpilot does not know);
+    /// false when the client must not see it.
+    fn follow(self, tag: Option<BackendTag>, pending: &mut u32, copy_in: &mut bool) -> bool {
+        if tag == Some(BackendTag::CopyInResponse) {
             let (dropped, open) = start_copy_in(self.slots);
             *pending = pending.saturating_sub(dropped);
             *copy_in = open;
@@ -42,11 +43,11 @@ impl SlotQueue<'_> {
         let Some(slot) = self.slots.front().copied() else {
             return true;
         };
-        if tag == b'E' && !slot.is_sync_point() {
+        if tag == Some(BackendTag::ErrorResponse) && !slot.is_sync_point() {
             drop_until_sync(self.slots, self.prepared, self.skipping);
             return true;
         }
-        if slot.ends_with(tag) {
+        if tag.is_some_and(|tag| slot.ends_with(tag)) {
             self.slots.pop_front();
         }
         !matches!(slot, Slot::Parse { visible: false, .. } | Slot::HiddenClose)
@@ -78,6 +79,7 @@ impl Attached {
         tracked: bool,
         view: &mut Rc<Vec<(String, String)>>,
     ) -> Result<Bytes, ProtocolError> {
+        use BackendTag as B;
         let mut out = BytesMut::new();
         let mut changed = false;
         let rbuf = &self.backend.rbuf;
@@ -88,8 +90,9 @@ impl Attached {
         let mut scan = FrameScan::new(rbuf.get(start..).unwrap_or_default(), MAX_BACKEND_MESSAGE);
         for f in &mut scan {
             let (at, frame) = (start + f.at, f.bytes);
-            match f.tag() {
-                b'Z' => {
+            let tag = B::from_byte(f.tag());
+            match tag {
+                Some(B::ReadyForQuery) => {
                     self.pending = self.pending.saturating_sub(1);
                     let status = f
                         .body()
@@ -101,8 +104,8 @@ impl Attached {
                         self.changes_settled = Some(self.status);
                     }
                 }
-                b'E' if self.changes.is_some() => self.changes_failed = true,
-                b'S' => {
+                Some(B::ErrorResponse) if self.changes.is_some() => self.changes_failed = true,
+                Some(B::ParameterStatus) => {
                     if let Ok(BackendMessage::ParameterStatus { name, value }) =
                         BackendMessage::parse(frame)
                     {
@@ -113,7 +116,11 @@ impl Attached {
                 _ => {}
             }
             let mut keep = true;
-            if tracked && !matches!(f.tag(), b'N' | b'A' | b'S') {
+            let asynchronous = matches!(
+                tag,
+                Some(B::NoticeResponse | B::NotificationResponse | B::ParameterStatus)
+            );
+            if tracked && !asynchronous {
                 while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
                 {
                     if let Slot::Fake(tag) = slot {
@@ -130,7 +137,7 @@ impl Attached {
                     prepared: &mut self.backend.prepared,
                     skipping: &mut self.skipping,
                 };
-                keep = q.follow(f.tag(), &mut self.pending, &mut self.copy_in);
+                keep = q.follow(tag, &mut self.pending, &mut self.copy_in);
             }
             if keep {
                 if changed {
@@ -154,7 +161,8 @@ impl Attached {
                 Some(Slot::Fake(_) | Slot::CopyEnd | Slot::HiddenClose)
                     | Some(Slot::Parse { visible: false, .. })
             );
-            if matches!(h.tag, b'D' | b'd') && h.frame_len() > STREAM_FROM && plain_front {
+            let streamable = matches!(B::from_byte(h.tag), Some(B::DataRow | B::CopyData));
+            if streamable && h.frame_len() > STREAM_FROM && plain_front {
                 self.streaming = h.frame_len() - rest.len();
                 if changed {
                     out.put_slice(rest);

@@ -11,6 +11,7 @@ use glommio::net::TcpStream;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::split_frame;
+use pgpilot_protocol::frontend::FrontendTag;
 use pgpilot_protocol::startup::{self, StartupPacket};
 use pgpilot_protocol::{Frame, ProtocolError};
 
@@ -87,8 +88,10 @@ impl Conn {
     pub(super) async fn password_frame(&mut self) -> Result<Frame, Refusal> {
         loop {
             match split_frame(&mut self.buf, MAX_AUTH_MESSAGE) {
-                Ok(Some(f)) if f.tag == b'p' => return Ok(f),
-                Ok(Some(f)) if f.tag == b'X' => return Err(Refusal::Silent),
+                Ok(Some(f)) if f.tag == FrontendTag::Password as u8 => return Ok(f),
+                Ok(Some(f)) if f.tag == FrontendTag::Terminate as u8 => {
+                    return Err(Refusal::Silent)
+                }
                 Ok(Some(_)) => {
                     return Err(ErrorFields::fatal("08P01", "expected a password response").into())
                 }

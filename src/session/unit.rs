@@ -9,7 +9,7 @@ use pgpilot_protocol::classify::{
 };
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::{
-    bind_statement, describe_target, query_sql, statement_of, FrontendTag,
+    bind_statement, describe_target, query_sql, statement_of, FrontendTag, KIND_STATEMENT,
 };
 use pgpilot_protocol::ProtocolError;
 
@@ -185,7 +185,7 @@ impl Session {
         let name = match tag {
             FrontendTag::Bind => bind_statement(body)?,
             _ => match describe_target(tag as u8, body)? {
-                (b'S', name) => name,
+                (KIND_STATEMENT, name) => name,
                 _ => return Ok(None),
             },
         };
