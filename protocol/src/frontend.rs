@@ -179,7 +179,10 @@ fn parse_parse(body: &[u8]) -> Option<FrontendMessage<'_>> {
     let (mut rest, count) = be_i16::<_, ()>(rest).ok()?;
     let count = usize::try_from(count).ok()?;
     // Each type is four bytes: bound the count by what is really there before allocating.
-    if rest.len() < count * 4 {
+    if count
+        .checked_mul(4)
+        .is_none_or(|types_len| rest.len() < types_len)
+    {
         return None;
     }
     let mut param_types = Vec::with_capacity(count);
@@ -318,6 +321,37 @@ mod tests {
             assert!(describe_target(b'D', bad).is_err(), "{bad:?}");
         }
     }
+    #[test]
+    fn parameter_and_sasl_lengths_are_checked_against_the_body() {
+        let parse_body = |count: i16, types: &[u8]| {
+            [&b"s\0SELECT $1\0"[..], &count.to_be_bytes(), types].concat()
+        };
+        // The count says how many 4-byte types follow: bounded by the body before allocating.
+        let one = parse_body(1, &23u32.to_be_bytes());
+        assert!(
+            matches!(parse_parse(&one), Some(FrontendMessage::Parse { param_types, .. }) if param_types == [23])
+        );
+        for (count, types) in [(i16::MAX, &[0u8; 8][..]), (2, &[0; 7]), (-1, &[])] {
+            assert_eq!(parse_parse(&parse_body(count, types)), None, "{count}");
+        }
+        let sasl =
+            |len: i32, data: &[u8]| [&b"SCRAM-SHA-256\0"[..], &len.to_be_bytes(), data].concat();
+        assert_eq!(
+            SaslInitialResponse::parse(&sasl(3, b"abc")).unwrap().data,
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            SaslInitialResponse::parse(&sasl(-1, b"")).unwrap().data,
+            None
+        );
+        for (len, data) in [(i32::MAX, &b"abc"[..]), (4, b"abc"), (-2, b"")] {
+            assert!(
+                SaslInitialResponse::parse(&sasl(len, data)).is_err(),
+                "{len}"
+            );
+        }
+    }
+
     use crate::encode;
     use crate::frame::split_frame;
     use bytes::BytesMut;

@@ -24,7 +24,7 @@ impl Session {
     pub(super) async fn attach(&mut self, target: Target) -> Result<(), Error> {
         let state = self.core.state();
         let mut target = target;
-        let mut retries = 1;
+        let mut retries = 1u32;
         loop {
             let core = &self.core;
             let id = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
@@ -52,7 +52,7 @@ impl Session {
                     );
                     target = Target::Primary;
                 }
-                Err(e) if e.is_retryable() && retries > 0 => retries -= 1,
+                Err(e) if e.is_retryable() && retries > 0 => retries = retries.saturating_sub(1),
                 Err(e) => return Err(e),
             }
         }
@@ -121,7 +121,9 @@ impl Session {
                 .await
                 .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
             match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => att.hidden -= 1,
+                Ok(BackendMessage::ReadyForQuery { .. }) => {
+                    att.hidden = att.hidden.saturating_sub(1)
+                }
                 Ok(BackendMessage::ParameterStatus { name, value }) => {
                     att.backend.params.set(name, value)
                 }

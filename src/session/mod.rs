@@ -1,5 +1,5 @@
-#![deny(clippy::indexing_slicing)]
-#![cfg_attr(test, allow(clippy::indexing_slicing))]
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 //! One client connection from accept to close.
 //!
 //! `startup` reads the startup packet, `auth` checks the client, `login` sends the first

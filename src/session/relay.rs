@@ -124,7 +124,8 @@ impl Session {
                 return Ok(true);
             };
             if self.cbuf.len() < h.frame_len() {
-                self.cbuf.reserve(h.frame_len() - self.cbuf.len());
+                self.cbuf
+                    .reserve(h.frame_len().saturating_sub(self.cbuf.len()));
                 return Ok(true);
             }
             let tag = FrontendTag::from_byte(h.tag);
@@ -249,7 +250,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
-        att.pending += rfqs;
+        att.pending = att.pending.saturating_add(rfqs);
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;
         }
@@ -263,7 +264,7 @@ impl Session {
                 ignored_syncs: 0,
             };
             batch = rw.unit(batch, &mut self.statements);
-            att.pending -= rw.ignored_syncs.min(att.pending);
+            att.pending = att.pending.saturating_sub(rw.ignored_syncs);
         }
         log::trace!(
             "session={} -> backend {}: {:?} pending={} slots={:?} queued={}",
@@ -302,17 +303,18 @@ fn poll_fill(
         }
         return result;
     }
+    // Lengths of one buffer: len <= capacity, and the reads fill at most the room past len.
     let start = buf.len();
-    if buf.capacity() - start < chunk {
+    if buf.capacity().saturating_sub(start) < chunk {
         buf.reserve(chunk);
     }
-    let room = (buf.capacity() - start).min(MAX_READ);
-    buf.resize(start + room, 0);
+    let room = buf.capacity().saturating_sub(start).min(MAX_READ);
+    buf.resize(start.saturating_add(room), 0);
     let result = Pin::new(stream).poll_read(cx, buf.get_mut(start..).unwrap_or_default());
     let n = match &result {
         Poll::Ready(Ok(n)) => *n,
         _ => 0,
     };
-    buf.truncate(start + n);
+    buf.truncate(start.saturating_add(n));
     result
 }

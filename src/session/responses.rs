@@ -83,13 +83,14 @@ impl Attached {
         let mut out = BytesMut::new();
         let mut changed = false;
         let rbuf = &self.backend.rbuf;
-        // The rest of a long row being streamed goes first, as it is.
+        // The rest of a long row being streamed goes first, as it is. Positions below are
+        // offsets into `rbuf`, so their sums stay within its length.
         let start = self.streaming.min(rbuf.len());
-        self.streaming -= start;
+        self.streaming = self.streaming.saturating_sub(start);
         let mut consumed = start;
         let mut scan = FrameScan::new(rbuf.get(start..).unwrap_or_default(), MAX_BACKEND_MESSAGE);
         for f in &mut scan {
-            let (at, frame) = (start + f.at, f.bytes);
+            let (at, frame) = (start.saturating_add(f.at), f.bytes);
             let tag = B::from_byte(f.tag());
             match tag {
                 Some(B::ReadyForQuery) => {
@@ -147,7 +148,7 @@ impl Attached {
                 out.put_slice(rbuf.get(..at).unwrap_or_default());
                 changed = true;
             }
-            consumed = start + f.end();
+            consumed = start.saturating_add(f.end());
         }
         if let Some(e) = scan.error() {
             return Err(e);
@@ -163,7 +164,8 @@ impl Attached {
             );
             let streamable = matches!(B::from_byte(h.tag), Some(B::DataRow | B::CopyData));
             if streamable && h.frame_len() > STREAM_FROM && plain_front {
-                self.streaming = h.frame_len() - rest.len();
+                // The scan stopped at this frame, so it is longer than what is here.
+                self.streaming = h.frame_len().saturating_sub(rest.len());
                 if changed {
                     out.put_slice(rest);
                 }
@@ -195,7 +197,9 @@ impl Session {
                 }
             };
             match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => att.hidden -= 1,
+                Ok(BackendMessage::ReadyForQuery { .. }) => {
+                    att.hidden = att.hidden.saturating_sub(1)
+                }
                 Ok(BackendMessage::ParameterStatus { name, value }) => {
                     att.backend.params.set(name, value)
                 }

@@ -48,13 +48,14 @@ pub(super) struct Conn {
 impl Conn {
     async fn fill(&mut self) -> Result<(), Refusal> {
         let start = self.buf.len();
-        self.buf.resize(start + 1024, 0);
+        // The buffer holds one startup packet (at most MAX_STARTUP_LEN) and what follows it.
+        self.buf.resize(start.saturating_add(1024), 0);
         let n = self
             .stream
             .read(self.buf.get_mut(start..).unwrap_or_default())
             .await
             .unwrap_or(0);
-        self.buf.truncate(start + n);
+        self.buf.truncate(start.saturating_add(n));
         if n == 0 {
             return Err(Refusal::Silent);
         }

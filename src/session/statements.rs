@@ -32,7 +32,8 @@ impl Stmt {
     /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
     /// the meaning of the same text (search_path) from sharing a backend statement.
     pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
-        let rest = body.get(name_len + 1..).unwrap_or_default();
+        // Past the name's NUL; `name_len` is under `body.len()`, so the sum cannot saturate.
+        let rest = body.get(name_len.saturating_add(1)..).unwrap_or_default();
         let mut h = DefaultHasher::new();
         scope.hash(&mut h);
         rest.hash(&mut h);
@@ -86,16 +87,19 @@ impl Slot {
     }
 }
 
-/// The backend's name for a shared statement.
+/// Lower-case hexadecimal digits, for statement names.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The backend's name for a shared statement: `pgpilot_` and the hash in hex.
 fn backend_name(hash: u64) -> [u8; 24] {
     let mut name = *b"pgpilot_0000000000000000";
-    for (i, b) in name.iter_mut().skip(8).enumerate() {
-        let nibble = ((hash >> (60 - 4 * i)) & 0xf) as u8;
-        *b = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
+    let mut rest = hash;
+    for b in name.iter_mut().skip(8) {
+        // Highest nibble first.
+        rest = rest.rotate_left(4);
+        if let Some(&digit) = HEX_DIGITS.get((rest & 0xf) as usize) {
+            *b = digit;
+        }
     }
     name
 }
@@ -197,7 +201,7 @@ impl Rewrite<'_> {
                 self.describe_or_close(tag, body, stmts, out)
             }
             F::Sync if *self.copy_in => {
-                self.ignored_syncs += 1;
+                self.ignored_syncs = self.ignored_syncs.saturating_add(1);
                 true
             }
             F::CopyDone | F::CopyFail => {
@@ -244,7 +248,7 @@ impl Rewrite<'_> {
             return true;
         };
         self.ensure(stmt, out);
-        let mut msg = BytesMut::with_capacity(body.len() + 24);
+        let mut msg = BytesMut::with_capacity(body.len().saturating_add(24));
         msg.put_slice(portal);
         msg.put_u8(0);
         msg.put_slice(&backend_name(stmt.hash));
@@ -293,16 +297,20 @@ impl Rewrite<'_> {
 }
 
 fn put_parse(out: &mut BytesMut, stmt: &Stmt) {
-    let mut msg = BytesMut::with_capacity(25 + stmt.body.len());
+    let mut msg = BytesMut::with_capacity(stmt.body.len().saturating_add(25));
     msg.put_slice(&backend_name(stmt.hash));
     msg.put_u8(0);
     msg.put_slice(&stmt.body);
     put_tagged(out, FrontendTag::Parse as u8, &msg);
 }
 
+/// Appends one message. Bodies here are client bodies (at most `max_message_bytes`, 1 GiB)
+/// with a statement name of 24 bytes put in, so the length word always fits; were it not to,
+/// it would saturate to a length PostgreSQL refuses rather than wrap to a wrong one.
 fn put_tagged(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
-    out.put_u32(body.len() as u32 + 4);
+    let msg_len = u32::try_from(body.len()).map_or(u32::MAX, |n| n.saturating_add(4));
+    out.put_u32(msg_len);
     out.put_slice(body);
 }
 
@@ -334,9 +342,9 @@ pub(super) fn start_copy_in(slots: &mut VecDeque<Slot>) -> (u32, bool) {
             }
             Slot::Pass(FrontendTag::Sync) => {
                 slots.remove(i);
-                dropped += 1;
+                dropped = dropped.saturating_add(1);
             }
-            _ => i += 1,
+            _ => i = i.saturating_add(1),
         }
     }
     (dropped, true)
@@ -390,6 +398,16 @@ mod tests {
 
     fn tags(sent: &[(FrontendTag, Vec<u8>)]) -> Vec<FrontendTag> {
         sent.iter().map(|f| f.0).collect()
+    }
+
+    #[test]
+    fn backend_names_spell_the_hash_in_hex_highest_nibble_first() {
+        assert_eq!(
+            &backend_name(0x0123_4567_89ab_cdef),
+            b"pgpilot_0123456789abcdef"
+        );
+        assert_eq!(&backend_name(u64::MAX), b"pgpilot_ffffffffffffffff");
+        assert_eq!(&backend_name(0), b"pgpilot_0000000000000000");
     }
 
     #[test]

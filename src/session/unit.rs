@@ -112,16 +112,16 @@ impl Session {
                     }
                     unit.note_statement(route, effect, sql);
                     target = join(target, route.target);
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::FunctionCall => {
                     target = join(target, Target::Primary);
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::Sync => {
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::Parse => {
