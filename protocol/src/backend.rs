@@ -36,12 +36,12 @@ pub enum BackendTag {
     NegotiateProtocolVersion = b'v',
 }
 
-impl TryFrom<u8> for BackendTag {
-    type Error = ProtocolError;
-
-    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+impl BackendTag {
+    /// The tag a message type byte stands for; `None` for a byte no server message starts with.
+    #[inline]
+    pub const fn from_byte(tag: u8) -> Option<Self> {
         use BackendTag::*;
-        Ok(match tag {
+        Some(match tag {
             b'R' => Authentication,
             b'S' => ParameterStatus,
             b'K' => BackendKeyData,
@@ -66,8 +66,16 @@ impl TryFrom<u8> for BackendTag {
             b't' => ParameterDescription,
             b'V' => FunctionCallResponse,
             b'v' => NegotiateProtocolVersion,
-            tag => return Err(ProtocolError::UnknownTag { tag }),
+            _ => return None,
         })
+    }
+}
+
+impl TryFrom<u8> for BackendTag {
+    type Error = ProtocolError;
+
+    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+        BackendTag::from_byte(tag).ok_or(ProtocolError::UnknownTag { tag })
     }
 }
 
@@ -341,6 +349,19 @@ mod tests {
             out.push(format!("{:?}", BackendMessage::parse(&f.bytes).unwrap()));
         }
         out
+    }
+
+    #[test]
+    fn tag_bytes_round_trip() {
+        let mut known = 0;
+        for b in 0..=u8::MAX {
+            if let Some(tag) = BackendTag::from_byte(b) {
+                assert_eq!(tag as u8, b);
+                known += 1;
+            }
+            assert_eq!(BackendTag::try_from(b).ok(), BackendTag::from_byte(b));
+        }
+        assert_eq!(known, 24, "every variant has its byte");
     }
 
     #[test]

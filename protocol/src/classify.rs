@@ -204,7 +204,7 @@ fn statement(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Rou
     if nesting > MAX_NESTING {
         return Route::primary(Reason::Unparsed);
     }
-    let nesting = nesting + 1;
+    let nesting = nesting.saturating_add(1);
     let first = tokens.first();
     if is_kw(first, "select")
         || is_kw(first, "values")
@@ -257,8 +257,9 @@ fn copy(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
         let mut depth = 0usize;
         let close = tokens.iter().position(|t| {
             match t {
-                Token::LParen => depth += 1,
-                Token::RParen => depth -= 1,
+                Token::LParen => depth = depth.saturating_add(1),
+                // The first token opened one and a depth of 0 stops the search: no underflow.
+                Token::RParen => depth = depth.saturating_sub(1),
                 _ => {}
             }
             depth == 0
@@ -269,7 +270,7 @@ fn copy(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
         let inner = statement(tokens.get(1..close).unwrap_or_default(), functions, nesting);
         (
             inner.target == Target::Replica && inner.reason == Reason::PlainRead,
-            skip(tokens, close + 1),
+            skip(tokens, close.saturating_add(1)),
         )
     } else {
         // table name, maybe qualified, maybe a column list
@@ -280,11 +281,11 @@ fn copy(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route {
         ) && !is_kw(tokens.get(i), "to")
             && !is_kw(tokens.get(i), "from")
         {
-            i += 1;
+            i = i.saturating_add(1);
         }
         if tokens.get(i) == Some(&Token::LParen) {
             match skip(tokens, i).iter().position(|t| *t == Token::RParen) {
-                Some(close) => i += close + 1,
+                Some(close) => i = i.saturating_add(close).saturating_add(1),
                 None => return Route::primary(Reason::Write),
             }
         }
@@ -301,7 +302,9 @@ fn query(tokens: &[Token<'_>], functions: &Functions) -> Route {
     let is_with = is_kw(tokens.first(), "with");
     for (i, tok) in tokens.iter().enumerate() {
         let Token::Word(w) = tok else {
-            if let (Token::Quoted(name), Some(Token::LParen)) = (tok, tokens.get(i + 1)) {
+            if let (Token::Quoted(name), Some(Token::LParen)) =
+                (tok, tokens.get(i.saturating_add(1)))
+            {
                 if functions.is_write(name) {
                     return Route::primary(Reason::WriteFunction);
                 }
@@ -327,7 +330,7 @@ fn query(tokens: &[Token<'_>], functions: &Functions) -> Route {
         if kw("into") {
             return Route::primary(Reason::SelectInto);
         }
-        if tokens.get(i + 1) == Some(&Token::LParen) && functions.is_write(w) {
+        if tokens.get(i.saturating_add(1)) == Some(&Token::LParen) && functions.is_write(w) {
             return Route::primary(Reason::WriteFunction);
         }
     }
@@ -347,7 +350,7 @@ fn explain(tokens: &[Token<'_>], functions: &Functions, nesting: usize) -> Route
             .iter()
             .take(close)
             .any(|t| is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse"));
-        rest = rest.get(close + 1..).unwrap_or_default();
+        rest = rest.get(close.saturating_add(1)..).unwrap_or_default();
     } else {
         while let Some(t) = rest.first() {
             if is_kw(Some(t), "analyze") || is_kw(Some(t), "analyse") {

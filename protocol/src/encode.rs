@@ -11,9 +11,9 @@ fn tagged(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     let at = buf.len();
     buf.put_u32(0);
     body(buf);
-    let msg_len = (buf.len() - at) as u32;
-    if let Some(word) = buf.get_mut(at..at + 4) {
-        word.copy_from_slice(&msg_len.to_be_bytes());
+    let msg_len = buf.len().saturating_sub(at) as u32;
+    if let Some(word) = buf.get_mut(at..).and_then(|b| b.first_chunk_mut::<4>()) {
+        *word = msg_len.to_be_bytes();
     }
 }
 
@@ -22,9 +22,9 @@ fn untagged(buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     let at = buf.len();
     buf.put_u32(0);
     body(buf);
-    let len = (buf.len() - at) as u32;
-    if let Some(word) = buf.get_mut(at..at + 4) {
-        word.copy_from_slice(&len.to_be_bytes());
+    let len = buf.len().saturating_sub(at) as u32;
+    if let Some(word) = buf.get_mut(at..).and_then(|b| b.first_chunk_mut::<4>()) {
+        *word = len.to_be_bytes();
     }
 }
 

@@ -13,27 +13,38 @@ pub struct Header {
     pub msg_len: u32,
 }
 
+/// Whether a `usize` holds the frame length (one more than `msg_len`): always on 64-bit
+/// targets, where this compiles to nothing; all but `u32::MAX` on 32-bit ones.
+fn frame_len_fits(msg_len: u32) -> bool {
+    usize::try_from(msg_len).is_ok_and(|n| n < usize::MAX)
+}
+
 impl Header {
-    /// `Ok(None)` until five bytes are buffered; lengths are checked before anyone allocates.
+    /// `Ok(None)` until five bytes are buffered; lengths are checked before anyone allocates,
+    /// and a length whose frame length would not fit in a `usize` is too large whatever
+    /// `max_len` says.
     pub fn peek(buf: &[u8], max_len: u32) -> Result<Option<Header>, ProtocolError> {
         let Some(&[tag, a, b, c, d]) = buf.first_chunk::<5>() else {
             return Ok(None);
         };
         match u32::from_be_bytes([a, b, c, d]) {
             msg_len @ 0..=3 => Err(ProtocolError::BadLength { tag, msg_len }),
-            msg_len if msg_len > max_len => Err(ProtocolError::TooLarge { tag, msg_len }),
+            msg_len if msg_len > max_len || !frame_len_fits(msg_len) => {
+                Err(ProtocolError::TooLarge { tag, msg_len })
+            }
             msg_len => Ok(Some(Header { tag, msg_len })),
         }
     }
 
-    /// Bytes on the wire: tag + length word + body.
+    /// Bytes on the wire: tag + length word + body. Exact for a header from [`Header::peek`];
+    /// a hand-made one too long for a `usize` saturates to a frame no buffer completes.
     pub fn frame_len(self) -> usize {
-        1 + self.msg_len as usize
+        (self.msg_len as usize).saturating_add(1)
     }
 
-    /// Bytes of the body alone.
+    /// Bytes of the body alone (0 for a hand-made length word under 4).
     pub fn body_len(self) -> usize {
-        self.msg_len as usize - 4
+        (self.msg_len as usize).saturating_sub(4)
     }
 }
 
@@ -61,7 +72,7 @@ pub fn split_frame(buf: &mut BytesMut, max_len: u32) -> Result<Option<Frame>, Pr
     };
     let frame_len = header.frame_len();
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        buf.reserve(frame_len.saturating_sub(buf.len()));
         return Ok(None);
     }
     Ok(Some(Frame {
@@ -94,7 +105,8 @@ impl<'a> FrameRef<'a> {
 
     /// Where the message ends in the scanned buffer.
     pub fn end(&self) -> usize {
-        self.at + self.bytes.len()
+        // Both count bytes of one buffer: the sum is at most its length.
+        self.at.saturating_add(self.bytes.len())
     }
 }
 
@@ -140,7 +152,7 @@ impl<'a> Iterator for FrameScan<'a> {
             Ok(Some(header)) => {
                 let bytes = rest.get(..header.frame_len())?;
                 let at = self.pos;
-                self.pos += bytes.len();
+                self.pos = self.pos.saturating_add(bytes.len());
                 Some(FrameRef { at, header, bytes })
             }
             Ok(None) => None,
@@ -192,6 +204,34 @@ mod tests {
             buf.capacity() < 1024,
             "nothing was reserved for a rejected length"
         );
+    }
+
+    #[test]
+    fn the_longest_length_word_never_overflows_the_frame_length() {
+        // `1 + u32::MAX as usize` overflowed a 32-bit usize when nothing bounded the length:
+        // a panic in debug builds, a frame length of 0 (and a scan that never moves) in release.
+        let wire = [b'd', 0xff, 0xff, 0xff, 0xff];
+        let peeked = Header::peek(&wire, u32::MAX);
+        if usize::BITS > u32::BITS {
+            let header = peeked.unwrap().unwrap();
+            assert_eq!(header.frame_len() as u64, 1 << 32);
+            assert_eq!(header.body_len() as u64, (1 << 32) - 5);
+        } else {
+            let too_large = ProtocolError::TooLarge {
+                tag: b'd',
+                msg_len: u32::MAX,
+            };
+            assert_eq!(peeked, Err(too_large));
+        }
+        let mut scan = FrameScan::new(&wire, u32::MAX);
+        assert_eq!(scan.next(), None);
+        assert_eq!(scan.position(), 0);
+        // Hand-made headers saturate instead of wrapping.
+        let short = Header {
+            tag: b'd',
+            msg_len: 2,
+        };
+        assert_eq!((short.frame_len(), short.body_len()), (3, 0));
     }
 
     #[test]

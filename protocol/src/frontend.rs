@@ -26,12 +26,12 @@ pub enum FrontendTag {
     Terminate = b'X',
 }
 
-impl TryFrom<u8> for FrontendTag {
-    type Error = ProtocolError;
-
-    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+impl FrontendTag {
+    /// The tag a message type byte stands for; `None` for a byte no client message starts with.
+    #[inline]
+    pub const fn from_byte(tag: u8) -> Option<Self> {
         use FrontendTag::*;
-        Ok(match tag {
+        Some(match tag {
             b'Q' => Query,
             b'P' => Parse,
             b'B' => Bind,
@@ -46,10 +46,23 @@ impl TryFrom<u8> for FrontendTag {
             b'p' => Password,
             b'F' => FunctionCall,
             b'X' => Terminate,
-            tag => return Err(ProtocolError::UnknownTag { tag }),
+            _ => return None,
         })
     }
 }
+
+impl TryFrom<u8> for FrontendTag {
+    type Error = ProtocolError;
+
+    fn try_from(tag: u8) -> Result<Self, ProtocolError> {
+        FrontendTag::from_byte(tag).ok_or(ProtocolError::UnknownTag { tag })
+    }
+}
+
+/// The kind byte of a Describe or Close that names a prepared statement.
+pub const KIND_STATEMENT: u8 = b'S';
+/// The kind byte of a Describe or Close that names a portal.
+pub const KIND_PORTAL: u8 = b'P';
 
 /// A decoded frontend message; every slice borrows from the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +141,7 @@ impl<'a> FrontendMessage<'a> {
             }
             FrontendTag::Describe | FrontendTag::Close => {
                 let (rest, kind) = be_u8::<_, ()>(body).map_err(|_| bad("no kind"))?;
-                if kind != b'S' && kind != b'P' {
+                if kind != KIND_STATEMENT && kind != KIND_PORTAL {
                     return Err(bad("kind is neither S nor P"));
                 }
                 let (_, name) = cstr(rest).map_err(|_| bad("bad name"))?;
@@ -166,7 +179,10 @@ fn parse_parse(body: &[u8]) -> Option<FrontendMessage<'_>> {
     let (mut rest, count) = be_i16::<_, ()>(rest).ok()?;
     let count = usize::try_from(count).ok()?;
     // Each type is four bytes: bound the count by what is really there before allocating.
-    if rest.len() < count * 4 {
+    if count
+        .checked_mul(4)
+        .is_none_or(|types_len| rest.len() < types_len)
+    {
         return None;
     }
     let mut param_types = Vec::with_capacity(count);
@@ -258,7 +274,7 @@ pub fn describe_target(tag: u8, body: &[u8]) -> Result<(u8, &[u8]), ProtocolErro
         what: "bad Describe or Close",
     };
     match body.split_first() {
-        Some((&kind @ (b'S' | b'P'), rest)) => {
+        Some((&kind @ (KIND_STATEMENT | KIND_PORTAL), rest)) => {
             cstr(rest).map(|(_, name)| (kind, name)).map_err(|_| bad)
         }
         _ => Err(bad),
@@ -277,6 +293,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tag_bytes_round_trip() {
+        let mut known = 0;
+        for b in 0..=u8::MAX {
+            if let Some(tag) = FrontendTag::from_byte(b) {
+                assert_eq!(tag as u8, b);
+                known += 1;
+            }
+            assert_eq!(FrontendTag::try_from(b).ok(), FrontendTag::from_byte(b));
+        }
+        assert_eq!(known, 14, "every variant has its byte");
+    }
+
+    #[test]
     fn checked_views_refuse_what_postgres_refuses() {
         assert_eq!(query_sql(b"SELECT 1\0"), Ok(&b"SELECT 1"[..]));
         assert_eq!(query_sql(b"\0"), Ok(&b""[..]));
@@ -292,6 +321,37 @@ mod tests {
             assert!(describe_target(b'D', bad).is_err(), "{bad:?}");
         }
     }
+    #[test]
+    fn parameter_and_sasl_lengths_are_checked_against_the_body() {
+        let parse_body = |count: i16, types: &[u8]| {
+            [&b"s\0SELECT $1\0"[..], &count.to_be_bytes(), types].concat()
+        };
+        // The count says how many 4-byte types follow: bounded by the body before allocating.
+        let one = parse_body(1, &23u32.to_be_bytes());
+        assert!(
+            matches!(parse_parse(&one), Some(FrontendMessage::Parse { param_types, .. }) if param_types == [23])
+        );
+        for (count, types) in [(i16::MAX, &[0u8; 8][..]), (2, &[0; 7]), (-1, &[])] {
+            assert_eq!(parse_parse(&parse_body(count, types)), None, "{count}");
+        }
+        let sasl =
+            |len: i32, data: &[u8]| [&b"SCRAM-SHA-256\0"[..], &len.to_be_bytes(), data].concat();
+        assert_eq!(
+            SaslInitialResponse::parse(&sasl(3, b"abc")).unwrap().data,
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            SaslInitialResponse::parse(&sasl(-1, b"")).unwrap().data,
+            None
+        );
+        for (len, data) in [(i32::MAX, &b"abc"[..]), (4, b"abc"), (-2, b"")] {
+            assert!(
+                SaslInitialResponse::parse(&sasl(len, data)).is_err(),
+                "{len}"
+            );
+        }
+    }
+
     use crate::encode;
     use crate::frame::split_frame;
     use bytes::BytesMut;

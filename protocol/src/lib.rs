@@ -1,5 +1,5 @@
-#![deny(clippy::indexing_slicing)]
-#![cfg_attr(test, allow(clippy::indexing_slicing))]
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 //! PostgreSQL v3 wire protocol for pgpilot: bytes in, borrowed views out.
 //!
 //! No I/O, no runtime, no configuration: the daemon and the load generator drive it.

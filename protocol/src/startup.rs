@@ -28,7 +28,7 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
             tag: 0,
             msg_len: len,
         }),
-        len if len - 4 > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge {
+        len if len.saturating_sub(4) > MAX_STARTUP_LEN => Err(ProtocolError::TooLarge {
             tag: 0,
             msg_len: len,
         }),
@@ -181,5 +181,20 @@ mod tests {
         assert!(peek_len(&[0, 1, 0, 0]).is_err());
         assert!(parse(&[0, 0, 0, 8, 0, 2, 0, 0]).is_err());
         assert!(parse(&[0, 0, 0, 11, 0, 3, 0, 0, b'u', 0, 0]).is_err());
+    }
+
+    #[test]
+    fn length_words_at_the_limits() {
+        let limit = MAX_STARTUP_LEN + 4;
+        assert_eq!(peek_len(&limit.to_be_bytes()), Ok(Some(limit as usize)));
+        for len in [limit + 1, u32::MAX] {
+            assert_eq!(
+                peek_len(&len.to_be_bytes()),
+                Err(ProtocolError::TooLarge {
+                    tag: 0,
+                    msg_len: len
+                })
+            );
+        }
     }
 }

@@ -23,7 +23,7 @@ impl Session {
     pub(super) async fn attach(&mut self, target: Target) -> Result<(), Error> {
         let state = self.core.state();
         let mut target = target;
-        let mut retries = 1;
+        let mut retries = 1u32;
         let mut fresh = false;
         loop {
             let core = &self.core;
@@ -76,7 +76,7 @@ impl Session {
                     );
                     target = Target::Primary;
                 }
-                Err(e) if e.is_retryable() && retries > 0 => retries -= 1,
+                Err(e) if e.is_retryable() && retries > 0 => retries = retries.saturating_sub(1),
                 Err(e) => return Err(e),
             }
         }

@@ -91,7 +91,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(false);
         };
-        att.hidden += 1;
+        att.hidden = att.hidden.saturating_add(1);
         if let Err(Error::Backend { source, .. }) = att.backend.send(&begin).await {
             // The block the client was told it is in is gone: say so and leave the unit
             // unrun, rather than running it in autocommit.
@@ -118,7 +118,7 @@ impl Session {
                 Ok(FrontendTag::Parse)
                     if statement_of(frame.body()).is_ok_and(|(n, _)| !n.is_empty()) =>
                 {
-                    parses += 1
+                    parses = parses.saturating_add(1)
                 }
                 _ => return None,
             }

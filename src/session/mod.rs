@@ -1,5 +1,5 @@
-#![deny(clippy::indexing_slicing)]
-#![cfg_attr(test, allow(clippy::indexing_slicing))]
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#![cfg_attr(test, allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 //! One client connection from accept to close.
 //!
 //! `handshake` decides startup and authentication without I/O and `startup` runs it over the
@@ -335,6 +335,8 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use pgpilot_protocol::frontend::FrontendTag;
+
     use super::contain;
 
     /// Sets its flag when dropped, as the session's drop guards release what they hold.
@@ -357,7 +359,7 @@ mod tests {
             let bad = glommio::spawn_local(contain(|| "session=1".to_owned(), async move {
                 let _held = guard;
                 glommio::yield_if_needed().await;
-                let frame: &[u8] = &[b'Q', 0, 0, 0, 4];
+                let frame: &[u8] = &[FrontendTag::Query as u8, 0, 0, 0, 4];
                 // What the old relay did to an empty Query: slice past the end.
                 frame.get(5..frame.len() - 1).expect("a body");
                 1

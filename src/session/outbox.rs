@@ -30,7 +30,7 @@ impl Outbox {
     /// Queues bytes behind those already waiting.
     pub(super) fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.len += bytes.len();
+            self.len = self.len.saturating_add(bytes.len());
             self.queue.push_back(bytes);
         }
     }
@@ -63,7 +63,8 @@ impl Outbox {
                 Poll::Ready(Ok(n)) => {
                     let n = n.min(front.len());
                     front.advance(n);
-                    self.len -= n;
+                    // `len` counts the queued bytes, `front`'s among them.
+                    self.len = self.len.saturating_sub(n);
                     if front.is_empty() {
                         self.queue.pop_front();
                     }

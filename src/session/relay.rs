@@ -14,6 +14,7 @@ use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
+use pgpilot_protocol::frontend::FrontendTag;
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::statements::Rewrite;
@@ -141,14 +142,15 @@ impl Session {
                 // Room for what is announced, but no more than one read at a time: a header
                 // that claims 64 MiB must not cost 64 MiB before the bytes exist.
                 self.cbuf
-                    .reserve((h.frame_len() - self.cbuf.len()).min(MAX_READ));
+                    .reserve(h.frame_len().saturating_sub(self.cbuf.len()).min(MAX_READ));
                 return Ok(true);
             }
-            match h.tag {
-                b'X' => return Ok(false),
-                b'p' => {
+            let tag = FrontendTag::from_byte(h.tag);
+            match tag {
+                Some(FrontendTag::Terminate) => return Ok(false),
+                Some(FrontendTag::Password) => {
                     return Err(Error::Client(ProtocolError::Malformed {
-                        tag: b'p',
+                        tag: h.tag,
                         what: "password message after authentication",
                     }))
                 }
@@ -156,23 +158,25 @@ impl Session {
             }
             if self.skip_until_sync {
                 let _ = self.cbuf.split_to(h.frame_len());
-                if h.tag == b'S' {
+                if tag == Some(FrontendTag::Sync) {
                     self.skip_until_sync = false;
                     encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
                     self.flush_out().await?;
                 }
                 continue;
             }
-            if !self.pump_unit(h.tag).await? {
+            if !self.pump_unit(tag).await? {
                 return Ok(true);
             }
         }
     }
 
-    /// Routes and forwards the unit at the front of the buffer. `Ok(false)`: wait for the backend.
-    async fn pump_unit(&mut self, tag: u8) -> Result<bool, Error> {
+    /// Routes and forwards the unit at the front of the buffer, whose first message has `tag`
+    /// (`None`: unknown, refused by `scan_unit`). `Ok(false)`: wait for the backend.
+    async fn pump_unit(&mut self, tag: Option<FrontendTag>) -> Result<bool, Error> {
+        use FrontendTag as F;
         let mid_unit = self.attached.as_ref().is_some_and(|a| a.unsynced);
-        if matches!(tag, b'd' | b'c' | b'f') && !mid_unit {
+        if matches!(tag, Some(F::CopyData | F::CopyDone | F::CopyFail)) && !mid_unit {
             // Copy data flows to the backend running COPY; outside COPY PostgreSQL ignores it.
             let len = Header::peek(&self.cbuf, self.max_message)
                 .ok()
@@ -192,8 +196,9 @@ impl Session {
         // A unit the proxy answers itself waits until the backend has answered everything
         // before it: the client must get its responses in order, and never inside a long row
         // that is still streaming.
-        let local =
-            unit.refused || unit.over_limit || (tag == b'Q' && self.is_local_deallocate(&unit));
+        let local = unit.refused
+            || unit.over_limit
+            || (tag == Some(F::Query) && self.is_local_deallocate(&unit));
         let owed = self
             .attached
             .as_ref()
@@ -221,7 +226,7 @@ impl Session {
             self.drop_unit(&unit, &e).await?;
             return Ok(true);
         }
-        if tag == b'Q' && self.answer_deallocate(&unit).await? {
+        if tag == Some(F::Query) && self.answer_deallocate(&unit).await? {
             return Ok(true);
         }
         if self.mode == PoolMode::Transaction
@@ -287,7 +292,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
-        att.pending += rfqs;
+        att.pending = att.pending.saturating_add(rfqs);
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;
         }
@@ -301,7 +306,7 @@ impl Session {
                 ignored_syncs: 0,
             };
             batch = rw.unit(batch, &mut self.statements);
-            att.pending -= rw.ignored_syncs.min(att.pending);
+            att.pending = att.pending.saturating_sub(rw.ignored_syncs);
         }
         log::trace!(
             "session={} -> backend {}: {:?} pending={} slots={:?} queued={}",
@@ -340,17 +345,18 @@ fn poll_fill(
         }
         return result;
     }
+    // Lengths of one buffer: len <= capacity, and the reads fill at most the room past len.
     let start = buf.len();
-    if buf.capacity() - start < chunk {
+    if buf.capacity().saturating_sub(start) < chunk {
         buf.reserve(chunk);
     }
-    let room = (buf.capacity() - start).min(MAX_READ);
-    buf.resize(start + room, 0);
+    let room = buf.capacity().saturating_sub(start).min(MAX_READ);
+    buf.resize(start.saturating_add(room), 0);
     let result = Pin::new(stream).poll_read(cx, buf.get_mut(start..).unwrap_or_default());
     let n = match &result {
         Poll::Ready(Ok(n)) => *n,
         _ => 0,
     };
-    buf.truncate(start + n);
+    buf.truncate(start.saturating_add(n));
     result
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
-use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::{Header, ProtocolError};
@@ -35,9 +35,10 @@ struct SlotQueue<'a> {
 }
 
 impl SlotQueue<'_> {
-    /// Moves the queue along for one backend message; false when the client must not see it.
-    fn follow(self, tag: u8, pending: &mut u32, copy_in: &mut bool) -> bool {
-        if tag == b'G' {
+    /// Moves the queue along for one backend message (`None`: a tag pgpilot does not know);
+    /// false when the client must not see it.
+    fn follow(self, tag: Option<BackendTag>, pending: &mut u32, copy_in: &mut bool) -> bool {
+        if tag == Some(BackendTag::CopyInResponse) {
             let (dropped, open) = start_copy_in(self.slots);
             *pending = pending.saturating_sub(dropped);
             *copy_in = open;
@@ -45,11 +46,11 @@ impl SlotQueue<'_> {
         let Some(slot) = self.slots.front().copied() else {
             return true;
         };
-        if tag == b'E' && !slot.is_sync_point() {
+        if tag == Some(BackendTag::ErrorResponse) && !slot.is_sync_point() {
             drop_until_sync(self.slots, self.prepared, self.skipping);
             return true;
         }
-        if slot.ends_with(tag) {
+        if tag.is_some_and(|tag| slot.ends_with(tag)) {
             self.slots.pop_front();
         }
         !matches!(slot, Slot::Parse { visible: false, .. } | Slot::HiddenClose)
@@ -81,18 +82,21 @@ impl Attached {
         tracked: bool,
         view: &mut Rc<Vec<(String, String)>>,
     ) -> Result<Bytes, ProtocolError> {
+        use BackendTag as B;
         let mut out = BytesMut::new();
         let mut changed = false;
         let rbuf = &self.backend.rbuf;
-        // The rest of a long row being streamed goes first, as it is.
+        // The rest of a long row being streamed goes first, as it is. Positions below are
+        // offsets into `rbuf`, so their sums stay within its length.
         let start = self.streaming.min(rbuf.len());
-        self.streaming -= start;
+        self.streaming = self.streaming.saturating_sub(start);
         let mut consumed = start;
         let mut scan = FrameScan::new(rbuf.get(start..).unwrap_or_default(), MAX_BACKEND_MESSAGE);
         for f in &mut scan {
-            let (at, frame) = (start + f.at, f.bytes);
-            match f.tag() {
-                b'Z' => {
+            let (at, frame) = (start.saturating_add(f.at), f.bytes);
+            let tag = B::from_byte(f.tag());
+            match tag {
+                Some(B::ReadyForQuery) => {
                     self.pending = self.pending.saturating_sub(1);
                     let status = f
                         .body()
@@ -104,8 +108,8 @@ impl Attached {
                         self.changes_settled = Some(self.status);
                     }
                 }
-                b'E' if self.changes.is_some() => self.changes_failed = true,
-                b'S' => {
+                Some(B::ErrorResponse) if self.changes.is_some() => self.changes_failed = true,
+                Some(B::ParameterStatus) => {
                     if let Ok(BackendMessage::ParameterStatus { name, value }) =
                         BackendMessage::parse(frame)
                     {
@@ -116,7 +120,11 @@ impl Attached {
                 _ => {}
             }
             let mut keep = true;
-            if tracked && !matches!(f.tag(), b'N' | b'A' | b'S') {
+            let asynchronous = matches!(
+                tag,
+                Some(B::NoticeResponse | B::NotificationResponse | B::ParameterStatus)
+            );
+            if tracked && !asynchronous {
                 while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
                 {
                     if let Slot::Fake(tag) = slot {
@@ -133,7 +141,7 @@ impl Attached {
                     prepared: &mut self.backend.prepared,
                     skipping: &mut self.skipping,
                 };
-                keep = q.follow(f.tag(), &mut self.pending, &mut self.copy_in);
+                keep = q.follow(tag, &mut self.pending, &mut self.copy_in);
             }
             if keep {
                 if changed {
@@ -143,7 +151,7 @@ impl Attached {
                 out.put_slice(rbuf.get(..at).unwrap_or_default());
                 changed = true;
             }
-            consumed = start + f.end();
+            consumed = start.saturating_add(f.end());
         }
         if let Some(e) = scan.error() {
             return Err(e);
@@ -157,8 +165,10 @@ impl Attached {
                 Some(Slot::Fake(_) | Slot::CopyEnd | Slot::HiddenClose)
                     | Some(Slot::Parse { visible: false, .. })
             );
-            if matches!(h.tag, b'D' | b'd') && h.frame_len() > STREAM_FROM && plain_front {
-                self.streaming = h.frame_len() - rest.len();
+            let streamable = matches!(B::from_byte(h.tag), Some(B::DataRow | B::CopyData));
+            if streamable && h.frame_len() > STREAM_FROM && plain_front {
+                // The scan stopped at this frame, so it is longer than what is here.
+                self.streaming = h.frame_len().saturating_sub(rest.len());
                 if changed {
                     out.put_slice(rest);
                 }
@@ -190,7 +200,9 @@ impl Session {
                 }
             };
             match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => att.hidden -= 1,
+                Ok(BackendMessage::ReadyForQuery { .. }) => {
+                    att.hidden = att.hidden.saturating_sub(1)
+                }
                 Ok(BackendMessage::ParameterStatus { name, value }) => {
                     att.backend.params.set(name, value)
                 }
@@ -280,7 +292,9 @@ impl Session {
             .iter()
             .filter(|c| matches!(c, SettingChange::Set { name, .. } if !self.overrides.iter().any(|(n, _)| n == name)))
             .count();
-        if status != TransactionStatus::Idle || self.overrides.len() + new_names > MAX_OVERRIDES {
+        if status != TransactionStatus::Idle
+            || self.overrides.len().saturating_add(new_names) > MAX_OVERRIDES
+        {
             if !self.pinned {
                 self.pinned = true;
                 self.core.note_pin();

@@ -61,12 +61,12 @@ async fn drive(
             Action::Send(bytes) => stream.write_all(&bytes).await.ok()?,
             Action::Read => {
                 let start = hs.input.len();
-                hs.input.resize(start + STARTUP_READ, 0);
+                hs.input.resize(start.saturating_add(STARTUP_READ), 0);
                 let n = stream
                     .read(hs.input.get_mut(start..).unwrap_or_default())
                     .await
                     .unwrap_or(0);
-                hs.input.truncate(start + n);
+                hs.input.truncate(start.saturating_add(n));
                 if n == 0 {
                     return None;
                 }

@@ -14,7 +14,8 @@ use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::frame::FrameScan;
 
 use crate::backend::Prepared;
-use pgpilot_protocol::frontend::{describe_target, statement_of};
+use pgpilot_protocol::backend::BackendTag;
+use pgpilot_protocol::frontend::{describe_target, statement_of, FrontendTag, KIND_STATEMENT};
 
 /// A client's named statement.
 pub(super) struct Stmt {
@@ -31,7 +32,8 @@ impl Stmt {
     /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
     /// the meaning of the same text (search_path) from sharing a backend statement.
     pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
-        let rest = body.get(name_len + 1..).unwrap_or_default();
+        // Past the name's NUL; `name_len` is under `body.len()`, so the sum cannot saturate.
+        let rest = body.get(name_len.saturating_add(1)..).unwrap_or_default();
         let mut h = DefaultHasher::new();
         scope.hash(&mut h);
         rest.hash(&mut h);
@@ -49,10 +51,10 @@ pub(super) enum Slot {
     /// A Parse: `visible` false when the proxy added it, so its ParseComplete is hidden.
     /// `hash` is the shared statement it creates (None for the unnamed statement).
     Parse { hash: Option<u64>, visible: bool },
-    /// Another client message whose responses pass through; ends at a message of `end_tags`.
-    Pass(u8),
+    /// Another client message whose responses pass through; `ends_with` says where they end.
+    Pass(FrontendTag),
     /// A response the proxy makes up (ParseComplete, CloseComplete) when its turn comes.
-    Fake(u8),
+    Fake(BackendTag),
     /// A Close the proxy sent to evict a statement: its CloseComplete is hidden.
     HiddenClose,
     /// The client ended a COPY (CopyDone / CopyFail): no response of its own, but it marks
@@ -62,34 +64,42 @@ pub(super) enum Slot {
 
 impl Slot {
     /// Whether `tag` is the backend message that completes this slot.
-    pub fn ends_with(self, tag: u8) -> bool {
+    pub fn ends_with(self, tag: BackendTag) -> bool {
+        use BackendTag as B;
         match self {
-            Slot::Parse { .. } => tag == b'1',
-            Slot::Pass(b'B') => tag == b'2',
-            Slot::Pass(b'D') => tag == b'T' || tag == b'n',
-            Slot::Pass(b'E') => matches!(tag, b'C' | b'I' | b's'),
-            Slot::Pass(b'C') | Slot::HiddenClose => tag == b'3',
-            Slot::Pass(_) => tag == b'Z',
+            Slot::Parse { .. } => tag == B::ParseComplete,
+            Slot::Pass(FrontendTag::Bind) => tag == B::BindComplete,
+            Slot::Pass(FrontendTag::Describe) => matches!(tag, B::RowDescription | B::NoData),
+            Slot::Pass(FrontendTag::Execute) => matches!(
+                tag,
+                B::CommandComplete | B::EmptyQueryResponse | B::PortalSuspended
+            ),
+            Slot::Pass(FrontendTag::Close) | Slot::HiddenClose => tag == B::CloseComplete,
+            Slot::Pass(_) => tag == B::ReadyForQuery,
             Slot::Fake(_) | Slot::CopyEnd => false,
         }
     }
 
     /// A Sync, Query or FunctionCall: where PostgreSQL resumes after an error.
     pub fn is_sync_point(self) -> bool {
-        matches!(self, Slot::Pass(b'S' | b'Q' | b'F'))
+        use FrontendTag as F;
+        matches!(self, Slot::Pass(F::Sync | F::Query | F::FunctionCall))
     }
 }
 
-/// The backend's name for a shared statement.
+/// Lower-case hexadecimal digits, for statement names.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The backend's name for a shared statement: `pgpilot_` and the hash in hex.
 fn backend_name(hash: u64) -> [u8; 24] {
     let mut name = *b"pgpilot_0000000000000000";
-    for (i, b) in name.iter_mut().skip(8).enumerate() {
-        let nibble = ((hash >> (60 - 4 * i)) & 0xf) as u8;
-        *b = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
+    let mut rest = hash;
+    for b in name.iter_mut().skip(8) {
+        // Highest nibble first.
+        rest = rest.rotate_left(4);
+        if let Some(&digit) = HEX_DIGITS.get((rest & 0xf) as usize) {
+            *b = digit;
+        }
     }
     name
 }
@@ -134,10 +144,10 @@ impl Rewrite<'_> {
     fn prepare(&mut self, stmt: &Stmt, out: &mut BytesMut, visible: bool) {
         if let Some(evicted) = self.prepared.insert(stmt.hash, self.cap) {
             let mut msg = BytesMut::with_capacity(26);
-            msg.put_u8(b'S');
+            msg.put_u8(KIND_STATEMENT);
             msg.put_slice(&backend_name(evicted));
             msg.put_u8(0);
-            put_tagged(out, b'C', &msg);
+            put_tagged(out, FrontendTag::Close as u8, &msg);
             self.push(Slot::HiddenClose);
         }
         put_parse(out, stmt);
@@ -153,7 +163,9 @@ impl Rewrite<'_> {
         let mut changed = false;
         for frame in FrameScan::new(&unit, u32::MAX) {
             let start = out.len();
-            let same = self.frame(frame.tag(), frame.body(), stmts, &mut out);
+            // `scan_unit` refused units with unknown tags; were there one, it would pass.
+            let same = FrontendTag::from_byte(frame.tag())
+                .is_none_or(|tag| self.frame(tag, frame.body(), stmts, &mut out));
             if same {
                 if changed {
                     out.put_slice(frame.bytes);
@@ -176,32 +188,33 @@ impl Rewrite<'_> {
     /// any) has been written to `out`.
     fn frame(
         &mut self,
-        tag: u8,
+        tag: FrontendTag,
         body: &[u8],
         stmts: &mut HashMap<Bytes, Stmt>,
         out: &mut BytesMut,
     ) -> bool {
+        use FrontendTag as F;
         match tag {
-            b'P' => self.parse(body, stmts, out),
-            b'B' => self.bind(body, stmts, out),
-            b'D' | b'C' if body.first() == Some(&b'S') => {
+            F::Parse => self.parse(body, stmts, out),
+            F::Bind => self.bind(body, stmts, out),
+            F::Describe | F::Close if body.first() == Some(&KIND_STATEMENT) => {
                 self.describe_or_close(tag, body, stmts, out)
             }
-            b'S' if *self.copy_in => {
-                self.ignored_syncs += 1;
+            F::Sync if *self.copy_in => {
+                self.ignored_syncs = self.ignored_syncs.saturating_add(1);
                 true
             }
-            b'c' | b'f' => {
+            F::CopyDone | F::CopyFail => {
                 if !std::mem::take(self.copy_in) {
                     self.slots.push_back(Slot::CopyEnd);
                 }
                 true
             }
-            b'D' | b'C' | b'E' | b'S' | b'Q' | b'F' => {
+            F::Describe | F::Close | F::Execute | F::Sync | F::Query | F::FunctionCall => {
                 self.push(Slot::Pass(tag));
                 true
             }
-            _ => true,
+            F::Flush | F::CopyData | F::Password | F::Terminate => true,
         }
     }
 
@@ -217,7 +230,7 @@ impl Rewrite<'_> {
             return true;
         };
         if *self.skipping || self.prepared.contains(stmt.hash) {
-            self.push(Slot::Fake(b'1'));
+            self.push(Slot::Fake(BackendTag::ParseComplete));
         } else {
             self.prepare(stmt, out, true);
         }
@@ -231,18 +244,18 @@ impl Rewrite<'_> {
             Some((portal, stmt, rest))
         });
         let Some((portal, stmt, rest)) = named else {
-            self.push(Slot::Pass(b'B'));
+            self.push(Slot::Pass(FrontendTag::Bind));
             return true;
         };
         self.ensure(stmt, out);
-        let mut msg = BytesMut::with_capacity(body.len() + 24);
+        let mut msg = BytesMut::with_capacity(body.len().saturating_add(24));
         msg.put_slice(portal);
         msg.put_u8(0);
         msg.put_slice(&backend_name(stmt.hash));
         msg.put_u8(0);
         msg.put_slice(rest);
-        put_tagged(out, b'B', &msg);
-        self.push(Slot::Pass(b'B'));
+        put_tagged(out, FrontendTag::Bind as u8, &msg);
+        self.push(Slot::Pass(FrontendTag::Bind));
         false
     }
 
@@ -250,50 +263,54 @@ impl Rewrite<'_> {
     /// (the backend statement is shared) and is answered here.
     fn describe_or_close(
         &mut self,
-        tag: u8,
+        tag: FrontendTag,
         body: &[u8],
         stmts: &mut HashMap<Bytes, Stmt>,
         out: &mut BytesMut,
     ) -> bool {
-        let name = match describe_target(tag, body) {
-            Ok((b'S', name)) => name,
+        let name = match describe_target(tag as u8, body) {
+            Ok((KIND_STATEMENT, name)) => name,
             _ => b"",
         };
         if name.is_empty() {
             self.push(Slot::Pass(tag));
             return true;
         }
-        if tag == b'C' {
+        if tag == FrontendTag::Close {
             stmts.remove(name);
-            self.push(Slot::Fake(b'3'));
+            self.push(Slot::Fake(BackendTag::CloseComplete));
             return false;
         }
         let Some(stmt) = stmts.get(name) else {
-            self.push(Slot::Pass(b'D'));
+            self.push(Slot::Pass(FrontendTag::Describe));
             return true;
         };
         self.ensure(stmt, out);
         let mut msg = BytesMut::with_capacity(26);
-        msg.put_u8(b'S');
+        msg.put_u8(KIND_STATEMENT);
         msg.put_slice(&backend_name(stmt.hash));
         msg.put_u8(0);
-        put_tagged(out, b'D', &msg);
-        self.push(Slot::Pass(b'D'));
+        put_tagged(out, FrontendTag::Describe as u8, &msg);
+        self.push(Slot::Pass(FrontendTag::Describe));
         false
     }
 }
 
 fn put_parse(out: &mut BytesMut, stmt: &Stmt) {
-    let mut msg = BytesMut::with_capacity(25 + stmt.body.len());
+    let mut msg = BytesMut::with_capacity(stmt.body.len().saturating_add(25));
     msg.put_slice(&backend_name(stmt.hash));
     msg.put_u8(0);
     msg.put_slice(&stmt.body);
-    put_tagged(out, b'P', &msg);
+    put_tagged(out, FrontendTag::Parse as u8, &msg);
 }
 
+/// Appends one message. Bodies here are client bodies (at most `max_message_bytes`, 1 GiB)
+/// with a statement name of 24 bytes put in, so the length word always fits; were it not to,
+/// it would saturate to a length PostgreSQL refuses rather than wrap to a wrong one.
 fn put_tagged(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
-    out.put_u32(body.len() as u32 + 4);
+    let msg_len = u32::try_from(body.len()).map_or(u32::MAX, |n| n.saturating_add(4));
+    out.put_u32(msg_len);
     out.put_slice(body);
 }
 
@@ -323,20 +340,20 @@ pub(super) fn start_copy_in(slots: &mut VecDeque<Slot>) -> (u32, bool) {
                 slots.remove(i);
                 return (dropped, false);
             }
-            Slot::Pass(b'S') => {
+            Slot::Pass(FrontendTag::Sync) => {
                 slots.remove(i);
-                dropped += 1;
+                dropped = dropped.saturating_add(1);
             }
-            _ => i += 1,
+            _ => i = i.saturating_add(1),
         }
     }
     (dropped, true)
 }
 
 /// Writes a made-up response the client expects.
-pub(super) fn put_fake(out: &mut BytesMut, tag: u8) {
+pub(super) fn put_fake(out: &mut BytesMut, tag: BackendTag) {
     // ParseComplete and CloseComplete have empty bodies.
-    put_tagged(out, tag, &[]);
+    put_tagged(out, tag as u8, &[]);
 }
 
 #[cfg(test)]
@@ -344,6 +361,7 @@ mod tests {
     use super::*;
     use pgpilot_protocol::encode;
     use pgpilot_protocol::frame::split_frame;
+    use FrontendTag as F;
 
     /// The per-backend state a unit is rewritten against.
     #[derive(Default)]
@@ -368,13 +386,68 @@ mod tests {
         }
     }
 
-    fn frames(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    /// The messages sent to a backend, tag and body.
+    fn frames(b: &[u8]) -> Vec<(FrontendTag, Vec<u8>)> {
         let mut buf = BytesMut::from(b);
         let mut out = Vec::new();
         while let Some(f) = split_frame(&mut buf, 1 << 20).unwrap() {
-            out.push((f.tag, f.body().to_vec()));
+            out.push((FrontendTag::try_from(f.tag).unwrap(), f.body().to_vec()));
         }
         out
+    }
+
+    fn tags(sent: &[(FrontendTag, Vec<u8>)]) -> Vec<FrontendTag> {
+        sent.iter().map(|f| f.0).collect()
+    }
+
+    #[test]
+    fn backend_names_spell_the_hash_in_hex_highest_nibble_first() {
+        assert_eq!(
+            &backend_name(0x0123_4567_89ab_cdef),
+            b"pgpilot_0123456789abcdef"
+        );
+        assert_eq!(&backend_name(u64::MAX), b"pgpilot_ffffffffffffffff");
+        assert_eq!(&backend_name(0), b"pgpilot_0000000000000000");
+    }
+
+    #[test]
+    fn each_slot_ends_at_the_message_postgres_ends_its_responses_with() {
+        use BackendTag as B;
+        let parse = Slot::Parse {
+            hash: None,
+            visible: true,
+        };
+        let ends = [
+            (parse, &[B::ParseComplete][..]),
+            (Slot::Pass(F::Bind), &[B::BindComplete]),
+            (Slot::Pass(F::Describe), &[B::RowDescription, B::NoData]),
+            (
+                Slot::Pass(F::Execute),
+                &[
+                    B::CommandComplete,
+                    B::EmptyQueryResponse,
+                    B::PortalSuspended,
+                ],
+            ),
+            (Slot::Pass(F::Close), &[B::CloseComplete]),
+            (Slot::HiddenClose, &[B::CloseComplete]),
+            (Slot::Pass(F::Sync), &[B::ReadyForQuery]),
+            (Slot::Pass(F::Query), &[B::ReadyForQuery]),
+            (Slot::Pass(F::FunctionCall), &[B::ReadyForQuery]),
+            (Slot::Fake(B::ParseComplete), &[]),
+            (Slot::CopyEnd, &[]),
+        ];
+        for (slot, enders) in ends {
+            for tag in (0..=u8::MAX).filter_map(B::from_byte) {
+                assert_eq!(
+                    slot.ends_with(tag),
+                    enders.contains(&tag),
+                    "{slot:?} at {tag:?}"
+                );
+            }
+        }
+        let sync_points: Vec<_> = ends.iter().filter(|(s, _)| s.is_sync_point()).collect();
+        assert_eq!(sync_points.len(), 3, "Sync, Query and FunctionCall");
     }
 
     #[test]
@@ -383,7 +456,7 @@ mod tests {
         let mut be = Fake::default();
         let mut unit = BytesMut::new();
         encode::parse(&mut unit, b"s1", b"SELECT $1", &[23]);
-        encode::describe(&mut unit, b'S', b"s1");
+        encode::describe(&mut unit, KIND_STATEMENT, b"s1");
         encode::sync(&mut unit);
         let parse_body = frames(&unit)[0].1.clone();
         stmts.insert(
@@ -393,10 +466,9 @@ mod tests {
         let hash = stmts[&b"s1"[..]].hash;
         let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
         let name = backend_name(hash);
-        assert_eq!(sent[0].0, b'P');
+        assert_eq!(tags(&sent), [F::Parse, F::Describe, F::Sync]);
         assert!(sent[0].1.starts_with(&name));
-        assert_eq!(sent[1], (b'D', [&b"S"[..], &name, &[0]].concat()));
-        assert_eq!(sent[2].0, b'S');
+        assert_eq!(sent[1].1, [&[KIND_STATEMENT][..], &name, &[0]].concat());
         assert_eq!(
             be.slots,
             [
@@ -404,8 +476,8 @@ mod tests {
                     hash: Some(hash),
                     visible: true
                 },
-                Slot::Pass(b'D'),
-                Slot::Pass(b'S')
+                Slot::Pass(F::Describe),
+                Slot::Pass(F::Sync)
             ]
         );
 
@@ -414,17 +486,17 @@ mod tests {
         let mut unit = BytesMut::new();
         encode::bind(&mut unit, b"", b"s1", &[Some(b"7")]);
         encode::execute(&mut unit, b"", 0);
-        encode::close(&mut unit, b'S', b"s1");
+        encode::close(&mut unit, KIND_STATEMENT, b"s1");
         encode::sync(&mut unit);
         let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
-        assert_eq!(sent.iter().map(|f| f.0).collect::<Vec<_>>(), b"BES");
+        assert_eq!(tags(&sent), [F::Bind, F::Execute, F::Sync]);
         assert_eq!(
             be.slots,
             [
-                Slot::Pass(b'B'),
-                Slot::Pass(b'E'),
-                Slot::Fake(b'3'),
-                Slot::Pass(b'S')
+                Slot::Pass(F::Bind),
+                Slot::Pass(F::Execute),
+                Slot::Fake(BackendTag::CloseComplete),
+                Slot::Pass(F::Sync)
             ]
         );
         assert!(stmts.is_empty());
@@ -445,7 +517,7 @@ mod tests {
         encode::bind(&mut unit, b"p", b"s2", &[]);
         encode::sync(&mut unit);
         let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
-        assert_eq!(sent.iter().map(|f| f.0).collect::<Vec<_>>(), b"PBS");
+        assert_eq!(tags(&sent), [F::Parse, F::Bind, F::Sync]);
         assert!(matches!(be.slots[0], Slot::Parse { visible: false, .. }));
         // Unnamed statements pass untouched.
         let mut unit = BytesMut::new();

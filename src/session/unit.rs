@@ -9,7 +9,7 @@ use pgpilot_protocol::classify::{
 };
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::{
-    bind_statement, describe_target, query_sql, statement_of, FrontendTag,
+    bind_statement, describe_target, query_sql, statement_of, FrontendTag, KIND_STATEMENT,
 };
 use pgpilot_protocol::ProtocolError;
 
@@ -115,16 +115,16 @@ impl Session {
                     }
                     unit.note_statement(route, effect, sql);
                     target = join(target, route.target);
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::FunctionCall => {
                     target = join(target, Target::Primary);
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::Sync => {
-                    unit.rfqs += 1;
+                    unit.rfqs = unit.rfqs.saturating_add(1);
                     unit.complete = true;
                 }
                 FrontendTag::Parse => {
@@ -193,7 +193,7 @@ impl Session {
         let name = match tag {
             FrontendTag::Bind => bind_statement(body)?,
             _ => match describe_target(tag as u8, body)? {
-                (b'S', name) => name,
+                (KIND_STATEMENT, name) => name,
                 _ => return Ok(None),
             },
         };

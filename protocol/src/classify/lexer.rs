@@ -23,6 +23,8 @@ pub(super) enum Token<'a> {
 
 pub(super) struct Lexer<'a> {
     sql: &'a [u8],
+    /// Where lexing goes on: at most two past the end of `sql`, so its additions are
+    /// saturating ones that never saturate.
     pos: usize,
     /// Where the token last returned starts.
     token_start: usize,
@@ -49,7 +51,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn at(&self, i: usize) -> Option<u8> {
-        self.sql.get(self.pos + i).copied()
+        self.sql.get(self.pos.saturating_add(i)).copied()
     }
 
     /// The text from `from` on (empty past the end).
@@ -71,20 +73,21 @@ impl<'a> Lexer<'a> {
     fn skip_block_comment(&mut self) {
         let mut depth = 0usize;
         while let Some(i) = memchr2(b'*', b'/', self.from(self.pos)) {
-            let at = self.pos + i;
-            match (self.sql.get(at), self.sql.get(at + 1)) {
+            let at = self.pos.saturating_add(i);
+            match (self.sql.get(at), self.sql.get(at.saturating_add(1))) {
                 (Some(b'/'), Some(b'*')) => {
-                    depth += 1;
-                    self.pos = at + 2;
+                    depth = depth.saturating_add(1);
+                    self.pos = at.saturating_add(2);
                 }
                 (Some(b'*'), Some(b'/')) => {
-                    depth -= 1;
-                    self.pos = at + 2;
+                    // The opening `/*` counted one, and a depth of 0 returns: no underflow.
+                    depth = depth.saturating_sub(1);
+                    self.pos = at.saturating_add(2);
                     if depth == 0 {
                         return;
                     }
                 }
-                _ => self.pos = at + 1,
+                _ => self.pos = at.saturating_add(1),
             }
         }
         self.give_up();
@@ -93,7 +96,7 @@ impl<'a> Lexer<'a> {
     /// Skips a quoted run that ends at `quote`, where a doubled quote is an escaped one and,
     /// for E'' strings, a backslash escapes the next byte.
     fn skip_quoted(&mut self, quote: u8, backslash: bool) {
-        self.pos += 1;
+        self.pos = self.pos.saturating_add(1);
         loop {
             let rest = self.from(self.pos);
             let found = if backslash {
@@ -104,11 +107,13 @@ impl<'a> Lexer<'a> {
             let Some(i) = found else {
                 return self.give_up();
             };
-            let at = self.pos + i;
-            if self.sql.get(at) == Some(&b'\\') || self.sql.get(at + 1) == Some(&quote) {
-                self.pos = at + 2;
+            let at = self.pos.saturating_add(i);
+            if self.sql.get(at) == Some(&b'\\')
+                || self.sql.get(at.saturating_add(1)) == Some(&quote)
+            {
+                self.pos = at.saturating_add(2);
             } else {
-                self.pos = at + 1;
+                self.pos = at.saturating_add(1);
                 return;
             }
             if self.pos > self.sql.len() {
@@ -120,22 +125,23 @@ impl<'a> Lexer<'a> {
     /// `$tag$ … $tag$`; returns false when the `$` does not start a dollar quote.
     fn skip_dollar_quote(&mut self) -> bool {
         let start = self.pos;
-        let mut end = start + 1;
+        let mut end = start.saturating_add(1);
         if self.sql.get(end).is_some_and(|&b| is_ident_start(b)) {
             while self
                 .sql
                 .get(end)
                 .is_some_and(|&b| is_ident_char(b) && b != b'$')
             {
-                end += 1;
+                end = end.saturating_add(1);
             }
         }
         if self.sql.get(end) != Some(&b'$') {
             return false;
         }
-        let tag = self.span(start, end + 1);
-        match memmem::find(self.from(end + 1), tag) {
-            Some(i) => self.pos = end + 1 + i + tag.len(),
+        let after = end.saturating_add(1);
+        let tag = self.span(start, after);
+        match memmem::find(self.from(after), tag) {
+            Some(i) => self.pos = after.saturating_add(i).saturating_add(tag.len()),
             None => self.give_up(),
         }
         true
@@ -168,9 +174,9 @@ impl<'a> Lexer<'a> {
             self.token_start = self.pos;
             let b = self.at(0)?;
             match b {
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos += 1,
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.pos = self.pos.saturating_add(1),
                 b'-' if self.at(1) == Some(b'-') => match memchr(b'\n', self.from(self.pos)) {
-                    Some(i) => self.pos += i + 1,
+                    Some(i) => self.pos = self.pos.saturating_add(i).saturating_add(1),
                     None => self.pos = self.sql.len(),
                 },
                 b'/' if self.at(1) == Some(b'*') => self.skip_block_comment(),
@@ -179,21 +185,21 @@ impl<'a> Lexer<'a> {
                     return Some(Token::Literal);
                 }
                 b'"' => {
-                    let start = self.pos + 1;
+                    let start = self.pos.saturating_add(1);
                     self.skip_quoted(b'"', false);
                     let end = self.pos.saturating_sub(1).max(start);
                     return Some(Token::Quoted(self.span(start, end)));
                 }
                 b'$' if self.at(1).is_some_and(|c| c.is_ascii_digit()) => {
-                    self.pos += 1;
+                    self.pos = self.pos.saturating_add(1);
                     while self.at(0).is_some_and(|c| c.is_ascii_digit()) {
-                        self.pos += 1;
+                        self.pos = self.pos.saturating_add(1);
                     }
                     return Some(Token::Literal);
                 }
                 b'$' => {
                     if !self.skip_dollar_quote() {
-                        self.pos += 1;
+                        self.pos = self.pos.saturating_add(1);
                         return Some(Token::Op);
                     }
                     return Some(Token::Literal);
@@ -204,12 +210,12 @@ impl<'a> Lexer<'a> {
                         .at(0)
                         .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
                     {
-                        self.pos += 1;
+                        self.pos = self.pos.saturating_add(1);
                     }
                     return Some(Token::Literal);
                 }
                 _ => {
-                    self.pos += 1;
+                    self.pos = self.pos.saturating_add(1);
                     return Some(match b {
                         b';' => Token::Semi,
                         b'(' => Token::LParen,
@@ -225,7 +231,7 @@ impl<'a> Lexer<'a> {
     fn word(&mut self) -> Token<'a> {
         let start = self.pos;
         while self.at(0).is_some_and(is_ident_char) {
-            self.pos += 1;
+            self.pos = self.pos.saturating_add(1);
         }
         let word = self.span(start, self.pos);
         // String constants with a prefix: E'…' (backslash escapes), B'…', X'…', N'…', U&'…'.
@@ -240,7 +246,7 @@ impl<'a> Lexer<'a> {
             && self.at(0) == Some(b'&')
             && matches!(self.at(1), Some(b'\'' | b'"'))
         {
-            self.pos += 1;
+            self.pos = self.pos.saturating_add(1);
             if let Some(quote) = self.at(0) {
                 self.skip_quoted(quote, false);
             }

@@ -196,10 +196,10 @@ fn parameter<'a, 'b>(rest: &'a [Spanned<'b>]) -> Option<(String, &'a [Spanned<'b
             }
             _ => return None,
         }
-        i += 1;
+        i = i.saturating_add(1);
         if rest.get(i).map(|t| t.0) == Some(Token::Dot) {
             name.push('.');
-            i += 1;
+            i = i.saturating_add(1);
         } else {
             return Some((name, skip(rest, i)));
         }

@@ -71,7 +71,7 @@ pub fn set_transaction_read_only(sql: &[u8]) -> bool {
 pub(super) fn begin(tokens: &[Token<'_>]) -> Route {
     let mut read_only = false;
     for (i, t) in tokens.iter().enumerate() {
-        let next = tokens.get(i + 1);
+        let next = tokens.get(i.saturating_add(1));
         if is_kw(Some(t), "read") && is_kw(next, "only") {
             read_only = true;
         }
