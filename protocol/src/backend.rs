@@ -272,7 +272,13 @@ impl<'a> BackendMessage<'a> {
                 }
             }
             BackendTag::ErrorResponse => M::ErrorResponse(Fields::parse(body)?),
-            BackendTag::NoticeResponse => M::NoticeResponse(Fields::parse(body)?),
+            // Fields::parse names ErrorResponse in its errors; a notice must name itself.
+            BackendTag::NoticeResponse => {
+                M::NoticeResponse(Fields::parse(body).map_err(|e| match e {
+                    ProtocolError::Malformed { what, .. } => bad(what),
+                    e => e,
+                })?)
+            }
             BackendTag::CommandComplete => M::CommandComplete {
                 tag: cstr(body).map_err(|_| bad("no NUL"))?.1,
             },

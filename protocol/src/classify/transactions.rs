@@ -18,6 +18,10 @@ pub fn lone_default_begin(sql: &[u8]) -> bool {
             return false;
         }
     }
+    // An unterminated comment or string is no BEGIN PostgreSQL will run.
+    if lexer.broken {
+        return false;
+    }
     match words.as_slice() {
         [a] => is_kw(Some(a), "begin"),
         [a, b] => {
