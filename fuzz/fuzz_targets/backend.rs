@@ -227,8 +227,9 @@ fn round_trip(data: &[u8]) {
     ];
     let mut scan = FrameScan::new(&buf, u32::MAX);
     let mut frames = Vec::new();
-    for (at, h) in scan.by_ref() {
-        frames.push(&buf[at..at + h.frame_len()]);
+    for f in scan.by_ref() {
+        assert_eq!(f.bytes, &buf[f.at..f.end()]);
+        frames.push(f.bytes);
     }
     assert_eq!(scan.error(), None);
     assert_eq!(
@@ -315,8 +316,9 @@ fn round_trip(data: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let mut scan = FrameScan::new(data, MAX);
-    for (at, h) in scan.by_ref() {
-        check_frame(&data[at..at + h.frame_len()]);
+    for f in scan.by_ref() {
+        assert_eq!(f.bytes.len(), f.header.frame_len());
+        check_frame(f.bytes);
     }
     if let Some((&pick, body)) = data.split_first() {
         check_frame(&frame_of(TAGS[usize::from(pick) % TAGS.len()], body));

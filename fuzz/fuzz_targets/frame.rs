@@ -118,15 +118,17 @@ fuzz_target!(|data: &[u8]| {
     let mut scan = FrameScan::new(wire, max_len);
     let mut n = 0;
     let mut at_expected = 0;
-    for (at, h) in scan.by_ref() {
+    for r in scan.by_ref() {
         let f = frames
             .get(n)
             .expect("FrameScan yielded more frames than split_frame");
-        assert_eq!(at, at_expected);
-        assert_eq!(h.tag, f.tag);
-        assert_eq!(h.frame_len(), f.bytes.len());
-        assert_eq!(&wire[at..at + h.frame_len()], &f.bytes[..]);
-        at_expected += h.frame_len();
+        assert_eq!(r.at, at_expected);
+        assert_eq!(r.tag(), f.tag);
+        assert_eq!(r.header.frame_len(), f.bytes.len());
+        assert_eq!(r.bytes, &f.bytes[..]);
+        assert_eq!(r.body(), f.body());
+        assert_eq!(&wire[r.at..r.end()], &f.bytes[..]);
+        at_expected += r.header.frame_len();
         n += 1;
     }
     assert_eq!(

@@ -228,8 +228,9 @@ fn round_trip(data: &[u8]) {
     ];
     let mut scan = FrameScan::new(&buf, u32::MAX);
     let mut frames = Vec::new();
-    for (at, h) in scan.by_ref() {
-        frames.push(&buf[at..at + h.frame_len()]);
+    for f in scan.by_ref() {
+        assert_eq!(f.bytes, &buf[f.at..f.end()]);
+        frames.push(f.bytes);
     }
     assert_eq!(scan.error(), None);
     assert_eq!(
@@ -266,8 +267,9 @@ fn round_trip(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     // 1. A client stream: every whole frame in it, parsed by its own tag.
     let mut scan = FrameScan::new(data, MAX);
-    for (at, h) in scan.by_ref() {
-        check_frame(&data[at..at + h.frame_len()]);
+    for f in scan.by_ref() {
+        assert_eq!(f.bytes.len(), f.header.frame_len());
+        check_frame(f.bytes);
     }
     // 2. The first byte picks a tag, the rest is its body; and the raw bytes as a frame.
     if let Some((&pick, body)) = data.split_first() {

@@ -1,0 +1,72 @@
+//! The daemon's startup and authentication state machine (`session::handshake`) fed arbitrary
+//! client bytes in arbitrary pieces, under each auth method. It must never panic, never loop
+//! without asking for input, never send more than a handshake's worth of bytes, and stay over
+//! once it has closed or finished.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use pgpilot::session::handshake::{Action, Handshake};
+use pgpilot::Config;
+
+/// A handshake sends a few small messages; anything near this means something runs away.
+const MAX_SENT: usize = 64 * 1024;
+/// Steps between two reads: each read is consumed by a handful of steps.
+const MAX_STEPS_PER_READ: usize = 64;
+
+fn config(method: usize) -> &'static Config {
+    static CONFIGS: OnceLock<Vec<Arc<Config>>> = OnceLock::new();
+    let configs = CONFIGS.get_or_init(|| {
+        ["scram-sha-256", "md5", "trust"]
+            .iter()
+            .map(|m| {
+                let text = format!(
+                    "[auth]\nmethod = \"{m}\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+                     [[backends]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n"
+                );
+                Config::parse(&text, std::path::Path::new("fuzz.toml")).expect("a valid config")
+            })
+            .collect()
+    });
+    &configs[method % configs.len()]
+}
+
+fuzz_target!(|data: &[u8]| {
+    // First byte: auth method and whether admission succeeds; second: the size of each piece.
+    let [how, piece, rest @ ..] = data else {
+        return;
+    };
+    let mut hs = Handshake::new(config(usize::from(*how)));
+    let admit = how & 0x80 == 0;
+    let piece = usize::from(*piece).max(1);
+    let mut input = rest.chunks(piece);
+    let (mut sent, mut steps) = (0usize, 0usize);
+    loop {
+        steps += 1;
+        assert!(
+            steps <= MAX_STEPS_PER_READ,
+            "steps without asking for input"
+        );
+        match hs.step() {
+            Action::Send(bytes) => {
+                assert!(!bytes.is_empty(), "an empty send");
+                sent += bytes.len();
+            }
+            Action::Read => match input.next() {
+                Some(chunk) => {
+                    hs.input.extend_from_slice(chunk);
+                    steps = 0;
+                }
+                None => return,
+            },
+            Action::Admit => hs.admitted(admit),
+            Action::Cancel { .. } | Action::Close(_) | Action::Done(_) => {
+                // Over is over: the machine says close, with nothing more to send.
+                assert!(matches!(hs.step(), Action::Close(b) if b.is_empty()));
+                break;
+            }
+        }
+        assert!(sent <= MAX_SENT, "sent {sent} bytes in a handshake");
+    }
+});
