@@ -59,8 +59,13 @@ impl Outcome {
 const QUIET: Duration = Duration::from_millis(700);
 
 fn probe(addr: SocketAddr, steps: &[Step]) -> Outcome {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    let s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).unwrap();
+    converse(s, steps)
+}
+
+/// Takes `steps` on a connection and says what came back.
+fn converse(mut s: TcpStream, steps: &[Step]) -> Outcome {
     let mut buf = BytesMut::new();
     let mut replies = Vec::new();
     let mut closed = false;
@@ -214,37 +219,7 @@ fn logged_in(addr: SocketAddr) -> TcpStream {
 
 /// After login: send `bytes`, then collect what comes back.
 fn after_login(addr: SocketAddr, bytes: &[u8]) -> Outcome {
-    let mut s = logged_in(addr);
-    s.write_all(bytes).unwrap();
-    let mut buf = BytesMut::new();
-    let mut replies = Vec::new();
-    s.set_read_timeout(Some(QUIET)).unwrap();
-    let closed = loop {
-        while let Some(f) = split_frame(&mut buf, 1 << 30).expect("valid frames") {
-            match BackendMessage::parse(&f.bytes) {
-                Ok(BackendMessage::ErrorResponse(e)) => replies.push(Reply::Error(
-                    String::from_utf8_lossy(e.get(b'S').unwrap_or_default()).into_owned(),
-                    e.code().to_owned(),
-                )),
-                _ => replies.push(Reply::Msg(f.tag as char)),
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        match s.read(&mut chunk) {
-            Ok(0) => break true,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break false
-            }
-            Err(_) => break true,
-        }
-    };
-    Outcome { replies, closed }
+    converse(logged_in(addr), &[Step::Send(bytes.to_vec()), Step::Frames])
 }
 
 /// Another client is served right after.
