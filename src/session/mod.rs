@@ -3,10 +3,11 @@
 //! One client connection from accept to close.
 //!
 //! `handshake` decides startup and authentication without I/O and `startup` runs it over the
-//! socket; `login` sends the first ParameterStatus set; `relay` moves frames both ways, cutting client input into `unit`s that
-//! are routed (or answered by the proxy in `local`), rewritten for named statements by
-//! `statements`, and whose responses `responses` forwards; `attach` picks and prepares backends;
-//! `params` turns client parameters into set_config calls.
+//! socket; `login` sends the first ParameterStatus set; `relay` moves frames both ways,
+//! cutting client input into `unit`s that are routed (or answered by the proxy in `local`),
+//! rewritten for named statements by `statements`, queued for the backend in `outbox`, and
+//! whose responses `responses` forwards (long rows streamed); `attach` picks and prepares
+//! backends; `params` turns client parameters into set_config calls.
 
 mod attach;
 pub mod handshake;
@@ -239,10 +240,17 @@ impl Session {
             Err(e) => log::info!("session={} ended: {e}", self.pid),
         }
         if let Err(Error::Client(e)) = &result {
-            self.send_error(&ErrorFields::fatal("08P01", e.to_string()))
-                .await;
+            if !self.mid_message() {
+                self.send_error(&ErrorFields::fatal("08P01", e.to_string()))
+                    .await;
+            }
         }
         self.finish().await;
+    }
+
+    /// The client has part of a streamed backend message: nothing else may be written to it.
+    fn mid_message(&self) -> bool {
+        self.attached.as_ref().is_some_and(|a| a.streaming > 0)
     }
 
     /// Returns a backend the session is done with: reset and pooled if it is clean, closed
@@ -316,6 +324,10 @@ impl Session {
     /// waiting long for a client that does not read. The backends are dropped with the session.
     async fn tell_internal_error(&mut self) {
         self.out.clear();
+        if self.mid_message() {
+            let _ = self.client.close().await;
+            return;
+        }
         encode::error_response(
             &mut self.out,
             &ErrorFields::fatal("XX000", "internal error in pgpilot; the session is closed"),
