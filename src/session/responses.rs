@@ -160,13 +160,29 @@ impl Attached {
         // session ever holds a whole large row. Its header is all the tracking needs of it.
         let rest = rbuf.get(consumed..).unwrap_or_default();
         if let Ok(Some(h)) = Header::peek(rest, MAX_BACKEND_MESSAGE) {
+            let streamable = matches!(B::from_byte(h.tag), Some(B::DataRow | B::CopyData))
+                && h.frame_len() > STREAM_FROM;
+            if streamable && tracked {
+                // Made-up responses due before the row go out first, as the loop above
+                // would send them before the whole row.
+                while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
+                {
+                    if let Slot::Fake(tag) = slot {
+                        if !changed {
+                            out.put_slice(rbuf.get(..consumed).unwrap_or_default());
+                            changed = true;
+                        }
+                        put_fake(&mut out, tag);
+                    }
+                    self.slots.pop_front();
+                }
+            }
             let plain_front = !matches!(
                 self.slots.front(),
                 Some(Slot::Fake(_) | Slot::CopyEnd | Slot::HiddenClose)
                     | Some(Slot::Parse { visible: false, .. })
             );
-            let streamable = matches!(B::from_byte(h.tag), Some(B::DataRow | B::CopyData));
-            if streamable && h.frame_len() > STREAM_FROM && plain_front {
+            if streamable && plain_front {
                 // The scan stopped at this frame, so it is longer than what is here.
                 self.streaming = h.frame_len().saturating_sub(rest.len());
                 if changed {

@@ -930,3 +930,40 @@ fn endless_sets_pin_the_client_instead_of_growing_its_replayed_set() {
     assert_eq!(raw.query("BEGIN; SHOW x.p150; COMMIT").unwrap(), ["v150"]);
     still_serves(proxy.addr(), "after three hundred SETs");
 }
+
+/// A long row right after a response the proxy makes up (the CloseComplete of a named
+/// statement it closes itself) still streams, with the made-up response first, in order —
+/// whether the row's start arrives in the same read as the response before it (the made-up
+/// one is then due in front of a partial row) or in a later one.
+#[test]
+fn a_huge_row_after_a_made_up_response_streams_in_order() {
+    let Some(c) = common::cluster() else { return };
+    let _heavy = heavy();
+    let proxy = common::proxy(c, &Opts::default());
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let mut out = BytesMut::new();
+    encode::parse(&mut out, b"s1", b"SELECT 1", &[]);
+    encode::sync(&mut out);
+    raw.send(&out);
+    crate::raw::rows_of(&raw.until_ready()).unwrap();
+    let rss_before = rss_kib();
+    let mut out = BytesMut::new();
+    encode::parse(&mut out, b"", b"SELECT repeat('z', 100000000)", &[]);
+    encode::bind(&mut out, b"", b"", &[]);
+    encode::close(&mut out, b'S', b"s1");
+    encode::execute(&mut out, b"", 0);
+    encode::sync(&mut out);
+    raw.send(&out);
+    let (messages, zs, peak) = walk_messages(&mut raw.stream, b'D', b'z');
+    let grown = peak.saturating_sub(rss_before);
+    eprintln!(
+        "a 100 MB row after a made-up CloseComplete: RSS peak {grown} KiB above {rss_before} KiB"
+    );
+    let tags: Vec<u8> = messages.iter().map(|m| m.0).collect();
+    assert_eq!(
+        tags, b"123DCZ",
+        "ParseComplete, BindComplete, CloseComplete, the row, …"
+    );
+    assert_eq!(zs, 100_000_000);
+    assert!(grown < 64 * 1024, "grew {grown} KiB");
+}
