@@ -36,6 +36,21 @@ pub fn apply_to(stream: &impl AsRawFd, opts: &TcpOptions) -> io::Result<()> {
     apply(SockRef::from(&fd), opts)
 }
 
+/// What the kernel reports for a socket, in the shape of [`TcpOptions`] (keepalive timings
+/// are the kernel's defaults when keepalive is off).
+pub fn read_back(socket: SockRef<'_>) -> io::Result<TcpOptions> {
+    Ok(TcpOptions {
+        keepalive_idle: if socket.keepalive()? {
+            Some(socket.keepalive_time()?)
+        } else {
+            None
+        },
+        keepalive_interval: Some(socket.keepalive_interval()?),
+        keepalive_count: Some(socket.keepalive_retries()?),
+        user_timeout: socket.tcp_user_timeout()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,15 +64,8 @@ mod tests {
         (client, accepted)
     }
 
-    /// What the kernel reports for a socket, in the shape of [`TcpOptions`].
-    fn read_back(s: &TcpStream) -> TcpOptions {
-        let s = SockRef::from(s);
-        TcpOptions {
-            keepalive_idle: s.keepalive().unwrap().then(|| s.keepalive_time().unwrap()),
-            keepalive_interval: Some(s.keepalive_interval().unwrap()),
-            keepalive_count: Some(s.keepalive_retries().unwrap()),
-            user_timeout: s.tcp_user_timeout().unwrap(),
-        }
+    fn options(s: &TcpStream) -> TcpOptions {
+        read_back(SockRef::from(s)).unwrap()
     }
 
     #[test]
@@ -71,16 +79,16 @@ mod tests {
         let (client, accepted) = pair();
         for s in [&client, &accepted] {
             apply_to(s, &opts).unwrap();
-            assert_eq!(read_back(s), opts);
+            assert_eq!(options(s), opts);
         }
     }
 
     #[test]
     fn none_leaves_the_kernel_default() {
         let (client, _accepted) = pair();
-        let before = read_back(&client);
+        let before = options(&client);
         apply_to(&client, &TcpOptions::default()).unwrap();
-        assert_eq!(read_back(&client), before);
+        assert_eq!(options(&client), before);
         assert_eq!((before.keepalive_idle, before.user_timeout), (None, None));
     }
 }

@@ -126,31 +126,34 @@ impl Session {
         None
     }
 
-    /// Whether [`Session::answer_deallocate`] would answer this unit itself.
-    pub(super) fn is_local_deallocate(&self, unit: &Unit) -> bool {
-        match self.lone_query(unit).and_then(deallocate) {
-            Some(Deallocate::Name(name)) => self.statements.contains_key(name.as_slice()),
-            Some(Deallocate::All) => !self.pinned,
-            None => false,
+    /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
+    /// ALL` when nothing SQL-level was prepared) is answered by the proxy, since the backend
+    /// knows the statement by another name and shares it. `Some` when this unit is one.
+    pub(super) fn local_deallocate(&self, unit: &Unit) -> Option<Deallocate> {
+        match self.lone_query(unit).and_then(deallocate)? {
+            Deallocate::Name(name) if self.statements.contains_key(name.as_slice()) => {
+                Some(Deallocate::Name(name))
+            }
+            Deallocate::All if !self.pinned => Some(Deallocate::All),
+            _ => None,
         }
     }
 
-    /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
-    /// ALL` when nothing SQL-level was prepared): the client's name is forgotten and the proxy
-    /// answers, since the backend knows the statement by another name and shares it.
-    pub(super) async fn answer_deallocate(&mut self, unit: &Unit) -> Result<bool, Error> {
-        let Some(sql) = self.lone_query(unit) else {
-            return Ok(false);
-        };
-        let tag: &[u8] = match deallocate(sql) {
-            Some(Deallocate::Name(name)) if self.statements.remove(name.as_slice()).is_some() => {
+    /// Answers a [`Session::local_deallocate`] unit: the client's name is forgotten.
+    pub(super) async fn answer_deallocate(
+        &mut self,
+        unit: &Unit,
+        which: Deallocate,
+    ) -> Result<(), Error> {
+        let tag: &[u8] = match which {
+            Deallocate::Name(name) => {
+                self.statements.remove(name.as_slice());
                 b"DEALLOCATE"
             }
-            Some(Deallocate::All) if !self.pinned => {
+            Deallocate::All => {
                 self.statements.clear();
                 b"DEALLOCATE ALL"
             }
-            _ => return Ok(false),
         };
         let _ = self.cbuf.split_to(unit.len);
         encode::command_complete(&mut self.out, tag);
@@ -159,8 +162,7 @@ impl Session {
             .as_ref()
             .map_or(TransactionStatus::Idle, |a| a.status);
         encode::ready_for_query(&mut self.out, status);
-        self.flush_out().await?;
-        Ok(true)
+        self.flush_out().await
     }
 
     /// Answers a unit with an error instead of running it; the rest of an extended unit is

@@ -98,7 +98,7 @@ mod tests {
             }
             let n = buf.len().min(self.room);
             self.room -= n;
-            self.got.extend_from_slice(&buf[..n]);
+            self.got.extend(buf.iter().take(n));
             Poll::Ready(Ok(n))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

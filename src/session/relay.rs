@@ -196,9 +196,11 @@ impl Session {
         // A unit the proxy answers itself waits until the backend has answered everything
         // before it: the client must get its responses in order, and never inside a long row
         // that is still streaming.
-        let local = unit.refused
-            || unit.over_limit
-            || (tag == Some(F::Query) && self.is_local_deallocate(&unit));
+        let dealloc = match tag {
+            Some(F::Query) => self.local_deallocate(&unit),
+            _ => None,
+        };
+        let local = unit.refused || unit.over_limit || dealloc.is_some();
         let owed = self
             .attached
             .as_ref()
@@ -226,7 +228,8 @@ impl Session {
             self.drop_unit(&unit, &e).await?;
             return Ok(true);
         }
-        if tag == Some(F::Query) && self.answer_deallocate(&unit).await? {
+        if let Some(which) = dealloc {
+            self.answer_deallocate(&unit, which).await?;
             return Ok(true);
         }
         if self.mode == PoolMode::Transaction

@@ -51,13 +51,7 @@ fn options_of(local_port: u16, remote_port: u16) -> TcpOptions {
     // SAFETY: the fd is open and stays open while it is read: the proxy holds it for a client
     // that is still connected, or for a backend connection idle in its pool.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let s = SockRef::from(&fd);
-    TcpOptions {
-        keepalive_idle: s.keepalive().unwrap().then(|| s.keepalive_time().unwrap()),
-        keepalive_interval: Some(s.keepalive_interval().unwrap()),
-        keepalive_count: Some(s.keepalive_retries().unwrap()),
-        user_timeout: s.tcp_user_timeout().unwrap(),
-    }
+    pgpilot::tcp::read_back(SockRef::from(&fd)).unwrap()
 }
 
 #[test]
