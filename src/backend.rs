@@ -31,30 +31,60 @@ pub struct Login<'a> {
     pub database: &'a str,
 }
 
-/// An authenticated backend connection.
+/// An authenticated backend connection: its socket with the pool's bookkeeping, and the
+/// protocol state the session core reads and changes. A session's core holds only the state;
+/// its I/O shell holds the socket, and the two are joined again to go back to the pool.
 pub struct Backend {
+    /// The socket and what the pool keeps of it.
+    pub conn: Conn,
+    /// What pgpilot knows of the backend's protocol state.
+    pub state: BackendState,
+}
+
+/// The socket half of a [`Backend`]: nothing in it is protocol state.
+pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
+    /// Backend id in the cluster state.
+    pub backend_id: usize,
+    /// When the connection was made (for `max_lifetime_ms`).
+    pub created: Instant,
+    /// When it last went idle (for `idle_timeout_ms`).
+    pub idle_since: Instant,
+    /// Pool capacity this connection holds while checked out.
+    pub permit: Option<Permit>,
+}
+
+/// The protocol half of a [`Backend`]: bytes read and not yet handled, and what the backend
+/// has said about itself. No socket: the session core and its tests work on this alone.
+#[derive(Debug)]
+pub struct BackendState {
     /// Bytes read from the backend and not yet forwarded.
     pub rbuf: BytesMut,
     /// Where it is connected.
     pub addr: SocketAddr,
-    /// Backend id in the cluster state.
-    pub backend_id: usize,
     /// The server's BackendKeyData, used to cancel its queries.
     pub key: (u32, u32),
     /// ParameterStatus values the server has reported.
     pub params: ServerParams,
     /// Hash of the client parameter set applied with SET (0 = server defaults, `u64::MAX` = unknown).
     pub applied: u64,
-    /// When the connection was made (for `max_lifetime_ms`).
-    pub created: Instant,
-    /// When it last went idle (for `idle_timeout_ms`).
-    pub idle_since: Instant,
     /// Shared prepared statements this connection has (transaction pooling).
     pub prepared: Prepared,
-    /// Pool capacity this connection holds while checked out.
-    pub permit: Option<Permit>,
+}
+
+impl BackendState {
+    /// A just-authenticated backend at `addr`, nothing known of it yet.
+    pub fn new(addr: SocketAddr) -> BackendState {
+        BackendState {
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            addr,
+            key: (0, 0),
+            params: ServerParams::default(),
+            applied: 0,
+            prepared: Prepared::default(),
+        }
+    }
 }
 
 impl Backend {
@@ -71,17 +101,14 @@ impl Backend {
         crate::tcp::apply_to(&stream, tcp).map_err(io)?;
         let now = Instant::now();
         let mut b = Backend {
-            stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            addr,
-            backend_id,
-            key: (0, 0),
-            params: ServerParams::default(),
-            applied: 0,
-            created: now,
-            idle_since: now,
-            permit: None,
-            prepared: Prepared::default(),
+            conn: Conn {
+                stream,
+                backend_id,
+                created: now,
+                idle_since: now,
+                permit: None,
+            },
+            state: BackendState::new(addr),
         };
         let mut out = BytesMut::new();
         encode::startup_message(
@@ -93,8 +120,8 @@ impl Backend {
         loop {
             let frame = b.recv().await?;
             match b.decode(&frame)? {
-                BackendMessage::BackendKeyData { pid, secret } => b.key = (pid, secret),
-                BackendMessage::ParameterStatus { name, value } => b.params.set(name, value),
+                BackendMessage::BackendKeyData { pid, secret } => b.state.key = (pid, secret),
+                BackendMessage::ParameterStatus { name, value } => b.state.params.set(name, value),
                 BackendMessage::ReadyForQuery { .. } => return Ok(b),
                 BackendMessage::ErrorResponse(_) => return Err(b.rejected(frame)),
                 _ => {}
@@ -174,7 +201,7 @@ impl Backend {
 
     fn refused(&self, why: &str) -> Error {
         Error::BackendAuth {
-            addr: self.addr,
+            addr: self.state.addr,
             reason: why.to_owned(),
         }
     }
@@ -185,7 +212,7 @@ impl Backend {
             _ => ("XX000".to_owned(), String::new()),
         };
         Error::BackendRejected {
-            addr: self.addr,
+            addr: self.state.addr,
             code,
             message,
             frame: frame.bytes,
@@ -194,7 +221,7 @@ impl Backend {
 
     fn decode<'f>(&self, frame: &'f Frame) -> Result<BackendMessage<'f>, Error> {
         BackendMessage::parse(&frame.bytes).map_err(|source| Error::BackendProtocol {
-            addr: self.addr,
+            addr: self.state.addr,
             source,
         })
     }
@@ -214,14 +241,16 @@ impl Backend {
                     return match failed {
                         None if status == TransactionStatus::Idle => Ok(rows),
                         _ => Err(Error::BackendRejected {
-                            addr: self.addr,
+                            addr: self.state.addr,
                             code: failed.unwrap_or_else(|| "25000".to_owned()),
                             message: format!("query {sql:?} failed"),
                             frame: frame.bytes,
                         }),
                     };
                 }
-                BackendMessage::ParameterStatus { name, value } => self.params.set(name, value),
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.state.params.set(name, value)
+                }
                 BackendMessage::ErrorResponse(f) => failed = Some(f.code().to_owned()),
                 BackendMessage::Other {
                     tag: BackendTag::DataRow,
@@ -233,8 +262,9 @@ impl Backend {
 
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let addr = self.addr;
-        self.stream
+        let addr = self.state.addr;
+        self.conn
+            .stream
             .write_all(bytes)
             .await
             .map_err(|source| Error::Backend { addr, source })
@@ -244,9 +274,9 @@ impl Backend {
     pub async fn recv(&mut self) -> Result<Frame, Error> {
         loop {
             if let Some(frame) =
-                split_frame(&mut self.rbuf, MAX_BACKEND_MESSAGE).map_err(|source| {
+                split_frame(&mut self.state.rbuf, MAX_BACKEND_MESSAGE).map_err(|source| {
                     Error::BackendProtocol {
-                        addr: self.addr,
+                        addr: self.state.addr,
                         source,
                     }
                 })?
@@ -259,19 +289,19 @@ impl Backend {
 
     /// Reads once from the socket into `rbuf`; EOF is an error.
     pub async fn fill(&mut self) -> Result<usize, Error> {
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
-        let res = self.stream.read(&mut self.rbuf[start..]).await;
+        let start = self.state.rbuf.len();
+        self.state.rbuf.resize(start + READ_CHUNK, 0);
+        let res = self.conn.stream.read(&mut self.state.rbuf[start..]).await;
         let n = *res.as_ref().unwrap_or(&0);
-        self.rbuf.truncate(start + n);
+        self.state.rbuf.truncate(start + n);
         match res {
             Ok(0) => Err(Error::Backend {
-                addr: self.addr,
+                addr: self.state.addr,
                 source: std::io::ErrorKind::UnexpectedEof.into(),
             }),
             Ok(n) => Ok(n),
             Err(source) => Err(Error::Backend {
-                addr: self.addr,
+                addr: self.state.addr,
                 source,
             }),
         }

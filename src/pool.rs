@@ -119,7 +119,7 @@ impl Pool {
         while let Some(b) = reuse.then(|| self.idle.borrow_mut().pop()).flatten() {
             if self.is_fresh(&b, now) {
                 let mut b = b;
-                b.permit = Some(permit);
+                b.conn.permit = Some(permit);
                 return Ok(b);
             }
         }
@@ -148,24 +148,24 @@ impl Pool {
             self.key.user,
             self.key.database
         );
-        b.permit = Some(permit);
+        b.conn.permit = Some(permit);
         Ok(b)
     }
 
     /// Returns a connection that is idle and in sync; its capacity is released either way.
     pub fn checkin(&self, mut b: Backend) {
         let now = Instant::now();
-        b.permit = None;
-        if self.is_fresh(&b, now) && b.rbuf.is_empty() {
-            b.idle_since = now;
+        b.conn.permit = None;
+        if self.is_fresh(&b, now) && b.state.rbuf.is_empty() {
+            b.conn.idle_since = now;
             self.idle.borrow_mut().push(b);
         }
     }
 
     fn is_fresh(&self, b: &Backend, now: Instant) -> bool {
-        Some(b.addr) == self.addr.get()
-            && now.duration_since(b.created) < self.max_lifetime
-            && now.duration_since(b.idle_since) < self.idle_timeout
+        Some(b.state.addr) == self.addr.get()
+            && now.duration_since(b.conn.created) < self.max_lifetime
+            && now.duration_since(b.conn.idle_since) < self.idle_timeout
     }
 
     /// Closes idle connections past their idle timeout or lifetime.

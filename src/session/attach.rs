@@ -1,100 +1,64 @@
-//! Gives a session a backend for what it is about to send: picks one through the router,
-//! checks it out, applies the client's parameters, and gives it back when the session is done.
+//! The core's side of backends: installing one the shell attached, telling the client about
+//! its parameters, switching between the two a session-mode client holds, and giving them back.
 
-use std::rc::Rc;
-
-use bytes::BytesMut;
-use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode;
 
 use super::responses::note_param;
-use super::{Attached, Session};
-use crate::backend::Backend;
-use crate::config::Role;
+use super::{Action, Attached, Checkout, Intake, Pump, Reset, Session, Waiting};
+use crate::config::PoolMode;
 use crate::core::CancelTarget;
 use crate::error::Error;
-use crate::pool::{Pool, PoolKey};
-use crate::router;
 
-impl Session {
-    /// Attaches a backend that may run statements routed to `target`. A replica that cannot be
-    /// reached gives way to the primary; a pooled connection that turns out dead is replaced once.
-    pub(super) async fn attach(&mut self, target: Target) -> Result<(), Error> {
-        let state = self.core.state();
-        let mut target = target;
-        let mut retries = 1u32;
-        let mut fresh = false;
-        loop {
-            let core = &self.core;
-            let id = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
-                .ok_or(Error::NoBackend)?;
-            let on_replica = state
-                .backends
-                .get(id)
-                .is_some_and(|b| b.role == Role::Replica);
-            let key = PoolKey {
-                backend_id: id,
-                user: self.user.clone(),
-                database: self.database.clone(),
-            };
-            let pool = self.core.pool(key);
-            let mut reused = false;
-            let wait = self.core.config.pool.checkout_timeout;
-            let checkout = if fresh {
-                pool.checkout_new(wait).await
-            } else {
-                pool.checkout(wait).await
-            };
-            let result = match checkout {
-                Ok(backend) => {
-                    reused = backend.applied != 0;
-                    self.install(backend, pool, on_replica).await
+impl<L> Session<L> {
+    /// Takes the outcome of a [`Pump::Attach`]. The unit that waited for it goes to the new
+    /// backend (behind the held BEGIN, if any) or, with no backend, is answered with the error.
+    /// A session's own backend that could not be set up again is only logged: the unit is
+    /// scanned again and attaches a new one.
+    pub fn attached(&mut self, got: Result<Checkout<L>, Error>) -> Result<(), Error> {
+        let waiting = match std::mem::replace(&mut self.intake, Intake::Open) {
+            Intake::Attaching(w) => Some(w),
+            other => {
+                self.intake = other;
+                None
+            }
+        };
+        match (got, waiting) {
+            (Ok(checkout), None) => self.install(checkout),
+            (Err(e), None) => log::warn!("session={} parked backend unusable: {e}", self.pid),
+            (Err(e), Some(w)) => self.fail_unit(&w.unit, e),
+            (Ok(checkout), Some(w)) => {
+                self.install(checkout);
+                let Waiting { mut unit, begin } = *w;
+                if let (Some(begin), Some(att)) = (begin, self.attached.as_mut()) {
+                    att.hidden = att.hidden.saturating_add(1);
+                    att.outbox.push(begin);
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                // A backend that served other clients could not take this client's parameters
-                // (its old settings got in the way: a 1 ms statement_timeout, say). It has been
-                // closed; a new connection (not another idle one) starts from the server's
-                // defaults. Not when the client's own values are refused (classes 22 and 42):
-                // a new connection would refuse them too.
-                Err(e @ Error::BackendRejected { .. })
-                    if reused && !fresh && !e.is_clients_fault() =>
-                {
-                    log::warn!(
-                        "session={} parameter setup failed, trying a new connection: {e}",
-                        self.pid
-                    );
-                    fresh = true;
-                }
-                Err(e) if e.is_retryable() && on_replica => {
-                    log::warn!(
-                        "session={} replica {id} unusable, reading from the primary: {e}",
-                        self.pid
-                    );
-                    target = Target::Primary;
-                }
-                Err(e) if e.is_retryable() && retries > 0 => retries = retries.saturating_sub(1),
-                Err(e) => return Err(e),
+                self.note_effect(&mut unit);
+                self.forward(unit.len, unit.rfqs, !unit.complete);
             }
         }
+        Ok(())
     }
 
-    async fn install(
-        &mut self,
-        mut backend: Backend,
-        pool: Rc<Pool>,
-        on_replica: bool,
-    ) -> Result<(), Error> {
-        if backend.applied != self.gucs.hash {
-            // On error the backend is dropped here: closed, never pooled.
-            self.apply_gucs(&mut backend).await?;
-        }
-        let att = Box::new(Attached {
+    /// Makes a checked-out backend the attached one.
+    pub fn install(&mut self, checkout: Checkout<L>) {
+        let Checkout {
+            link,
             backend,
-            pool,
+            on_replica,
+        } = checkout;
+        let (pid, secret) = backend.key;
+        self.cancel.set(Some(CancelTarget {
+            addr: backend.addr,
+            pid,
+            secret,
+        }));
+        log::trace!("session={} attached backend {pid}", self.pid);
+        self.attached = Some(Box::new(Attached {
+            link,
+            backend,
             on_replica,
             pending: 0,
             hidden: 0,
@@ -108,65 +72,8 @@ impl Session {
             changes_settled: None,
             outbox: Default::default(),
             streaming: 0,
-        });
-        log::trace!(
-            "session={} attached backend {}",
-            self.pid,
-            att.backend.key.0
-        );
-        let (pid, secret) = att.backend.key;
-        self.cancel.set(Some(CancelTarget {
-            addr: att.backend.addr,
-            pid,
-            secret,
         }));
-        self.attached = Some(att);
         self.sync_view();
-        Ok(())
-    }
-
-    /// Brings a backend's run-time parameters to the client's set and waits for the answer.
-    /// The client's statements are not pipelined behind it: they must never run on a backend
-    /// whose setup failed, which would still carry the previous client's settings. At login an
-    /// error here means the client's startup parameters are invalid, and the client is refused
-    /// with the server's own error, as PostgreSQL would refuse it.
-    async fn apply_gucs(&self, backend: &mut Backend) -> Result<(), Error> {
-        let mut q = BytesMut::new();
-        encode::query(&mut q, self.gucs.setup_sql(backend.applied).as_bytes());
-        backend.applied = u64::MAX;
-        backend.send(&q).await?;
-        let mut failed = None;
-        loop {
-            let frame = backend.recv().await?;
-            match BackendMessage::parse(&frame.bytes) {
-                Ok(BackendMessage::ReadyForQuery { .. }) => break,
-                Ok(BackendMessage::ParameterStatus { name, value }) => {
-                    backend.params.set(name, value)
-                }
-                Ok(BackendMessage::ErrorResponse(f)) => {
-                    if failed.is_none() {
-                        failed = Some((f.code().to_owned(), f.message(), frame.bytes.clone()));
-                    }
-                }
-                Ok(_) => {}
-                Err(source) => {
-                    return Err(Error::BackendProtocol {
-                        addr: backend.addr,
-                        source,
-                    })
-                }
-            }
-        }
-        if let Some((code, message, frame)) = failed {
-            return Err(Error::BackendRejected {
-                addr: backend.addr,
-                code,
-                message,
-                frame,
-            });
-        }
-        backend.applied = self.gucs.hash;
-        Ok(())
     }
 
     /// Tells the client about every parameter of the attached backend that differs from what
@@ -187,49 +94,62 @@ impl Session {
         self.view_version = b.params.version;
     }
 
-    /// Session mode: sets the idle attached backend aside and takes up the parked one if it
-    /// can run statements for `target`; otherwise the next attach checks out a new one.
-    pub(super) async fn switch_held(&mut self, target: Target) {
+    /// Session mode: sets the idle attached backend aside and asks to take up the parked one if
+    /// it can run statements for `target`; otherwise the next attach checks out a new one.
+    pub(super) fn switch_held(&mut self, target: Target) -> Option<Pump<L>> {
         let current = self.attached.take();
         self.cancel.set(None);
-        let Some(other) = std::mem::replace(&mut self.parked, current) else {
-            return;
-        };
+        let other = std::mem::replace(&mut self.parked, current)?;
         if other.on_replica != (target == Target::Replica) {
-            self.give_back(other).await;
-            return;
+            self.give_back(*other);
+            return None;
         }
-        if let Err(e) = self
-            .install(other.backend, other.pool, other.on_replica)
-            .await
-        {
-            log::warn!("session={} parked backend unusable: {e}", self.pid);
-        }
+        Some(Pump::Attach {
+            target,
+            reuse: Some(other),
+        })
     }
 
     /// Gives the attached backend back to its pool (the caller knows it is idle).
     pub(super) fn release(&mut self) {
-        if let Some(att) = self.attached.take() {
-            self.cancel.set(None);
-            if !att.slots.is_empty() {
-                log::warn!(
-                    "session={} released a backend still owing {:?}",
-                    self.pid,
-                    att.slots
-                );
-                return;
-            }
-            log::trace!(
-                "session={} released backend {}",
+        let Some(att) = self.attached.take() else {
+            return;
+        };
+        self.cancel.set(None);
+        if !att.slots.is_empty() {
+            log::warn!(
+                "session={} released a backend still owing {:?}",
                 self.pid,
-                att.backend.key.0
+                att.slots
             );
-            att.pool.checkin(att.backend);
+            return;
         }
+        log::trace!(
+            "session={} released backend {}",
+            self.pid,
+            att.backend.key.0
+        );
+        let att = *att;
+        self.actions.push(Action::Pool(att.link, att.backend));
     }
-}
 
-/// Runs a query whose results nobody sees (`reset_query`); fails on any ErrorResponse.
-pub(super) async fn run_hidden_query(backend: &mut Backend, sql: &str) -> Result<(), Error> {
-    backend.simple_query(sql).await.map(|_| ())
+    /// A backend the session is done with: reset and pooled if it is clean, closed otherwise.
+    /// Session mode resets with `reset_query`; a pinned transaction-mode client leaves temp
+    /// tables, LISTEN or locks behind, which DISCARD ALL removes.
+    pub(super) fn give_back(&mut self, att: Attached<L>) {
+        if !att.is_idle() || !att.backend.rbuf.is_empty() {
+            return;
+        }
+        let reset = match self.mode {
+            PoolMode::Session if !self.core.config.pool.reset_query.is_empty() => {
+                Some(Reset::Configured)
+            }
+            PoolMode::Transaction if self.pinned => Some(Reset::DiscardAll),
+            _ => None,
+        };
+        self.actions.push(match reset {
+            Some(reset) => Action::Reset(att.link, att.backend, reset),
+            None => Action::Pool(att.link, att.backend),
+        });
+    }
 }

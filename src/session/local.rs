@@ -11,13 +11,14 @@ use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::{query_sql, statement_of, FrontendTag};
 
 use super::login::intern_code;
+use super::relay::Held;
 use super::unit::Unit;
-use super::Session;
+use super::{Intake, Session};
 use crate::error::Error;
 
-impl Session {
+impl<L> Session<L> {
     /// No backend for a unit: tell the client and drop the unit (up to its Sync).
-    pub(super) async fn fail_unit(&mut self, unit: &Unit, e: Error) -> Result<(), Error> {
+    pub(super) fn fail_unit(&mut self, unit: &Unit, e: Error) {
         log::warn!("session={} no backend: {e}", self.pid);
         let fields = match &e {
             Error::BackendRejected { code, message, .. } => {
@@ -25,7 +26,7 @@ impl Session {
             }
             e => ErrorFields::error(e.sqlstate(), e.to_string()),
         };
-        self.drop_unit(unit, &fields).await
+        self.drop_unit(unit, &fields)
     }
 
     /// The SQL of a unit that is one simple Query.
@@ -39,15 +40,15 @@ impl Session {
 
     /// A plain BEGIN is held, and answered here, until the next statement shows whether the
     /// block is read-only (`SET TRANSACTION READ ONLY`) or read-write; an empty block never
-    /// reaches a backend. `Ok(true)`: the unit was answered here.
-    pub(super) async fn hold_begin(&mut self, unit: &mut Unit) -> Result<bool, Error> {
+    /// reaches a backend.
+    pub(super) fn hold_begin(&mut self, unit: &mut Unit) -> Held {
         let sql = self.lone_query(unit);
         if self.held_begin.is_none() {
             let holdable = sql.is_some_and(lone_default_begin)
                 && self.rule.is_none()
                 && !self.read_only_default;
             if !holdable {
-                return Ok(false);
+                return Held::No;
             }
             let start = sql.is_some_and(|s| {
                 s.trim_ascii_start()
@@ -64,16 +65,14 @@ impl Session {
                 },
             );
             encode::ready_for_query(&mut self.out, TransactionStatus::InTransaction);
-            self.flush_out().await?;
-            return Ok(true);
+            return Held::Answered;
         }
         if let Some(commit) = sql.and_then(lone_transaction_end) {
             self.held_begin = None;
             let _ = self.cbuf.split_to(unit.len);
             encode::command_complete(&mut self.out, if commit { b"COMMIT" } else { b"ROLLBACK" });
             encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
-            self.flush_out().await?;
-            return Ok(true);
+            return Held::Answered;
         }
         let read_only = sql.is_some_and(set_transaction_read_only);
         unit.target = if read_only {
@@ -81,29 +80,10 @@ impl Session {
         } else {
             Target::Primary
         };
-        let Some(begin) = self.held_begin.take() else {
-            return Ok(false);
-        };
-        if let Err(e) = Box::pin(self.attach(unit.target)).await {
-            self.fail_unit(unit, e).await?;
-            return Ok(true);
+        match self.held_begin.take() {
+            Some(begin) => Held::Attach(begin),
+            None => Held::No,
         }
-        let Some(att) = self.attached.as_mut() else {
-            return Ok(false);
-        };
-        att.hidden = att.hidden.saturating_add(1);
-        if let Err(Error::Backend { source, .. }) = att.backend.send(&begin).await {
-            // The block the client was told it is in is gone: say so and leave the unit
-            // unrun, rather than running it in autocommit.
-            self.backend_lost(source).await?;
-            let e = ErrorFields::error(
-                "08006",
-                "lost the connection to the server; the transaction is gone",
-            );
-            self.drop_unit(unit, &e).await?;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     /// `Some(n)` when the unit is `n` Parse messages of named statements followed by Sync.
@@ -140,11 +120,7 @@ impl Session {
     }
 
     /// Answers a [`Session::local_deallocate`] unit: the client's name is forgotten.
-    pub(super) async fn answer_deallocate(
-        &mut self,
-        unit: &Unit,
-        which: Deallocate,
-    ) -> Result<(), Error> {
+    pub(super) fn answer_deallocate(&mut self, unit: &Unit, which: Deallocate) {
         let tag: &[u8] = match which {
             Deallocate::Name(name) => {
                 self.statements.remove(name.as_slice());
@@ -162,17 +138,12 @@ impl Session {
             .as_ref()
             .map_or(TransactionStatus::Idle, |a| a.status);
         encode::ready_for_query(&mut self.out, status);
-        self.flush_out().await
     }
 
     /// Answers a unit with an error instead of running it; the rest of an extended unit is
     /// skipped up to its Sync, as PostgreSQL does after an error. The backend (if any) never
     /// saw the unit, so its transaction status is what the client keeps.
-    pub(super) async fn drop_unit(
-        &mut self,
-        unit: &Unit,
-        fields: &ErrorFields,
-    ) -> Result<(), Error> {
+    pub(super) fn drop_unit(&mut self, unit: &Unit, fields: &ErrorFields) {
         let _ = self.cbuf.split_to(unit.len);
         encode::error_response(&mut self.out, fields);
         if unit.complete {
@@ -182,8 +153,7 @@ impl Session {
                 .map_or(TransactionStatus::Idle, |a| a.status);
             encode::ready_for_query(&mut self.out, status);
         } else {
-            self.skip_until_sync = true;
+            self.intake = Intake::SkipToSync;
         }
-        self.flush_out().await
     }
 }

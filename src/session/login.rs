@@ -5,30 +5,58 @@ use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
+use super::shell::Client;
 use super::Session;
 use crate::config::PoolMode;
 use crate::error::Error;
 use crate::pool::PoolKey;
 use crate::router;
 
-impl Session {
+impl Client {
     /// Logs the authenticated client in: a backend checks its parameters and provides the
     /// ParameterStatus set; then BackendKeyData and ReadyForQuery.
     pub(super) async fn login(&mut self, secret: u32) -> Result<(), ErrorFields> {
-        if self.mode == PoolMode::Session || !self.login_from_cache() {
+        let s = &mut self.session;
+        if s.mode == PoolMode::Session || !s.login_from_cache() {
             self.login_on_backend().await?;
         }
-        encode::backend_key_data(&mut self.out, self.pid, secret);
-        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
-        self.flush_out()
+        let s = &mut self.session;
+        encode::backend_key_data(&mut s.out, s.pid, secret);
+        encode::ready_for_query(&mut s.out, TransactionStatus::Idle);
+        if s.mode == PoolMode::Transaction {
+            s.release();
+        }
+        self.perform()
             .await
-            .map_err(|e| ErrorFields::fatal("08006", e.to_string()))?;
-        if self.mode == PoolMode::Transaction {
-            self.release();
+            .map_err(|e| ErrorFields::fatal("08006", e.to_string()))
+    }
+
+    async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
+        let checkout = self
+            .connect(Target::Primary, None)
+            .await
+            .map_err(|e| match e {
+                Error::BackendRejected { code, message, .. } => {
+                    ErrorFields::fatal(intern_code(&code), message)
+                }
+                Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
+                e => ErrorFields::fatal("08006", e.to_string()),
+            })?;
+        let s = &mut self.session;
+        let pool = checkout.link.pool.clone();
+        pool.remember_login(s.gucs.hash, &checkout.backend.params.list);
+        s.install(checkout);
+        // Share the pool's copy: idle sessions then hold no ParameterStatus set of their own.
+        if let Some(shared) = pool.login_params(s.gucs.hash) {
+            if *shared == *s.view {
+                s.view = shared;
+            }
         }
         Ok(())
     }
+}
 
+impl<L> Session<L> {
     /// Transaction mode, parameter set seen before on the primary's pool: no backend needed.
     fn login_from_cache(&mut self) -> bool {
         let Some(id) = router::pick(&self.core.state(), Target::Primary, 0, |_| false) else {
@@ -48,29 +76,6 @@ impl Session {
         self.view = params;
         self.view_version = u64::MAX;
         true
-    }
-
-    async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
-        if let Err(e) = self.attach(Target::Primary).await {
-            return Err(match e {
-                Error::BackendRejected { code, message, .. } => {
-                    ErrorFields::fatal(intern_code(&code), message)
-                }
-                Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
-                e => ErrorFields::fatal("08006", e.to_string()),
-            });
-        }
-        if let Some(att) = &self.attached {
-            att.pool
-                .remember_login(self.gucs.hash, &att.backend.params.list);
-            // Share the pool's copy: idle sessions then hold no ParameterStatus set of their own.
-            if let Some(shared) = att.pool.login_params(self.gucs.hash) {
-                if *shared == *self.view {
-                    self.view = shared;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -2,14 +2,23 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 //! One client connection from accept to close.
 //!
-//! `handshake` decides startup and authentication without I/O and `startup` runs it over the
-//! socket; `login` sends the first ParameterStatus set; `relay` moves frames both ways,
-//! cutting client input into `unit`s that are routed (or answered by the proxy in `local`),
-//! rewritten for named statements by `statements`, queued for the backend in `outbox`, and
-//! whose responses `responses` forwards (long rows streamed); `attach` picks and prepares
-//! backends; `params` turns client parameters into set_config calls.
+//! Two halves. [`Session`] is the core: synchronous, no sockets, no runtime. It takes events
+//! (client bytes in `cbuf`, backend bytes in the attached backend's `rbuf`, everything written,
+//! backend lost, a backend attached) and answers with what the I/O around it must do: bytes for
+//! the client ([`Session::take_output`]), bytes for the backend (the attached backend's
+//! `outbox`), a backend to attach ([`Pump::Attach`]), backends to pool ([`Action`]).
+//! `shell` is that I/O for one client socket; `script` drives the core against a scripted
+//! backend for the unit tests and the fuzz target.
+//!
+//! The core's files: `relay` cuts client input into `unit`s, routes them (or has `local`
+//! answer them), rewrites named statements through `statements` and queues them in `outbox`;
+//! `responses` passes the backend's answers on (long rows streamed); `attach` installs and
+//! gives back backends; `params` turns client parameters into set_config calls. The shell's:
+//! `handshake` decides startup and authentication without I/O and `startup` runs it; `connect`
+//! checks backends out and sets them up; `login` sends the first ParameterStatus set.
 
 mod attach;
+mod connect;
 pub mod handshake;
 mod local;
 mod login;
@@ -17,45 +26,41 @@ mod outbox;
 mod params;
 mod relay;
 mod responses;
+pub mod script;
+mod shell;
 mod startup;
 mod statements;
 mod unit;
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
-use std::panic::AssertUnwindSafe;
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncWriteExt, FutureExt};
-use glommio::net::TcpStream;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{SettingChange, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 
-use crate::backend::Backend;
+use crate::backend::BackendState;
 use crate::config::PoolMode;
 use crate::core::{CancelTarget, Core};
-use crate::error::Error;
-use crate::pool::Pool;
 
 pub use params::Gucs;
-
-/// How long a session that panicked may take to tell its client so.
-const PANIC_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+pub use shell::run;
 use statements::{Slot, Stmt};
+use unit::Unit;
 
-/// A backend serving this session right now, and where its protocol state stands.
-struct Attached {
-    backend: Backend,
-    pool: Rc<Pool>,
+/// A backend serving this session right now, and where its protocol state stands. `L` is
+/// what the I/O shell keeps of it (its socket and pool); the core never looks inside.
+pub struct Attached<L> {
+    link: L,
+    backend: BackendState,
     /// Whether the backend is a replica (only reads may be sent to it).
     on_replica: bool,
     /// ReadyForQuery messages the client still expects from this backend.
     pending: u32,
-    /// ReadyForQuery messages of proxy-made queries (parameter setup) still to swallow.
+    /// ReadyForQuery messages of proxy-made queries (a held BEGIN) still to swallow.
     hidden: u32,
     /// Extended-protocol messages were sent after the last Sync.
     unsynced: bool,
@@ -79,7 +84,7 @@ struct Attached {
     streaming: usize,
 }
 
-impl Attached {
+impl<L> Attached<L> {
     /// Nothing outstanding, not in a transaction: the backend may serve someone else.
     fn is_idle(&self) -> bool {
         self.pending == 0
@@ -92,16 +97,94 @@ impl Attached {
     }
 }
 
-/// One client session.
-pub struct Session {
+/// A backend the shell checked out (or set up again) for the session.
+pub struct Checkout<L> {
+    /// The shell's half.
+    pub link: L,
+    /// Its protocol state.
+    pub backend: BackendState,
+    /// Whether it is a replica.
+    pub on_replica: bool,
+}
+
+/// What the core needs before it can go on with the client's input.
+pub enum Pump<L> {
+    /// Nothing, until the client or the backend sends more, or the backend takes what is queued.
+    Wait,
+    /// The client said Terminate.
+    Terminate,
+    /// Attach a backend that may run statements for `target` (trying `reuse`, the session's
+    /// own idle one, first) and hand the outcome to [`Session::attached`].
+    Attach {
+        target: Target,
+        reuse: Option<Box<Attached<L>>>,
+    },
+}
+
+/// A backend the session is done with, for the shell to pool. Backends the core drops are
+/// closed: only these go back.
+pub enum Action<L> {
+    /// Pool it as it is.
+    Pool(L, BackendState),
+    /// Run the reset first; pool it only if that succeeds.
+    Reset(L, BackendState, Reset),
+}
+
+/// How a backend is cleaned before another client may have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// `pool.reset_query` (session mode).
+    Configured,
+    /// `DISCARD ALL`: a pinned client left temp tables, LISTEN or locks behind.
+    DiscardAll,
+}
+
+/// Whether and how client input is taken now.
+enum Intake {
+    /// Each unit is acted on as it arrives.
+    Open,
+    /// The next unit waits for the attached backend to answer what it owes: the proxy answers
+    /// it itself and answers must stay in order, or it must move to another backend.
+    Blocked,
+    /// An extended-protocol unit failed before reaching a backend: frames are dropped up to Sync.
+    SkipToSync,
+    /// The unit at the front waits for the shell to attach a backend.
+    Attaching(Box<Waiting>),
+}
+
+/// A unit waiting for its backend, and the held BEGIN to send before it, if any.
+struct Waiting {
+    unit: Unit,
+    begin: Option<Bytes>,
+}
+
+/// What the core needs to know of the client when it starts.
+pub struct Start {
+    /// BackendKeyData pid handed to the client; also the session id in logs.
+    pub pid: u32,
+    pub user: Rc<str>,
+    pub database: Rc<str>,
+    /// Run-time parameters from the startup packet.
+    pub gucs: Gucs,
+    /// A `[[routing.rules]]` entry for this user or database.
+    pub rule: Option<Target>,
+    /// Bytes the client sent after its startup packet.
+    pub input: BytesMut,
+}
+
+/// One client session's protocol state and decisions, without I/O.
+pub struct Session<L> {
     core: Rc<Core>,
     /// BackendKeyData pid handed to the client; also the session id in logs.
     pid: u32,
-    client: TcpStream,
-    /// Bytes from the client not yet forwarded.
+    /// Bytes from the client not yet handled.
     cbuf: BytesMut,
-    /// Messages the proxy itself sends the client, flushed before forwarded ones.
+    /// Messages the proxy itself sends the client, after everything in `output`.
     out: BytesMut,
+    /// Bytes for the client, in order, before `out`.
+    output: VecDeque<Bytes>,
+    /// Backends for the shell to pool.
+    actions: Vec<Action<L>>,
     mode: PoolMode,
     max_message: u32,
     user: Rc<str>,
@@ -113,11 +196,11 @@ pub struct Session {
     /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
     /// Boxed, like `parked`: an idle session should not carry a backend's worth of room.
-    attached: Option<Box<Attached>>,
+    attached: Option<Box<Attached<L>>>,
     /// A plain BEGIN answered by the proxy, sent with the block's first statement.
     held_begin: Option<Bytes>,
     /// Session mode: the other backend the client holds (primary or replica), idle.
-    parked: Option<Box<Attached>>,
+    parked: Option<Box<Attached<L>>>,
     /// The client's named prepared statements, with the route decided at their Parse.
     statements: HashMap<Bytes, Stmt>,
     /// Route of the unnamed statement.
@@ -131,35 +214,13 @@ pub struct Session {
     read_only_default: bool,
     /// When the session last sent a write (or worked in a transaction) on the primary.
     last_write: Option<std::time::Instant>,
-    /// Client frames wait until the backend is idle (a write after reads on a replica).
-    blocked: bool,
-    /// An extended-protocol unit failed before reaching a backend: drop frames up to Sync.
-    skip_until_sync: bool,
+    intake: Intake,
     /// ParameterStatus values the client has been told.
     view: Rc<Vec<(String, String)>>,
     /// `params_version` of the backend `view` was last synced from.
     view_version: u64,
     /// The backend query to cancel on CancelRequest.
     cancel: Rc<Cell<Option<CancelTarget>>>,
-    /// Released last, when the session is dropped (also by a panic unwinding it).
-    _admission: Admission,
-}
-
-/// What a client holds in its core from admission on: its place in `max_client_connections`
-/// and, once it has a BackendKeyData, its cancel registry entry. Dropping it gives both back,
-/// however the session ends; a panic included.
-struct Admission {
-    core: Rc<Core>,
-    pid: Option<u32>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            self.core.unregister_session(pid);
-        }
-        self.core.release_client();
-    }
 }
 
 /// The message tags in a buffer of whole frames, for trace logs.
@@ -169,116 +230,101 @@ fn tags(buf: &[u8]) -> String {
         .collect()
 }
 
-/// Serves one accepted client until it leaves.
-///
-/// Not an `async fn`: its arguments would stay in the task's future for the session's whole
-/// life. They move into the boxed startup at once, which is freed once the session runs.
-///
-/// A panic inside the session ends this session alone: it is caught here and logged, and
-/// dropping the session closes its backends (never pooled: their state is unknown) and gives
-/// back its client slot, cancel entry and pool permits.
-pub fn run(core: Rc<Core>, client: TcpStream) -> impl std::future::Future<Output = ()> {
-    let _ = client.set_nodelay(true);
-    let startup = Box::pin(contain(
-        || "client startup".to_owned(),
-        startup::start(core, client),
-    ));
-    async move {
-        let Some(Some(session)) = startup.await else {
-            return;
+impl<L> Session<L> {
+    /// The core of a session that has just authenticated; `cancel` is its cancel registry slot.
+    pub fn new(core: Rc<Core>, start: Start, cancel: Rc<Cell<Option<CancelTarget>>>) -> Self {
+        let gucs = Rc::new(start.gucs);
+        let mut s = Session {
+            mode: core.config.server.pool_mode,
+            max_message: core.config.server.max_message_bytes,
+            core,
+            pid: start.pid,
+            cbuf: start.input,
+            out: BytesMut::new(),
+            output: VecDeque::new(),
+            actions: Vec::new(),
+            user: start.user,
+            database: start.database,
+            startup: gucs.clone(),
+            overrides: Vec::new(),
+            gucs,
+            attached: None,
+            held_begin: None,
+            parked: None,
+            statements: HashMap::new(),
+            unnamed: Target::Primary,
+            rule: start.rule,
+            pinned: false,
+            read_only_default: false,
+            last_write: None,
+            intake: Intake::Open,
+            view: Rc::new(Vec::new()),
+            view_version: u64::MAX,
+            cancel,
         };
-        // On the heap, and the ending boxed too: while the session idles, the task's own
-        // future holds little more than the relay's wait.
-        let mut session = Box::new(session);
-        let pid = session.pid;
-        let served = contain(|| format!("session={pid}"), async {
-            let result = session.relay().await;
-            Box::pin(session.end(result)).await;
-        })
-        .await;
-        if served.is_none() {
-            Box::pin(session.tell_internal_error()).await;
-        }
-    }
-}
-
-/// Runs `work`; a panic that escapes it is caught and logged, and `None` returned. Whatever
-/// `work` owned has been dropped by then (its drop guards have run).
-async fn contain<T>(
-    who: impl Fn() -> String,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(done) => Some(done),
-        Err(panic) => {
-            log::error!(
-                "{} panicked: {}; it alone ends, its backends are closed, not pooled",
-                who(),
-                panic_message(&*panic)
-            );
-            None
-        }
-    }
-}
-
-/// The text a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.note_gucs();
         s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
     }
-}
 
-impl Session {
-    /// Logs how the session ended, tells the client about a protocol violation, and lets go.
-    async fn end(&mut self, result: Result<(), Error>) {
-        match &result {
-            Ok(()) | Err(Error::ClientIo(_)) => log::debug!("session={} closed", self.pid),
-            Err(e) => log::info!("session={} ended: {e}", self.pid),
+    /// Client bytes not handled yet; the shell appends what it reads.
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.cbuf
+    }
+
+    /// The next bytes to write to the client, in order; `None` when all is written.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if let Some(next) = self.output.pop_front() {
+            return Some(next);
         }
-        if let Err(Error::Client(e)) = &result {
-            if !self.mid_message() {
-                self.send_error(&ErrorFields::fatal("08P01", e.to_string()))
-                    .await;
-            }
+        if self.output.capacity() > 0 {
+            // An idle session keeps no room it is not using.
+            self.output = VecDeque::new();
         }
-        self.finish().await;
+        (!self.out.is_empty()).then(|| std::mem::take(&mut self.out).freeze())
+    }
+
+    /// The next backend for the shell to pool.
+    pub fn take_action(&mut self) -> Option<Action<L>> {
+        let action = self.actions.pop();
+        if action.is_none() && self.actions.capacity() > 0 {
+            self.actions = Vec::new();
+        }
+        action
+    }
+
+    /// Queues a backend batch for the client behind the proxy's own messages so far.
+    fn pass_on(&mut self, batch: Bytes) {
+        if !self.out.is_empty() {
+            self.output
+                .push_back(std::mem::take(&mut self.out).freeze());
+        }
+        if !batch.is_empty() {
+            self.output.push_back(batch);
+        }
+    }
+
+    /// Whether the client's next bytes are wanted now: not while a unit waits, nor while more
+    /// than `outbox::LIMIT` bytes wait for the backend (backpressure towards the client).
+    fn reads_client(&self) -> bool {
+        !matches!(self.intake, Intake::Blocked | Intake::Attaching(_))
+            && self.attached.as_ref().is_none_or(|a| !a.outbox.is_full())
+    }
+
+    /// Nothing is owed to or by a backend: shutdown may end the session now.
+    fn is_idle(&self) -> bool {
+        self.attached.as_ref().is_none_or(|a| a.is_idle())
+    }
+
+    /// A unit that waited for the backend may go on.
+    fn unblock(&mut self) {
+        if matches!(self.intake, Intake::Blocked) {
+            self.intake = Intake::Open;
+        }
     }
 
     /// The client has part of a streamed backend message: nothing else may be written to it.
     fn mid_message(&self) -> bool {
         self.attached.as_ref().is_some_and(|a| a.streaming > 0)
-    }
-
-    /// Returns a backend the session is done with: reset and pooled if it is clean, closed
-    /// otherwise. Session mode resets with `reset_query`; a pinned transaction-mode client leaves
-    /// temp tables, LISTEN or locks behind, which DISCARD ALL removes.
-    async fn give_back(&self, att: Box<Attached>) {
-        let mut att = *att;
-        if !att.is_idle() || !att.backend.rbuf.is_empty() {
-            return;
-        }
-        let reset = match self.mode {
-            PoolMode::Session => self.core.config.pool.reset_query.as_str(),
-            PoolMode::Transaction if self.pinned => "DISCARD ALL",
-            PoolMode::Transaction => "",
-        };
-        if reset.is_empty() {
-            att.pool.checkin(att.backend);
-        } else if attach::run_hidden_query(&mut att.backend, reset)
-            .await
-            .is_ok()
-        {
-            att.backend.applied = u64::MAX;
-            let upper = reset.to_ascii_uppercase();
-            if upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE ALL") {
-                att.backend.prepared.clear();
-            }
-            att.pool.checkin(att.backend);
-        }
     }
 
     /// Recomputes what follows from the session's parameters.
@@ -292,97 +338,19 @@ impl Session {
         });
     }
 
-    /// Sends one ErrorResponse now, ignoring write errors (the session is ending or recovering).
-    async fn send_error(&mut self, e: &ErrorFields) {
+    /// Queues an ErrorResponse for the client.
+    fn queue_error(&mut self, e: &ErrorFields) {
         encode::error_response(&mut self.out, e);
-        let _ = self.flush_out().await;
     }
 
-    /// Writes the proxy's own pending messages to the client.
-    async fn flush_out(&mut self) -> Result<(), Error> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let res = self.client.write_all(&self.out).await;
-        self.out = BytesMut::new();
-        res.map_err(Error::ClientIo)
-    }
-
-    /// Gives the backend back (clean) or drops it (anything else), then forgets the session.
-    async fn finish(&mut self) {
+    /// Ends the session: its backends go back (clean ones) or are closed.
+    pub fn finish(&mut self) {
         self.cancel.set(None);
         for att in [self.attached.take(), self.parked.take()]
             .into_iter()
             .flatten()
         {
-            self.give_back(att).await;
+            self.give_back(*att);
         }
-        let _ = self.client.close().await;
-    }
-
-    /// After a panic: tells the client as PostgreSQL tells it of an internal error, without
-    /// waiting long for a client that does not read. The backends are dropped with the session.
-    async fn tell_internal_error(&mut self) {
-        self.out.clear();
-        if self.mid_message() {
-            let _ = self.client.close().await;
-            return;
-        }
-        encode::error_response(
-            &mut self.out,
-            &ErrorFields::fatal("XX000", "internal error in pgpilot; the session is closed"),
-        );
-        let out = std::mem::take(&mut self.out);
-        let _ = glommio::timer::timeout(PANIC_WRITE_TIMEOUT, async {
-            let _ = self.client.write_all(&out).await;
-            Ok(())
-        })
-        .await;
-        let _ = self.client.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-    use std::rc::Rc;
-
-    use pgpilot_protocol::frontend::FrontendTag;
-
-    use super::contain;
-
-    /// Sets its flag when dropped, as the session's drop guards release what they hold.
-    struct Guard(Rc<Cell<bool>>);
-
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.set(true);
-        }
-    }
-
-    #[test]
-    fn a_panicking_session_ends_alone_and_releases_what_it_held() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("an executor");
-        ex.run(async {
-            let released = Rc::new(Cell::new(false));
-            let guard = Guard(released.clone());
-            let bad = glommio::spawn_local(contain(|| "session=1".to_owned(), async move {
-                let _held = guard;
-                glommio::yield_if_needed().await;
-                let frame: &[u8] = &[FrontendTag::Query as u8, 0, 0, 0, 4];
-                // What the old relay did to an empty Query: slice past the end.
-                frame.get(5..frame.len() - 1).expect("a body");
-                1
-            }));
-            let good = glommio::spawn_local(contain(|| "session=2".to_owned(), async { 2 }));
-            assert_eq!(bad.await, None, "the panic is caught");
-            assert!(released.get(), "the panicking session's guards ran");
-            assert_eq!(good.await, Some(2), "the other session is served");
-            // The executor is still alive and serves new work.
-            let after = glommio::spawn_local(async { 3 }).await;
-            assert_eq!(after, 3);
-        });
     }
 }

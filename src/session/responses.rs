@@ -7,14 +7,13 @@ use std::io;
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_lite::AsyncWriteExt;
 use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::statements::{put_fake, start_copy_in, Slot};
-use super::{Attached, Gucs, Session};
+use super::{Attached, Gucs, Intake, Session};
 use crate::backend::{Prepared, MAX_BACKEND_MESSAGE};
 use crate::config::PoolMode;
 use crate::error::Error;
@@ -72,7 +71,7 @@ fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut Prepared, skipping
     *skipping = true;
 }
 
-impl Attached {
+impl<L> Attached<L> {
     /// Cuts the whole frames off the read buffer as the batch for the client, keeping track of
     /// ReadyForQuery and ParameterStatus, and (when `tracked`) following the slot queue: hidden
     /// ParseCompletes are dropped and made-up responses inserted. The batch is the read buffer's
@@ -196,9 +195,9 @@ impl Attached {
     }
 }
 
-impl Session {
+impl<L> Session<L> {
     /// Swallows the responses to the parameter setup of a fresh attach.
-    async fn pump_hidden(&mut self) -> Result<bool, Error> {
+    fn pump_hidden(&mut self) -> Result<bool, Error> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(false);
         };
@@ -210,8 +209,7 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(false),
                 Err(e) => {
-                    self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e))
-                        .await?;
+                    self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e))?;
                     return Ok(false);
                 }
             };
@@ -239,8 +237,8 @@ impl Session {
     }
 
     /// Forwards every whole backend frame to the client; gives the backend back when idle.
-    pub(super) async fn pump_backend(&mut self) -> Result<(), Error> {
-        if !self.pump_hidden().await? {
+    pub fn pump_backend(&mut self) -> Result<(), Error> {
+        if !self.pump_hidden()? {
             return Ok(());
         }
         let tracked = true;
@@ -249,11 +247,7 @@ impl Session {
         };
         let batch = match att.take_responses(tracked, &mut self.view) {
             Ok(batch) => batch,
-            Err(e) => {
-                return self
-                    .backend_lost(io::Error::new(io::ErrorKind::InvalidData, e))
-                    .await
-            }
+            Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
         self.settle_changes();
         let Some(att) = self.attached.as_mut() else {
@@ -270,19 +264,13 @@ impl Session {
             att.pending,
             att.slots
         );
-        self.flush_out().await?;
-        if !batch.is_empty() {
-            self.client
-                .write_all(&batch)
-                .await
-                .map_err(Error::ClientIo)?;
-        }
-        self.answer_fakes().await?;
+        self.pass_on(batch);
+        self.answer_fakes();
         if self.mode == PoolMode::Transaction && idle && !self.pinned {
             self.release();
         }
         if settled {
-            self.blocked = false;
+            self.unblock();
         }
         Ok(())
     }
@@ -341,7 +329,7 @@ impl Session {
     }
 
     /// Sends the made-up responses at the head of the queue: nothing is owed before them.
-    pub(super) async fn answer_fakes(&mut self) -> Result<(), Error> {
+    pub(super) fn answer_fakes(&mut self) {
         if let Some(att) = self.attached.as_mut() {
             while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = att.slots.front().copied() {
                 if let Slot::Fake(tag) = slot {
@@ -350,17 +338,16 @@ impl Session {
                 att.slots.pop_front();
             }
         }
-        self.flush_out().await
     }
 
     /// The attached backend failed. In transaction mode the client is told (08006) and goes on;
     /// in session mode its session state is gone, so the session ends.
-    pub(super) async fn backend_lost(&mut self, source: io::Error) -> Result<(), Error> {
+    pub fn backend_lost(&mut self, source: io::Error) -> Result<(), Error> {
         let Some(att) = self.attached.take() else {
             return Ok(());
         };
         self.cancel.set(None);
-        self.blocked = false;
+        self.unblock();
         let addr = att.backend.addr;
         log::warn!("session={} lost backend {addr}: {source}", self.pid);
         if att.streaming > 0 {
@@ -368,11 +355,10 @@ impl Session {
             return Err(Error::Backend { addr, source });
         }
         if self.mode == PoolMode::Session {
-            self.send_error(&ErrorFields::fatal(
+            self.queue_error(&ErrorFields::fatal(
                 "08006",
                 format!("lost the connection to the server {addr}"),
-            ))
-            .await;
+            ));
             return Err(Error::Backend { addr, source });
         }
         if att.pending > 0 || att.unsynced || att.status != TransactionStatus::Idle {
@@ -384,8 +370,9 @@ impl Session {
             for _ in 0..att.pending {
                 encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
             }
-            self.skip_until_sync = att.unsynced;
-            self.flush_out().await?;
+            if att.unsynced {
+                self.intake = Intake::SkipToSync;
+            }
         }
         Ok(())
     }

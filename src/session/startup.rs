@@ -3,24 +3,23 @@
 //! is the handshake's; auth failures never reach a backend.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
 use super::handshake::{Action, Handshake, Startup};
-use super::{Admission, Session};
+use super::shell::{Admission, Client};
+use super::{Session, Start};
 use crate::core::Core;
 
 /// How many bytes a startup read asks for at most.
 const STARTUP_READ: usize = 1024;
 
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
-pub(super) async fn start(core: Rc<Core>, mut stream: TcpStream) -> Option<Session> {
+pub(super) async fn start(core: Rc<Core>, mut stream: TcpStream) -> Option<Client> {
     let config = core.config.clone();
     let mut hs = Handshake::new(&config);
     let mut admission = None;
@@ -101,56 +100,33 @@ async fn drive(
 /// The session of an authenticated client, logged in (or `None`, told why).
 async fn session(
     core: Rc<Core>,
-    client: TcpStream,
-    cbuf: BytesMut,
+    stream: TcpStream,
+    input: BytesMut,
     st: Startup,
     mut admission: Admission,
-) -> Option<Session> {
+) -> Option<Client> {
     let cancel = Rc::new(Cell::new(None));
     let (pid, secret) = core.register_session(cancel.clone());
     admission.pid = Some(pid);
-    let gucs = Rc::new(st.gucs);
-    let mut session = Session {
-        core: core.clone(),
+    let start = Start {
         pid,
-        client,
-        cbuf,
-        out: BytesMut::new(),
-        mode: core.config.server.pool_mode,
-        max_message: core.config.server.max_message_bytes,
         user: st.user.into(),
         database: st.database.into(),
-        startup: gucs.clone(),
-        overrides: Vec::new(),
-        gucs,
-        attached: None,
-        parked: None,
-        held_begin: None,
-        statements: HashMap::new(),
-        unnamed: Target::Primary,
+        gucs: st.gucs,
         rule: st.rule,
-        pinned: false,
-        last_write: None,
-        read_only_default: false,
-        blocked: false,
-        skip_until_sync: false,
-        view: Rc::new(Vec::new()),
-        view_version: u64::MAX,
-        cancel,
+        input,
+    };
+    let mut client = Client {
+        stream,
+        session: Session::new(core, start, cancel),
         _admission: admission,
     };
-    session.note_gucs();
-    match session.login(secret).await {
-        Ok(()) => Some(session),
+    match client.login(secret).await {
+        Ok(()) => Some(client),
         Err(e) => {
-            log::info!(
-                "session={} login failed: {} {}",
-                session.pid,
-                e.code,
-                e.message
-            );
-            session.send_error(&e).await;
-            session.finish().await;
+            log::info!("session={pid} login failed: {} {}", e.code, e.message);
+            client.session.queue_error(&e);
+            client.finish().await;
             None
         }
     }

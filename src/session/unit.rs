@@ -79,7 +79,7 @@ fn join(a: Option<Target>, b: Target) -> Option<Target> {
     }
 }
 
-impl Session {
+impl<L> Session<L> {
     /// Finds the unit at the front of the client buffer and records the statements it prepares.
     pub(super) fn scan_unit(&mut self) -> Result<Unit, Error> {
         let mut unit = Unit {

@@ -1,0 +1,1 @@
+//! Drives a session core against a scripted backend.
