@@ -38,7 +38,7 @@ pub struct Backend {
     /// The socket and what the pool keeps of it.
     pub conn: Conn,
     /// What pgpilot knows of the backend's protocol state.
-    pub state: BackendState,
+    pub state: Wire,
 }
 
 /// The socket half of a [`Backend`]: nothing in it is protocol state.
@@ -55,10 +55,10 @@ pub struct Conn {
     pub permit: Option<Permit>,
 }
 
-/// The protocol half of a [`Backend`]: bytes read and not yet handled, and what the backend
+/// The protocol half of a [`Backend`], its side of the wire: bytes read and not yet handled, and what the backend
 /// has said about itself. No socket: the session core and its tests work on this alone.
 #[derive(Debug)]
-pub struct BackendState {
+pub struct Wire {
     /// Bytes read from the backend and not yet forwarded.
     pub rbuf: BytesMut,
     /// Where it is connected.
@@ -73,10 +73,10 @@ pub struct BackendState {
     pub prepared: Prepared,
 }
 
-impl BackendState {
+impl Wire {
     /// A just-authenticated backend at `addr`, nothing known of it yet.
-    pub fn new(addr: SocketAddr) -> BackendState {
-        BackendState {
+    pub fn new(addr: SocketAddr) -> Wire {
+        Wire {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             addr,
             key: (0, 0),
@@ -108,7 +108,7 @@ impl Backend {
                 idle_since: now,
                 permit: None,
             },
-            state: BackendState::new(addr),
+            state: Wire::new(addr),
         };
         let mut out = BytesMut::new();
         encode::startup_message(

@@ -16,7 +16,7 @@ impl<L> Session<L> {
     /// backend (behind the held BEGIN, if any) or, with no backend, is answered with the error.
     /// A session's own backend that could not be set up again is only logged: the unit is
     /// scanned again and attaches a new one.
-    pub fn attached(&mut self, got: Result<Checkout<L>, Error>) -> Result<(), Error> {
+    pub fn attached(&mut self, got: Result<Checkout<L>, Error>) {
         let waiting = match std::mem::replace(&mut self.intake, Intake::Open) {
             Intake::Attaching(w) => Some(w),
             other => {
@@ -39,7 +39,6 @@ impl<L> Session<L> {
                 self.forward(unit.len, unit.rfqs, !unit.complete);
             }
         }
-        Ok(())
     }
 
     /// Makes a checked-out backend the attached one.

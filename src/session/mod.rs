@@ -42,7 +42,7 @@ use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{SettingChange, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 
-use crate::backend::BackendState;
+use crate::backend::Wire;
 use crate::config::PoolMode;
 use crate::core::{CancelTarget, Core};
 
@@ -55,7 +55,7 @@ use unit::Unit;
 /// what the I/O shell keeps of it (its socket and pool); the core never looks inside.
 pub struct Attached<L> {
     link: L,
-    backend: BackendState,
+    backend: Wire,
     /// Whether the backend is a replica (only reads may be sent to it).
     on_replica: bool,
     /// ReadyForQuery messages the client still expects from this backend.
@@ -102,7 +102,7 @@ pub struct Checkout<L> {
     /// The shell's half.
     pub link: L,
     /// Its protocol state.
-    pub backend: BackendState,
+    pub backend: Wire,
     /// Whether it is a replica.
     pub on_replica: bool,
 }
@@ -125,9 +125,9 @@ pub enum Pump<L> {
 /// closed: only these go back.
 pub enum Action<L> {
     /// Pool it as it is.
-    Pool(L, BackendState),
+    Pool(L, Wire),
     /// Run the reset first; pool it only if that succeeds.
-    Reset(L, BackendState, Reset),
+    Reset(L, Wire, Reset),
 }
 
 /// How a backend is cleaned before another client may have it.
@@ -354,3 +354,6 @@ impl<L> Session<L> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,6 +49,16 @@ impl Outbox {
         self.len > LIMIT
     }
 
+    /// Everything queued, in one buffer (copied: for the scripted backend, not the data path).
+    pub(super) fn take_all(&mut self) -> bytes::BytesMut {
+        let mut all = bytes::BytesMut::with_capacity(self.len);
+        for chunk in self.queue.drain(..) {
+            all.extend_from_slice(&chunk);
+        }
+        self.len = 0;
+        all
+    }
+
     /// Writes what the socket takes: `Ready(Ok(()))` once everything is written, `Pending`
     /// (with the waker registered) while the socket is full; bytes written so far stay
     /// written.

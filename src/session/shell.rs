@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
 use super::{Action, Pump, Reset, Session};
-use crate::backend::{Backend, BackendState, Conn, READ_CHUNK};
+use crate::backend::{Backend, Conn, Wire, READ_CHUNK};
 use crate::core::Core;
 use crate::error::Error;
 use crate::pool::Pool;
@@ -144,7 +144,7 @@ impl Client {
                     Pump::Attach { target, reuse } => {
                         Box::pin(self.perform()).await?;
                         let got = Box::pin(self.connect(target, reuse)).await;
-                        self.session.attached(got)?;
+                        self.session.attached(got);
                     }
                 }
             }
@@ -315,7 +315,7 @@ impl Client {
 }
 
 /// Joins the halves of a backend the core held.
-pub(super) fn rejoin(held: Held, state: BackendState) -> (Backend, Rc<Pool>) {
+pub(super) fn rejoin(held: Held, state: Wire) -> (Backend, Rc<Pool>) {
     (
         Backend {
             conn: held.conn,
