@@ -79,6 +79,18 @@ class Corpus:
             f.write(data)
 
 
+# session: pool mode and silent backend, piece size, after which piece the backend is lost.
+SESSION_HEADS = (b"\x00\xff\x00", b"\x01\x07\x00", b"\x02\x20\x03")
+
+
+def add_session(corpus, client):
+    """Seeds for `session`: a client's stream after authentication, under a few set-ups."""
+    after_auth = [m for m in client if m[:1] != b"p"]
+    if len(after_auth) > 1:
+        for head in SESSION_HEADS:
+            corpus.add("session", head + b"".join(after_auth))
+
+
 def main():
     cap, root = sys.argv[1], sys.argv[2]
     corpus = Corpus(root)
@@ -97,6 +109,7 @@ def main():
         server = trim(frames(be[be_start:]))
         if client:
             corpus.add("frontend", b"".join(client))
+            add_session(corpus, client)
             # frame: a 4-byte limit (1 MiB) and a 2-byte cut, then the stream.
             corpus.add("frame", struct.pack("<IH", 1 << 20, 7) + b"".join(client))
         if server:

@@ -21,7 +21,8 @@
 //! - [`worker`]: a worker core's thread and executor; a worker that dies ends the process.
 //! - [`core`]: one executor's state: pools, sessions (for cancel), control-channel drain.
 //! - [`listener`]: SO_REUSEPORT listeners (socket2) and the accept loop.
-//! - [`session`]: one client: startup and auth, the relay loop, attaching backends.
+//! - [`session`]: one client: startup and auth, then a sans-IO session core (routing, pooling,
+//!   statement rewriting) inside a thin I/O shell.
 //! - [`router`]: picks the backend for a route; pure.
 //! - [`pool`]: per-core connection pools with bounded checkout.
 //! - [`backend`]: one server connection: connect, authenticate, parameters.
