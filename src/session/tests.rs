@@ -33,6 +33,14 @@ fn extended(name: &str, sql: &str) -> Vec<u8> {
     b.to_vec()
 }
 
+/// Parse of a named statement and Sync, as PQprepare sends them.
+fn prepare(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    encode::parse(&mut b, name.as_bytes(), sql.as_bytes(), &[]);
+    encode::sync(&mut b);
+    b.to_vec()
+}
+
 /// Bind and Execute of an existing statement, then Sync.
 fn run_named(name: &str) -> Vec<u8> {
     let mut b = BytesMut::new();
@@ -102,10 +110,7 @@ fn a_pipeline_with_an_error_inside_skips_to_its_sync_and_goes_on() {
 #[test]
 fn named_statements_are_prepared_where_they_run_and_closed_for_the_client_alone() {
     let mut s = transaction();
-    let mut parse = BytesMut::new();
-    encode::parse(&mut parse, b"s1", b"select 1", &[]);
-    encode::sync(&mut parse);
-    s.send(&parse).unwrap();
+    s.send(&prepare("s1", "select 1")).unwrap();
     assert_eq!(
         seen(&mut s).0,
         "1I",
@@ -135,10 +140,7 @@ fn named_statements_are_prepared_where_they_run_and_closed_for_the_client_alone(
 #[test]
 fn a_statement_closed_by_the_client_is_gone_for_it() {
     let mut s = transaction();
-    let mut b = BytesMut::new();
-    encode::parse(&mut b, b"s1", b"select 1", &[]);
-    encode::sync(&mut b);
-    s.send(&b).unwrap();
+    s.send(&prepare("s1", "select 1")).unwrap();
     s.send(&run_named("s1")).unwrap();
     let mut close = BytesMut::new();
     encode::close(&mut close, KIND_STATEMENT, b"s1");
@@ -293,10 +295,7 @@ fn too_many_named_statements_are_refused() {
     let config = Script::config("transaction") + "\n[routing]\nmax_client_statements = 2\n";
     let mut s = Script::new(&config);
     for name in ["a", "b", "c"] {
-        let mut b = BytesMut::new();
-        encode::parse(&mut b, name.as_bytes(), b"select 1", &[]);
-        encode::sync(&mut b);
-        s.send(&b).unwrap();
+        s.send(&prepare(name, "select 1")).unwrap();
     }
     let (tags, codes) = seen(&mut s);
     assert_eq!((tags.as_str(), codes), ("1I1IEI", vec!["53400".to_owned()]));
