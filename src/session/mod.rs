@@ -276,20 +276,26 @@ impl<L> Session<L> {
         if let Some(next) = self.output.pop_front() {
             return Some(next);
         }
-        if self.output.capacity() > 0 {
-            // An idle session keeps no room it is not using.
-            self.output = VecDeque::new();
-        }
         (!self.out.is_empty()).then(|| std::mem::take(&mut self.out).freeze())
     }
 
     /// The next backend for the shell to pool.
     pub fn take_action(&mut self) -> Option<Action<L>> {
-        let action = self.actions.pop();
-        if action.is_none() && self.actions.capacity() > 0 {
+        self.actions.pop()
+    }
+
+    /// Between transactions (no backend attached, everything handed over), the session keeps
+    /// no room it is not using: an idle client costs as little as it can.
+    fn shrink_when_idle(&mut self) {
+        if self.attached.is_some() || !self.output.is_empty() || !self.actions.is_empty() {
+            return;
+        }
+        if self.output.capacity() > 0 {
+            self.output = VecDeque::new();
+        }
+        if self.actions.capacity() > 0 {
             self.actions = Vec::new();
         }
-        action
     }
 
     /// Queues a backend batch for the client behind the proxy's own messages so far.

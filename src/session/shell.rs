@@ -228,6 +228,7 @@ impl Client {
             // Everything read has been handled: give the memory back while the client is quiet.
             s.cbuf = BytesMut::new();
         }
+        s.shrink_when_idle();
         let read_client = s.reads_client();
         let idle = s.is_idle();
         let (core, pid) = (&s.core, s.pid);
