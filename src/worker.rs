@@ -1,5 +1,6 @@
-//! The thread of one worker core: it builds its executor, runs the core's main future, and
-//! takes the whole process down if it dies.
+//! The thread of one worker core: it builds its monoio runtime (io_uring where the kernel and
+//! seccomp allow it, epoll otherwise), runs the core's main future, and takes the whole
+//! process down if it dies.
 //!
 //! A panic that escapes a session is caught at the session boundary (`session::run`); one that
 //! escapes anything else on a core (the accept loop, the control drain) ends the worker
@@ -11,13 +12,49 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver};
 
 /// Exit status of a process whose worker died (DESIGN: 1 = runtime failure).
 pub const DIED: i32 = 1;
 
-/// Memory glommio registers per executor for I/O; a network proxy needs little.
-const IO_MEMORY: usize = 64 * 1024;
+/// Set to `epoll` to run on the epoll driver even where io_uring works (tests, comparisons).
+pub const DRIVER_ENV: &str = "PGPILOT_IO";
+
+/// A worker's runtime: io_uring or epoll, with timers.
+type Runtime = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// Where a worker thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On this CPU only.
+    Fixed(usize),
+    /// Wherever the scheduler puts it.
+    Unbound,
+}
+
+/// The I/O driver workers use: io_uring unless it is unavailable (an old kernel, a seccomp
+/// profile that refuses it) or `PGPILOT_IO=epoll` asks for epoll.
+pub fn driver() -> &'static str {
+    let forced = std::env::var(DRIVER_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("epoll"));
+    if !forced && monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    }
+}
+
+fn build_runtime() -> std::io::Result<Runtime> {
+    if driver() == "io_uring" {
+        return monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build();
+    }
+    monoio::RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .map(Runtime::from)
+}
 
 /// Ends the process when the worker thread unwinds from a panic.
 struct Watch {
@@ -36,8 +73,15 @@ impl Drop for Watch {
     }
 }
 
-/// Starts a worker thread named `name` with an executor placed by `placement`, and runs the
-/// future `main` makes on it. Returns once the executor exists, or with the reason it could
+/// Runs a future to completion on a runtime of this thread's own (tests, tools).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    build_runtime()
+        .expect("a runtime for this thread")
+        .block_on(future)
+}
+
+/// Starts a worker thread named `name`, placed by `placement`, with its runtime, and runs the
+/// future `main` makes on it. Returns once the runtime exists, or with the reason it could
 /// not be built.
 pub fn spawn<G, F>(name: String, placement: Placement, main: G) -> Result<JoinHandle<()>, String>
 where
@@ -50,21 +94,22 @@ where
         .name(name.clone())
         .spawn(move || {
             let _watch = Watch { name: thread_name };
-            let executor = LocalExecutorBuilder::new(placement)
-                .name(&name)
-                .io_memory(IO_MEMORY)
-                .make();
-            let executor = match executor {
-                Ok(e) => {
+            if let Placement::Fixed(cpu) = placement {
+                if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                    log::warn!("{name}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            let mut runtime = match build_runtime() {
+                Ok(r) => {
                     let _ = ready_tx.send(Ok(()));
-                    e
+                    r
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
             };
-            executor.run(main());
+            runtime.block_on(main());
         })
         .map_err(|e| e.to_string())?;
     match ready_rx.recv() {
@@ -73,7 +118,7 @@ where
             let _ = thread.join();
             Err(reason)
         }
-        Err(_) => Err("the worker thread ended before its executor started".into()),
+        Err(_) => Err("the worker thread ended before its runtime started".into()),
     }
 }
 
@@ -83,7 +128,7 @@ mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use glommio::Placement;
+    use super::Placement;
 
     const CHILD: &str = "PGPILOT_TEST_WORKER_CHILD";
 
