@@ -76,6 +76,7 @@ impl Proxy {
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
+        let mut driver = "";
         for (id, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
             let placement = match cpus.get(id) {
                 Some(&cpu) if pin => Placement::Fixed(cpu),
@@ -88,7 +89,9 @@ impl Proxy {
                 senders.clone(),
             );
             let make = move || Core::new(id, workers, config, state, clients, peers);
-            handles.push(spawn_worker(id, make, placement, listener, rx)?);
+            let (handle, got) = spawn_worker(id, make, placement, listener, rx)?;
+            handles.push(handle);
+            driver = got;
         }
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let control_state = (*state).clone();
@@ -101,8 +104,7 @@ impl Proxy {
                 reason: e.to_string(),
             })?;
         log::info!(
-            "pgpilot listening on {addr} with {workers} worker(s) on {}, {:?} pooling",
-            worker::driver(),
+            "pgpilot listening on {addr} with {workers} worker(s) on {driver}, {:?} pooling",
             config.server.pool_mode
         );
         Ok(Proxy {
@@ -163,7 +165,7 @@ fn spawn_worker(
     placement: Placement,
     listener: std::net::TcpListener,
     rx: crossbeam_channel::Receiver<CoreMsg>,
-) -> Result<JoinHandle<()>, StartError> {
+) -> Result<(JoinHandle<()>, &'static str), StartError> {
     worker::spawn(format!("pgpilot-{id}"), placement, move || async move {
         let core = std::rc::Rc::new(make());
         monoio::spawn(core.clone().drain_control(rx));

@@ -33,27 +33,24 @@ pub enum Placement {
     Unbound,
 }
 
-/// The I/O driver workers use: io_uring unless it is unavailable (an old kernel, a seccomp
-/// profile that refuses it) or `PGPILOT_IO=epoll` asks for epoll.
-pub fn driver() -> &'static str {
+/// A runtime on io_uring unless it is unavailable (an old kernel, a seccomp profile that
+/// refuses it, a ring that cannot be set up) or `PGPILOT_IO=epoll` asks for epoll; and the
+/// name of the driver it got.
+fn build_runtime() -> std::io::Result<(Runtime, &'static str)> {
     let forced = std::env::var(DRIVER_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("epoll"));
     if !forced && monoio::utils::detect_uring() {
-        "io_uring"
-    } else {
-        "epoll"
-    }
-}
-
-fn build_runtime() -> std::io::Result<Runtime> {
-    if driver() == "io_uring" {
-        return monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        match monoio::RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
-            .build();
+            .build()
+        {
+            Ok(rt) => return Ok((Runtime::from(rt), "io_uring")),
+            Err(e) => log::warn!("io_uring cannot be set up ({e}); running on epoll"),
+        }
     }
-    monoio::RuntimeBuilder::<LegacyDriver>::new()
+    let rt = monoio::RuntimeBuilder::<LegacyDriver>::new()
         .enable_timer()
-        .build()
-        .map(Runtime::from)
+        .build()?;
+    Ok((Runtime::from(rt), "epoll"))
 }
 
 /// Ends the process when the worker thread unwinds from a panic.
@@ -77,18 +74,23 @@ impl Drop for Watch {
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     build_runtime()
         .expect("a runtime for this thread")
+        .0
         .block_on(future)
 }
 
 /// Starts a worker thread named `name`, placed by `placement`, with its runtime, and runs the
-/// future `main` makes on it. Returns once the runtime exists, or with the reason it could
-/// not be built.
-pub fn spawn<G, F>(name: String, placement: Placement, main: G) -> Result<JoinHandle<()>, String>
+/// future `main` makes on it. Returns once the runtime exists, with the name of its I/O driver,
+/// or with the reason it could not be built.
+pub fn spawn<G, F>(
+    name: String,
+    placement: Placement,
+    main: G,
+) -> Result<(JoinHandle<()>, &'static str), String>
 where
     G: FnOnce() -> F + Send + 'static,
     F: std::future::Future<Output = ()> + 'static,
 {
-    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<&'static str, String>>(1);
     let thread_name = name.clone();
     let thread = std::thread::Builder::new()
         .name(name.clone())
@@ -100,8 +102,8 @@ where
                 }
             }
             let mut runtime = match build_runtime() {
-                Ok(r) => {
-                    let _ = ready_tx.send(Ok(()));
+                Ok((r, driver)) => {
+                    let _ = ready_tx.send(Ok(driver));
                     r
                 }
                 Err(e) => {
@@ -113,7 +115,7 @@ where
         })
         .map_err(|e| e.to_string())?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
+        Ok(Ok(driver)) => Ok((thread, driver)),
         Ok(Err(reason)) => {
             let _ = thread.join();
             Err(reason)
@@ -137,7 +139,7 @@ mod tests {
     #[test]
     fn a_worker_that_panics_ends_the_process() {
         if std::env::var_os(CHILD).is_some() {
-            let thread = super::spawn("pgpilot-test".into(), Placement::Unbound, || async {
+            let (thread, _) = super::spawn("pgpilot-test".into(), Placement::Unbound, || async {
                 panic!("a bug outside any session");
             })
             .expect("the worker starts");
