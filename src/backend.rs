@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
 use pgpilot_protocol::backend::{Authentication, BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
@@ -31,20 +32,20 @@ pub struct Login<'a> {
     pub database: &'a str,
 }
 
-/// An authenticated backend connection: its socket with the pool's bookkeeping, and the
-/// protocol state the session core reads and changes. A session's core holds only the state;
-/// its I/O shell holds the socket, and the two are joined again to go back to the pool.
+/// An authenticated backend connection: its socket, the pool's bookkeeping, and the protocol
+/// state the session core reads and changes. A session's core holds only the state; its I/O
+/// shell holds the rest, and the parts are joined again to go back to the pool.
 pub struct Backend {
-    /// The socket and what the pool keeps of it.
+    /// The socket.
+    pub stream: TcpStream,
+    /// What the pool keeps of it.
     pub conn: Conn,
     /// What pgpilot knows of the backend's protocol state.
     pub state: Wire,
 }
 
-/// The socket half of a [`Backend`]: nothing in it is protocol state.
+/// What the pool keeps of a [`Backend`]'s connection: nothing in it is protocol state.
 pub struct Conn {
-    /// The socket.
-    pub stream: TcpStream,
     /// Backend id in the cluster state.
     pub backend_id: usize,
     /// When the connection was made (for `max_lifetime_ms`).
@@ -96,13 +97,13 @@ impl Backend {
         tcp: &TcpOptions,
     ) -> Result<Backend, Error> {
         let io = |source| Error::Backend { addr, source };
-        let stream = TcpStream::connect(addr).await.map_err(|e| io(e.into()))?;
-        stream.set_nodelay(true).map_err(|e| io(e.into()))?;
+        let stream = TcpStream::connect_addr(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
         crate::tcp::apply_to(&stream, tcp).map_err(io)?;
         let now = Instant::now();
         let mut b = Backend {
+            stream,
             conn: Conn {
-                stream,
                 backend_id,
                 created: now,
                 idle_since: now,
@@ -115,7 +116,7 @@ impl Backend {
             &mut out,
             &[("user", login.user), ("database", login.database)],
         );
-        b.send(&out).await?;
+        b.send(out).await?;
         b.authenticate(login).await?;
         loop {
             let frame = b.recv().await?;
@@ -188,7 +189,7 @@ impl Backend {
                 _ => return Err(self.refused("unexpected message during authentication")),
             }
             if !out.is_empty() {
-                self.send(&out).await?;
+                self.send(out).await?;
             }
         }
     }
@@ -231,7 +232,7 @@ impl Backend {
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<u8>>, Error> {
         let mut q = BytesMut::new();
         encode::query(&mut q, sql.as_bytes());
-        self.send(&q).await?;
+        self.send(q).await?;
         let mut failed = None;
         let mut rows = Vec::new();
         loop {
@@ -261,12 +262,10 @@ impl Backend {
     }
 
     /// Writes all of `bytes`.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub async fn send(&mut self, bytes: BytesMut) -> Result<(), Error> {
         let addr = self.state.addr;
-        self.conn
-            .stream
-            .write_all(bytes)
-            .await
+        let (res, _) = self.stream.write_all(bytes).await;
+        res.map(|_| ())
             .map_err(|source| Error::Backend { addr, source })
     }
 
@@ -289,21 +288,21 @@ impl Backend {
 
     /// Reads once from the socket into `rbuf`; EOF is an error.
     pub async fn fill(&mut self) -> Result<usize, Error> {
-        let start = self.state.rbuf.len();
-        self.state.rbuf.resize(start + READ_CHUNK, 0);
-        let res = self.conn.stream.read(&mut self.state.rbuf[start..]).await;
-        let n = *res.as_ref().unwrap_or(&0);
-        self.state.rbuf.truncate(start + n);
+        // The read fills the buffer's spare room (no zero-fill) and owns it meanwhile.
+        self.state.rbuf.reserve(READ_CHUNK);
+        let buf = std::mem::take(&mut self.state.rbuf);
+        let len = buf.len();
+        // monoio reads to the start of a buffer: a slice of its spare room appends.
+        let (res, spare) = self.stream.read(buf.slice_mut(len..)).await;
+        self.state.rbuf = spare.into_inner();
+        let addr = self.state.addr;
         match res {
             Ok(0) => Err(Error::Backend {
-                addr: self.state.addr,
+                addr,
                 source: std::io::ErrorKind::UnexpectedEof.into(),
             }),
             Ok(n) => Ok(n),
-            Err(source) => Err(Error::Backend {
-                addr: self.state.addr,
-                source,
-            }),
+            Err(source) => Err(Error::Backend { addr, source }),
         }
     }
 }

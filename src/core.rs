@@ -1,4 +1,4 @@
-//! One worker core: a pinned glommio executor that owns its listener, its pools and its
+//! One worker core: a pinned monoio runtime that owns its listener, its pools and its
 //! sessions, and drains the control channel without blocking.
 
 use std::cell::{Cell, RefCell};
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
 use crate::config::Config;
@@ -227,7 +227,7 @@ impl Core {
             _ => None,
         };
         if let Some(t) = target {
-            glommio::spawn_local(send_cancel(t)).detach();
+            monoio::spawn(send_cancel(t));
         }
     }
 
@@ -240,12 +240,11 @@ impl Core {
         self.functions
             .borrow_mut()
             .insert(database.clone(), self.configured_functions.clone());
-        glommio::spawn_local(crate::catalog::load(
+        monoio::spawn(crate::catalog::load(
             self.clone(),
             user.clone(),
             database.clone(),
-        ))
-        .detach();
+        ));
         self.configured_functions.clone()
     }
 
@@ -308,7 +307,7 @@ impl Core {
         loop {
             match rx.try_recv() {
                 Ok(msg) => self.apply(msg),
-                Err(TryRecvError::Empty) => glommio::timer::sleep(CONTROL_TICK).await,
+                Err(TryRecvError::Empty) => monoio::time::sleep(CONTROL_TICK).await,
                 Err(TryRecvError::Disconnected) => return self.begin_shutdown(),
             }
         }
@@ -317,7 +316,7 @@ impl Core {
     /// Closes idle backend connections past their time, once a second.
     pub async fn reap(self: Rc<Self>) {
         while !self.shutting_down() {
-            glommio::timer::sleep(REAP_TICK).await;
+            monoio::time::sleep(REAP_TICK).await;
             let now = Instant::now();
             for pool in self.pools.borrow().values() {
                 pool.reap(now);
@@ -335,12 +334,11 @@ impl Core {
 async fn send_cancel(t: CancelTarget) {
     let mut buf = BytesMut::new();
     encode::cancel_request(&mut buf, t.pid, t.secret);
-    match TcpStream::connect(t.addr).await {
+    match TcpStream::connect_addr(t.addr).await {
         Ok(mut s) => {
-            if let Err(e) = s.write_all(&buf).await {
+            if let (Err(e), _) = s.write_all(buf).await {
                 log::warn!("cancel request to {}: {e}", t.addr);
             }
-            let _ = s.close().await;
         }
         Err(e) => log::warn!("cancel request to {}: {e}", t.addr),
     }

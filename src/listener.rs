@@ -55,7 +55,13 @@ fn warn_if_backlog_capped(backlog: u32) {
 
 /// Accepts clients on this core until shutdown begins.
 pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
-    let listener = into_glommio(listener);
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("core {}: cannot use its listener: {e}", core.id);
+            return;
+        }
+    };
     let wake_key = (core.id as u32) << 24;
     loop {
         let shutdown = poll_fn(|cx| {
@@ -68,24 +74,16 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
         let accepted = future::or(async { Some(listener.accept().await) }, shutdown).await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => {
+            Some(Ok((stream, _))) => {
                 if let Err(e) = tcp::apply_to(&stream, &core.config.server.tcp) {
                     log::warn!("core {}: cannot set TCP options on a client: {e}", core.id);
                 }
-                glommio::spawn_local(session::run(core.clone(), stream)).detach();
+                monoio::spawn(session::run(core.clone(), stream));
             }
             Some(Err(e)) => {
                 log::warn!("accept failed on core {}: {e}", core.id);
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
-}
-
-#[allow(unsafe_code)]
-fn into_glommio(listener: std::net::TcpListener) -> glommio::net::TcpListener {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: the fd comes from a bound, listening, non-blocking std listener whose ownership
-    // `into_raw_fd` gives up; glommio's listener becomes its only owner and closes it on drop.
-    unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }

@@ -1,8 +1,8 @@
 //! The connection permits of one pool, served first come, first served.
 //!
-//! glommio's semaphore wakes a waiter without reserving the unit for it, so a client that asks
-//! between the wake-up and the waiter's turn takes the unit, and the waiter queues again at
-//! the back: under steady load a few clients ran hot while others waited for seconds. Here a
+//! A semaphore that wakes a waiter without reserving the unit for it (glommio's did) lets a
+//! client that asks between the wake-up and the waiter's turn take the unit, and the waiter
+//! queues again at the back: under steady load a few clients ran hot while others waited for seconds. Here a
 //! released permit passes straight to the oldest waiter, and nobody takes a free permit while
 //! anyone waits.
 
@@ -107,11 +107,7 @@ impl Permits {
                 Poll::Pending
             }
         });
-        let _ = glommio::timer::timeout(wait, async {
-            granted.await;
-            Ok(())
-        })
-        .await;
+        let _ = monoio::time::timeout(wait, granted).await;
         // A grant that raced with the timer still counts.
         if queued.slot.granted.get() {
             queued.taken = true;
@@ -150,14 +146,15 @@ impl Permits {
 mod tests {
     use super::*;
     use futures_lite::future::poll_once;
-    use glommio::{LocalExecutorBuilder, Placement};
 
     fn run(test: impl std::future::Future<Output = ()>) {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 << 10)
-            .make()
-            .expect("executor")
-            .run(test);
+        crate::worker::block_on(test);
+    }
+
+    /// Lets the other tasks run: monoio polls a future that woke itself again before them, so
+    /// a plain yield is not enough.
+    async fn let_others_run() {
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 
     #[test]
@@ -168,14 +165,14 @@ mod tests {
             let order = Rc::new(RefCell::new(Vec::new()));
             let mut tasks = Vec::new();
             for i in 0..3 {
-                let (permits, order) = (permits.clone(), order.clone());
-                tasks.push(glommio::spawn_local(async move {
-                    let p = permits.acquire(Duration::from_secs(5)).await;
+                let (mine, order) = (permits.clone(), order.clone());
+                tasks.push(monoio::spawn(async move {
+                    let p = mine.acquire(Duration::from_secs(5)).await;
                     order.borrow_mut().push((i, p.is_some()));
-                    glommio::executor().yield_task_queue_now().await;
+                    let_others_run().await;
                     drop(p);
                 }));
-                glommio::executor().yield_task_queue_now().await;
+                let_others_run().await;
             }
             assert_eq!(permits.waiting(), 3);
             drop(held);

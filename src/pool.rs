@@ -132,9 +132,8 @@ impl Pool {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let connect =
-            async { Ok(Backend::connect(addr, self.key.backend_id, &login, &self.tcp).await) };
-        let mut b = match glommio::timer::timeout(left, connect).await {
+        let connect = Backend::connect(addr, self.key.backend_id, &login, &self.tcp);
+        let mut b = match monoio::time::timeout(left, connect).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::Backend {

@@ -1,4 +1,4 @@
-//! Starts pgpilot in this process: the control plane thread and one glommio executor per
+//! Starts pgpilot in this process: the control plane thread and one monoio runtime per
 //! worker, each with its own listener. The returned handle stops them.
 
 use std::fmt;
@@ -9,15 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use glommio::Placement;
 
 use crate::config::Config;
 use crate::control::{self, ClusterState, ControlMsg, CoreMsg};
 use crate::core::Core;
+use crate::worker::Placement;
 use crate::{listener, worker};
 
-/// glommio refuses to start below this RLIMIT_MEMLOCK.
-const MIN_MEMLOCK: u64 = 512 * 1024;
 /// How long sessions in a transaction may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -29,8 +27,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// RLIMIT_MEMLOCK is below what glommio needs.
-    MemlockTooLow { limit: u64 },
     /// A worker executor did not start.
     Worker { core: usize, reason: String },
 }
@@ -39,14 +35,9 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            StartError::MemlockTooLow { limit } => write!(
-                f,
-                "RLIMIT_MEMLOCK is {} KiB; glommio needs at least {} KiB: raise it with `ulimit -l` \
-                 or LimitMEMLOCK= in the systemd unit",
-                limit / 1024,
-                MIN_MEMLOCK / 1024
-            ),
-            StartError::Worker { core, reason } => write!(f, "worker {core} did not start: {reason}"),
+            StartError::Worker { core, reason } => {
+                write!(f, "worker {core} did not start: {reason}")
+            }
         }
     }
 }
@@ -64,7 +55,6 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the control plane and the workers; returns once every listener is bound.
     pub fn start(config: Arc<Config>) -> Result<Proxy, StartError> {
-        check_memlock()?;
         let cpus = allowed_cpus();
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism()
@@ -86,6 +76,7 @@ impl Proxy {
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
+        let mut driver = "";
         for (id, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
             let placement = match cpus.get(id) {
                 Some(&cpu) if pin => Placement::Fixed(cpu),
@@ -98,7 +89,9 @@ impl Proxy {
                 senders.clone(),
             );
             let make = move || Core::new(id, workers, config, state, clients, peers);
-            handles.push(spawn_worker(id, make, placement, listener, rx)?);
+            let (handle, got) = spawn_worker(id, make, placement, listener, rx)?;
+            handles.push(handle);
+            driver = got;
         }
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let control_state = (*state).clone();
@@ -111,7 +104,7 @@ impl Proxy {
                 reason: e.to_string(),
             })?;
         log::info!(
-            "pgpilot listening on {addr} with {workers} worker(s), {:?} pooling",
+            "pgpilot listening on {addr} with {workers} worker(s) on {driver}, {:?} pooling",
             config.server.pool_mode
         );
         Ok(Proxy {
@@ -172,15 +165,15 @@ fn spawn_worker(
     placement: Placement,
     listener: std::net::TcpListener,
     rx: crossbeam_channel::Receiver<CoreMsg>,
-) -> Result<JoinHandle<()>, StartError> {
+) -> Result<(JoinHandle<()>, &'static str), StartError> {
     worker::spawn(format!("pgpilot-{id}"), placement, move || async move {
         let core = std::rc::Rc::new(make());
-        glommio::spawn_local(core.clone().drain_control(rx)).detach();
-        glommio::spawn_local(core.clone().reap()).detach();
+        monoio::spawn(core.clone().drain_control(rx));
+        monoio::spawn(core.clone().reap());
         listener::serve(core.clone(), listener).await;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while core.session_count() > 0 && Instant::now() < deadline {
-            glommio::timer::sleep(Duration::from_millis(20)).await;
+            monoio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .map_err(|reason| StartError::Worker { core: id, reason })
@@ -207,17 +200,4 @@ fn allowed_cpus() -> Vec<usize> {
         }
     }
     cpus
-}
-
-fn check_memlock() -> Result<(), StartError> {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max locked memory"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<u64>().ok());
-    match soft {
-        Some(limit) if limit < MIN_MEMLOCK => Err(StartError::MemlockTooLow { limit }),
-        _ => Ok(()),
-    }
 }

@@ -28,7 +28,7 @@ pub fn apply(socket: SockRef<'_>, opts: &TcpOptions) -> io::Result<()> {
     Ok(())
 }
 
-/// [`apply`] for a glommio stream, which offers its fd only as `AsRawFd`, not `AsFd`.
+/// [`apply`] for a monoio stream, which offers its fd only as `AsRawFd`, not `AsFd`.
 pub fn apply_to(stream: &impl AsRawFd, opts: &TcpOptions) -> io::Result<()> {
     #[allow(unsafe_code)]
     // SAFETY: the fd is owned by `stream`, which stays borrowed (so open) while `fd` is used.

@@ -1,5 +1,6 @@
-//! The thread of one worker core: it builds its executor, runs the core's main future, and
-//! takes the whole process down if it dies.
+//! The thread of one worker core: it builds its monoio runtime (io_uring where the kernel and
+//! seccomp allow it, epoll otherwise), runs the core's main future, and takes the whole
+//! process down if it dies.
 //!
 //! A panic that escapes a session is caught at the session boundary (`session::run`); one that
 //! escapes anything else on a core (the accept loop, the control drain) ends the worker
@@ -11,13 +12,46 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver};
 
 /// Exit status of a process whose worker died (DESIGN: 1 = runtime failure).
 pub const DIED: i32 = 1;
 
-/// Memory glommio registers per executor for I/O; a network proxy needs little.
-const IO_MEMORY: usize = 64 * 1024;
+/// Set to `epoll` to run on the epoll driver even where io_uring works (tests, comparisons).
+pub const DRIVER_ENV: &str = "PGPILOT_IO";
+
+/// A worker's runtime: io_uring or epoll, with timers.
+type Runtime = monoio::FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// Where a worker thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On this CPU only.
+    Fixed(usize),
+    /// Wherever the scheduler puts it.
+    Unbound,
+}
+
+/// A runtime on io_uring unless it is unavailable (an old kernel, a seccomp profile that
+/// refuses it, a ring that cannot be set up) or `PGPILOT_IO=epoll` asks for epoll; and the
+/// name of the driver it got.
+fn build_runtime() -> std::io::Result<(Runtime, &'static str)> {
+    let forced = std::env::var(DRIVER_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("epoll"));
+    if !forced && monoio::utils::detect_uring() {
+        match monoio::RuntimeBuilder::<IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(rt) => return Ok((Runtime::from(rt), "io_uring")),
+            Err(e) => log::warn!("io_uring cannot be set up ({e}); running on epoll"),
+        }
+    }
+    let rt = monoio::RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    Ok((Runtime::from(rt), "epoll"))
+}
 
 /// Ends the process when the worker thread unwinds from a panic.
 struct Watch {
@@ -36,44 +70,57 @@ impl Drop for Watch {
     }
 }
 
-/// Starts a worker thread named `name` with an executor placed by `placement`, and runs the
-/// future `main` makes on it. Returns once the executor exists, or with the reason it could
-/// not be built.
-pub fn spawn<G, F>(name: String, placement: Placement, main: G) -> Result<JoinHandle<()>, String>
+/// Runs a future to completion on a runtime of this thread's own (tests, tools).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    build_runtime()
+        .expect("a runtime for this thread")
+        .0
+        .block_on(future)
+}
+
+/// Starts a worker thread named `name`, placed by `placement`, with its runtime, and runs the
+/// future `main` makes on it. Returns once the runtime exists, with the name of its I/O driver,
+/// or with the reason it could not be built.
+pub fn spawn<G, F>(
+    name: String,
+    placement: Placement,
+    main: G,
+) -> Result<(JoinHandle<()>, &'static str), String>
 where
     G: FnOnce() -> F + Send + 'static,
     F: std::future::Future<Output = ()> + 'static,
 {
-    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<&'static str, String>>(1);
     let thread_name = name.clone();
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
             let _watch = Watch { name: thread_name };
-            let executor = LocalExecutorBuilder::new(placement)
-                .name(&name)
-                .io_memory(IO_MEMORY)
-                .make();
-            let executor = match executor {
-                Ok(e) => {
-                    let _ = ready_tx.send(Ok(()));
-                    e
+            if let Placement::Fixed(cpu) = placement {
+                if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                    log::warn!("{name}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            let mut runtime = match build_runtime() {
+                Ok((r, driver)) => {
+                    let _ = ready_tx.send(Ok(driver));
+                    r
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
             };
-            executor.run(main());
+            runtime.block_on(main());
         })
         .map_err(|e| e.to_string())?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
+        Ok(Ok(driver)) => Ok((thread, driver)),
         Ok(Err(reason)) => {
             let _ = thread.join();
             Err(reason)
         }
-        Err(_) => Err("the worker thread ended before its executor started".into()),
+        Err(_) => Err("the worker thread ended before its runtime started".into()),
     }
 }
 
@@ -83,7 +130,7 @@ mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use glommio::Placement;
+    use super::Placement;
 
     const CHILD: &str = "PGPILOT_TEST_WORKER_CHILD";
 
@@ -92,7 +139,7 @@ mod tests {
     #[test]
     fn a_worker_that_panics_ends_the_process() {
         if std::env::var_os(CHILD).is_some() {
-            let thread = super::spawn("pgpilot-test".into(), Placement::Unbound, || async {
+            let (thread, _) = super::spawn("pgpilot-test".into(), Placement::Unbound, || async {
                 panic!("a bug outside any session");
             })
             .expect("the worker starts");

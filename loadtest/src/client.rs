@@ -1,4 +1,4 @@
-//! A small asynchronous PostgreSQL client on the protocol crate and glommio's TCP streams:
+//! A small asynchronous PostgreSQL client on the protocol crate and monoio's TCP streams:
 //! startup with SCRAM-SHA-256, MD5 or trust, simple and extended queries. Many of them share
 //! one load-generating thread.
 
@@ -9,12 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
 use pgpilot_protocol::backend::{Authentication, BackendMessage};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
 use pgpilot_protocol::{encode, Frame};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read may wait for the server.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
@@ -86,13 +92,10 @@ impl Drop for Conn {
 impl Conn {
     /// Connects and authenticates.
     pub async fn connect(t: &Target) -> Result<Conn, ClientError> {
-        let stream = TcpStream::connect_timeout(t.addr, Duration::from_secs(10))
+        let stream = monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(t.addr))
             .await
-            .map_err(io::Error::from)?;
-        stream.set_nodelay(true).map_err(io::Error::from)?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io::Error::from)?;
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
         let mut c = Conn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -165,9 +168,25 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(())
+        let out = std::mem::take(&mut self.out);
+        let (res, mut out) = self.stream.write_all(out).await;
+        out.clear();
+        self.out = out;
+        res.map(|_| ())
+    }
+
+    /// Reads what the socket has onto the end of `buf`; 0 at EOF.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.reserve(8192);
+        let len = buf.len();
+        let read = self.stream.read(buf.slice_mut(len..));
+        let (res, spare) = match monoio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(done) => done,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        self.buf = spare.into_inner();
+        res
     }
 
     async fn recv(&mut self) -> Result<Frame, ClientError> {
@@ -177,10 +196,8 @@ impl Conn {
             {
                 return Ok(f);
             }
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk).await? {
-                0 => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
-                n => self.buf.extend_from_slice(&chunk[..n]),
+            if self.fill().await? == 0 {
+                return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
         }
     }
@@ -263,8 +280,9 @@ impl Conn {
     pub async fn close(mut self) {
         encode::terminate(&mut self.out);
         if self.flush().await.is_ok() {
-            let mut sink = [0u8; 64];
-            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            while matches!(self.fill().await, Ok(n) if n > 0) {
+                self.buf.clear();
+            }
         }
     }
 }

@@ -2,10 +2,10 @@
 //! reports throughput and latency. Several `--target`s run in turn, round after round, so that
 //! their ratios hold on a noisy machine.
 //!
-//! Clients are tasks on a few load threads (`--threads`, one glommio executor each), so tens of
+//! Clients are tasks on a few load threads (`--threads`, one monoio runtime each), so tens of
 //! thousands of connections need no more threads than cores.
 
-// The workspace bans blocking calls because they stall a glommio core; only the main thread
+// The workspace bans blocking calls because they stall a core's runtime; only the main thread
 // here sleeps (between progress lines) and joins the load threads.
 #![allow(clippy::disallowed_methods)]
 

@@ -1,4 +1,4 @@
-//! Running a workload: clients as tasks on a few glommio load threads, a measured window
+//! Running a workload: clients as tasks on a few load threads (a monoio runtime each), a measured window
 //! after a warm-up, a progress line, and one merged result per run.
 
 use std::cell::RefCell;
@@ -6,8 +6,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::client::{ClientError, Conn, Target};
 use crate::workload::{transaction, Rng, RunResult, Settings, Workload, SELECT};
@@ -29,7 +27,7 @@ struct Window {
 }
 
 /// Runs the workload against one target with `clients` connections spread over
-/// `s.threads` load threads (one glommio executor each); `sample` is called once the warm-up
+/// `s.threads` load threads (one runtime each); `sample` is called once the warm-up
 /// is over, and its value returned with the number of connections open at that moment.
 pub fn run(
     target: &Target,
@@ -47,10 +45,9 @@ pub fn run(
         .map(|t| {
             let (target, s, counters) = (target.clone(), s.clone(), counters.clone());
             let mine: Vec<usize> = (t..s.clients).step_by(threads).collect();
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .name(&format!("loadtest-{t}"))
-                .io_memory(64 << 10)
-                .spawn(move || load_thread(target, s, mine, window, counters))
+            crate::on_thread(format!("loadtest-{t}"), move || {
+                load_thread(target, s, mine, window, counters)
+            })
         })
         .collect();
     let mut sampled = None;
@@ -78,7 +75,7 @@ pub fn run(
     for h in handles {
         match h
             .map_err(|e| e.to_string())
-            .and_then(|h| h.join().map_err(|e| e.to_string()))
+            .and_then(|h| h.join().map_err(|_| "a load thread panicked".to_owned()))
         {
             Ok(r) => total.absorb(&r),
             Err(e) => *total.errors.entry(format!("thread: {e}")).or_default() += 1,
@@ -87,7 +84,7 @@ pub fn run(
     (total, sampled.flatten())
 }
 
-/// One load thread: its clients run as tasks on this thread's executor; their results merged.
+/// One load thread: its clients run as tasks on this thread's runtime; their results merged.
 async fn load_thread(
     target: Target,
     s: Settings,
@@ -104,9 +101,9 @@ async fn load_thread(
         .map(|i| {
             let (target, s, counters, total) =
                 (target.clone(), s.clone(), counters.clone(), total.clone());
-            glommio::spawn_local(async move {
-                client_loop(&target, &s, i, window, &counters, &total).await
-            })
+            monoio::spawn(
+                async move { client_loop(&target, &s, i, window, &counters, &total).await },
+            )
         })
         .collect();
     for task in tasks {
@@ -136,7 +133,7 @@ async fn client_loop(
             Some(iv) => {
                 let now = Instant::now();
                 if next > now {
-                    glommio::timer::sleep(next - now).await;
+                    monoio::time::sleep(next - now).await;
                 }
                 let t = next;
                 next += iv;
@@ -195,7 +192,7 @@ async fn one(
                 *conn = Some(c);
             }
             let nap = end.saturating_duration_since(Instant::now());
-            glommio::timer::sleep(nap.min(Duration::from_millis(100))).await;
+            monoio::time::sleep(nap.min(Duration::from_millis(100))).await;
             Ok(())
         }
         _ => {

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
 use crate::client::{ClientError, Conn, Target};
@@ -198,13 +197,12 @@ pub(crate) async fn transaction(
 /// Creates the pgbench tables at `scale` (like `pgbench -i`), through `target`.
 pub fn init(target: &Target, scale: u32) -> Result<(), ClientError> {
     let target = target.clone();
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .name("loadtest-init")
-        .io_memory(64 << 10)
-        .spawn(move || async move { init_tables(&target, scale).await })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .join()
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
+    crate::on_thread("loadtest-init".into(), move || async move {
+        init_tables(&target, scale).await
+    })
+    .map_err(|e| ClientError::Protocol(e.to_string()))?
+    .join()
+    .map_err(|_| ClientError::Protocol("the init thread panicked".into()))?
 }
 
 async fn init_tables(target: &Target, scale: u32) -> Result<(), ClientError> {

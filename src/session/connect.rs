@@ -6,7 +6,7 @@ use pgpilot_protocol::backend::BackendMessage;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode;
 
-use super::shell::{rejoin, Client, Held};
+use super::shell::{Client, Held};
 use super::{Attached, Checkout, Gucs};
 use crate::backend::Backend;
 use crate::config::Role;
@@ -26,7 +26,12 @@ impl Client {
         if let Some(att) = reuse {
             let att = *att;
             let on_replica = att.on_replica;
-            let (mut backend, pool) = rejoin(att.link, att.backend);
+            let addr = att.backend.addr;
+            // Bytes that came while it was parked leave it unclean: a new one is attached.
+            let (mut backend, pool) = att.link.rejoin(att.backend).await.ok_or(Error::Backend {
+                addr,
+                source: std::io::ErrorKind::InvalidData.into(),
+            })?;
             self.set_up(&mut backend).await?;
             return Ok(checkout(backend, pool, on_replica));
         }
@@ -111,12 +116,10 @@ fn checkout(
     pool: std::rc::Rc<crate::pool::Pool>,
     on_replica: bool,
 ) -> Checkout<Held> {
+    let (link, backend) = Held::new(backend, pool);
     Checkout {
-        link: Held {
-            conn: backend.conn,
-            pool,
-        },
-        backend: backend.state,
+        link,
+        backend,
         on_replica,
     }
 }
@@ -130,7 +133,7 @@ async fn apply_gucs(gucs: &Gucs, backend: &mut Backend) -> Result<(), Error> {
     let mut q = BytesMut::new();
     encode::query(&mut q, gucs.setup_sql(backend.state.applied).as_bytes());
     backend.state.applied = u64::MAX;
-    backend.send(&q).await?;
+    backend.send(q).await?;
     let addr = backend.state.addr;
     let mut failed = None;
     loop {

@@ -20,6 +20,7 @@
 mod attach;
 mod connect;
 pub mod handshake;
+mod io;
 mod local;
 mod login;
 mod outbox;

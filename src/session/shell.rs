@@ -5,17 +5,17 @@
 use std::future::poll_fn;
 use std::io;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::future::poll_once;
-use futures_lite::{AsyncRead, AsyncWriteExt, FutureExt};
-use glommio::net::TcpStream;
+use futures_lite::FutureExt;
+use monoio::io::{AsyncWriteRentExt, Canceller, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
+use super::io::{ReadResult, Reader, Writer};
 use super::{Action, Pump, Reset, Session};
 use crate::backend::{Backend, Conn, Wire, READ_CHUNK};
 use crate::core::Core;
@@ -24,20 +24,78 @@ use crate::pool::Pool;
 
 /// Bytes asked of the kernel per client read.
 const CLIENT_CHUNK: usize = 8 * 1024;
-/// Bytes read on the stack when a client's buffer has been released.
+/// Bytes a client read asks for when the client's buffer has been released (an idle client
+/// keeps no more than this in flight).
 const IDLE_READ: usize = 1024;
+/// What a cancelled operation completes with.
+const ECANCELED: i32 = 125;
 /// How long a session that panicked may take to tell its client so.
 const PANIC_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the shell keeps of an attached backend: its socket and the pool it goes back to.
+/// What the shell keeps of an attached backend: its socket, split so that a read stays in
+/// flight while the outbox is written, and the pool it goes back to.
 pub(super) struct Held {
-    pub(super) conn: Conn,
+    conn: Conn,
     pub(super) pool: Rc<Pool>,
+    reader: Reader,
+    writer: Writer,
+    /// Calls off the read in flight when the backend is given back.
+    cancel: Canceller,
+}
+
+impl Held {
+    pub(super) fn new(backend: Backend, pool: Rc<Pool>) -> (Held, Wire) {
+        let (read, write) = backend.stream.into_split();
+        let held = Held {
+            conn: backend.conn,
+            pool,
+            reader: Reader::new(read),
+            writer: Writer::new(write),
+            cancel: Canceller::new(),
+        };
+        (held, backend.state)
+    }
+
+    /// Calls off the read in flight and joins the socket again. `None` when the backend is not
+    /// clean: bytes arrived meanwhile (part of a message, a notice, an error), the socket failed,
+    /// or a write had not finished.
+    pub(super) async fn rejoin(self, mut state: Wire) -> Option<(Backend, Rc<Pool>)> {
+        let Held {
+            conn,
+            pool,
+            mut reader,
+            mut writer,
+            cancel,
+        } = self;
+        if reader.is_busy() {
+            let _ = cancel.cancel();
+            match reader.settle().await {
+                Some((Err(e), buf)) if e.raw_os_error() == Some(ECANCELED) => state.rbuf = buf,
+                _ => return None,
+            }
+        }
+        if let Some(Err(_)) = writer.settle().await {
+            return None;
+        }
+        if !state.rbuf.is_empty() {
+            return None;
+        }
+        let stream = reader.into_idle()?.reunite(writer.into_idle()?).ok()?;
+        Some((
+            Backend {
+                stream,
+                conn,
+                state,
+            },
+            pool,
+        ))
+    }
 }
 
 /// One client connection: its socket and the session core deciding what to do with its bytes.
 pub(super) struct Client {
-    pub(super) stream: TcpStream,
+    pub(super) reader: Reader,
+    pub(super) writer: OwnedWriteHalf<TcpStream>,
     pub(super) session: Session<Held>,
     /// Released last, when the client is dropped (also by a panic unwinding it).
     pub(super) _admission: Admission,
@@ -62,10 +120,10 @@ impl Drop for Admission {
 
 /// What woke the session.
 enum Event {
-    Client(io::Result<usize>),
-    Backend(io::Result<usize>),
-    /// Everything queued for the backend has been written.
-    Drained,
+    Client(ReadResult),
+    Backend(ReadResult),
+    /// A chunk of the outbox was written (or not).
+    Written(io::Result<usize>),
     Shutdown,
 }
 
@@ -150,15 +208,35 @@ impl Client {
             }
             Box::pin(self.perform()).await?;
             match self.wait().await {
-                Event::Client(Ok(0)) => return Ok(()),
-                Event::Client(Ok(_)) => {}
-                Event::Client(Err(e)) => return Err(Error::ClientIo(e)),
-                Event::Backend(Ok(0)) => self
-                    .session
-                    .backend_lost(io::ErrorKind::UnexpectedEof.into())?,
-                Event::Backend(Err(e)) => self.session.backend_lost(e)?,
-                Event::Backend(Ok(_)) => self.session.pump_backend()?,
-                Event::Drained => self.session.drained(),
+                Event::Client((result, buf)) => {
+                    self.session.cbuf = buf;
+                    match result {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => return Err(Error::ClientIo(e)),
+                    }
+                }
+                Event::Backend((result, buf)) => {
+                    if let Some(att) = self.session.attached.as_mut() {
+                        att.backend.rbuf = buf;
+                    }
+                    match result {
+                        Ok(0) => self
+                            .session
+                            .backend_lost(io::ErrorKind::UnexpectedEof.into())?,
+                        Ok(_) => self.session.pump_backend()?,
+                        Err(e) => self.session.backend_lost(e)?,
+                    }
+                }
+                Event::Written(Ok(n)) => {
+                    if let Some(att) = self.session.attached.as_mut() {
+                        att.outbox.written(n);
+                        if att.outbox.is_empty() {
+                            self.session.drained();
+                        }
+                    }
+                }
+                Event::Written(Err(e)) => self.session.backend_lost(e)?,
                 Event::Shutdown => {
                     self.session.queue_error(&ErrorFields::fatal(
                         "57P01",
@@ -170,32 +248,17 @@ impl Client {
         }
     }
 
-    /// Does what the core queued: bytes to the client, backends back to their pools, and as
-    /// much of the backend's outbox as its socket takes now (the rest `wait` writes).
+    /// Does what the core queued: bytes to the client and backends back to their pools. The
+    /// outbox is written by `wait`, beside the reads.
     pub(super) async fn perform(&mut self) -> Result<(), Error> {
-        loop {
-            while let Some(bytes) = self.session.take_output() {
-                self.stream
-                    .write_all(&bytes)
-                    .await
-                    .map_err(Error::ClientIo)?;
-            }
-            while let Some(action) = self.session.take_action() {
-                self.give_back(action).await;
-            }
-            let Some(att) = self.session.attached.as_mut() else {
-                return Ok(());
-            };
-            if att.outbox.is_empty() {
-                return Ok(());
-            }
-            let (outbox, stream) = (&mut att.outbox, &mut att.link.conn.stream);
-            match poll_once(poll_fn(|cx| outbox.poll_drain(stream, cx))).await {
-                Some(Err(e)) => self.session.backend_lost(e)?,
-                Some(Ok(())) => self.session.drained(),
-                None => return Ok(()),
-            }
+        while let Some(bytes) = self.session.take_output() {
+            let (res, _) = self.writer.write_all(bytes).await;
+            res.map_err(Error::ClientIo)?;
         }
+        while let Some(action) = self.session.take_action() {
+            self.give_back(action).await;
+        }
+        Ok(())
     }
 
     /// Pools a backend the core is done with, after its reset if it needs one.
@@ -204,7 +267,9 @@ impl Client {
             Action::Pool(held, state) => (held, state, None),
             Action::Reset(held, state, reset) => (held, state, Some(reset)),
         };
-        let (mut backend, pool) = rejoin(held, state);
+        let Some((mut backend, pool)) = held.rejoin(state).await else {
+            return;
+        };
         let sql = match reset {
             None => return pool.checkin(backend),
             Some(Reset::Configured) => self.session.core.config.pool.reset_query.as_str(),
@@ -220,36 +285,52 @@ impl Client {
         }
     }
 
-    /// Waits until the client or the attached backend has bytes, the backend took everything
-    /// queued for it, or shutdown begins while idle.
+    /// Waits until the client or the attached backend has bytes, a chunk of the outbox has
+    /// been written, or shutdown begins while idle. Reads started here stay in flight until
+    /// they complete, across waits.
     async fn wait(&mut self) -> Event {
         let s = &mut self.session;
-        if s.cbuf.is_empty() && s.cbuf.capacity() > 0 {
-            // Everything read has been handled: give the memory back while the client is quiet.
-            s.cbuf = BytesMut::new();
-        }
         s.shrink_when_idle();
-        let read_client = s.reads_client();
-        let idle = s.is_idle();
-        let (core, pid) = (&s.core, s.pid);
-        let (client, cbuf, attached) = (&mut self.stream, &mut s.cbuf, &mut s.attached);
-        poll_fn(|cx| {
-            if read_client {
-                if let Poll::Ready(r) = poll_fill(client, cbuf, CLIENT_CHUNK, cx) {
-                    return Poll::Ready(Event::Client(r));
+        if s.reads_client() && !self.reader.is_busy() {
+            let mut buf = std::mem::take(&mut s.cbuf);
+            // An idle client's buffer was released: a small read serves most requests.
+            let want = if buf.is_empty() {
+                IDLE_READ
+            } else {
+                CLIENT_CHUNK
+            };
+            if buf.capacity().saturating_sub(buf.len()) < want {
+                buf.reserve(want);
+            }
+            self.reader.start_read(buf);
+        }
+        if let Some(att) = s.attached.as_mut() {
+            let held = &mut att.link;
+            if !held.writer.is_busy() {
+                if let Some(chunk) = att.outbox.next_chunk() {
+                    held.writer.start_write(chunk);
                 }
             }
-            if let Some(att) = attached.as_mut() {
-                // Writing to the backend and reading its results go on together.
-                let stream = &mut att.link.conn.stream;
-                if !att.outbox.is_empty() {
-                    match att.outbox.poll_drain(stream, cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(Event::Drained),
-                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Backend(Err(e))),
-                        Poll::Pending => {}
-                    }
+            if !held.reader.is_busy() {
+                let mut buf = std::mem::take(&mut att.backend.rbuf);
+                if buf.capacity().saturating_sub(buf.len()) < READ_CHUNK {
+                    buf.reserve(READ_CHUNK);
                 }
-                if let Poll::Ready(r) = poll_fill(stream, &mut att.backend.rbuf, READ_CHUNK, cx) {
+                held.reader.start_cancelable_read(buf, held.cancel.handle());
+            }
+        }
+        let idle = s.is_idle();
+        let (core, pid) = (&s.core, s.pid);
+        let (reader, attached) = (&mut self.reader, &mut s.attached);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = reader.poll(cx) {
+                return Poll::Ready(Event::Client(r));
+            }
+            if let Some(att) = attached.as_mut() {
+                if let Poll::Ready(r) = att.link.writer.poll(cx) {
+                    return Poll::Ready(Event::Written(r));
+                }
+                if let Poll::Ready(r) = att.link.reader.poll(cx) {
                     return Poll::Ready(Event::Backend(r));
                 }
             }
@@ -283,7 +364,7 @@ impl Client {
     /// the backends back or closes them, and closes the client.
     pub(super) async fn finish(&mut self) {
         while let Some(bytes) = self.session.take_output() {
-            if self.stream.write_all(&bytes).await.is_err() {
+            if self.writer.write_all(bytes).await.0.is_err() {
                 break;
             }
         }
@@ -291,14 +372,12 @@ impl Client {
         while let Some(action) = self.session.take_action() {
             self.give_back(action).await;
         }
-        let _ = self.stream.close().await;
     }
 
     /// After a panic: tells the client as PostgreSQL tells it of an internal error, without
     /// waiting long for a client that does not read. The backends are dropped with the session.
     async fn tell_internal_error(&mut self) {
         if self.session.mid_message() {
-            let _ = self.stream.close().await;
             return;
         }
         let mut out = BytesMut::new();
@@ -306,60 +385,8 @@ impl Client {
             &mut out,
             &ErrorFields::fatal("XX000", "internal error in pgpilot; the session is closed"),
         );
-        let _ = glommio::timer::timeout(PANIC_WRITE_TIMEOUT, async {
-            let _ = self.stream.write_all(&out).await;
-            Ok(())
-        })
-        .await;
-        let _ = self.stream.close().await;
+        let _ = monoio::time::timeout(PANIC_WRITE_TIMEOUT, self.writer.write_all(out)).await;
     }
-}
-
-/// Joins the halves of a backend the core held.
-pub(super) fn rejoin(held: Held, state: Wire) -> (Backend, Rc<Pool>) {
-    (
-        Backend {
-            conn: held.conn,
-            state,
-        },
-        held.pool,
-    )
-}
-
-/// Reads what the socket has into the spare room of `buf` (at least `chunk` bytes of room).
-fn poll_fill(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    chunk: usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() == 0 {
-        // An idle client holds no buffer: read the first bytes on the stack and allocate only
-        // what arrived.
-        let mut first = [0u8; IDLE_READ];
-        let result = Pin::new(stream).poll_read(cx, &mut first);
-        if let Poll::Ready(Ok(n)) = result {
-            buf.extend_from_slice(first.get(..n).unwrap_or_default());
-        }
-        return result;
-    }
-    // Lengths of one buffer: len <= capacity, and the reads fill at most the room past len.
-    let start = buf.len();
-    if buf.capacity().saturating_sub(start) < chunk {
-        buf.reserve(chunk);
-    }
-    let room = buf
-        .capacity()
-        .saturating_sub(start)
-        .min(super::relay::MAX_READ);
-    buf.resize(start.saturating_add(room), 0);
-    let result = Pin::new(stream).poll_read(cx, buf.get_mut(start..).unwrap_or_default());
-    let n = match &result {
-        Poll::Ready(Ok(n)) => *n,
-        _ => 0,
-    };
-    buf.truncate(start.saturating_add(n));
-    result
 }
 
 #[cfg(test)]
@@ -382,26 +409,23 @@ mod tests {
 
     #[test]
     fn a_panicking_session_ends_alone_and_releases_what_it_held() {
-        let ex = glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("an executor");
-        ex.run(async {
+        crate::worker::block_on(async {
             let released = Rc::new(Cell::new(false));
             let guard = Guard(released.clone());
-            let bad = glommio::spawn_local(contain(|| "session=1".to_owned(), async move {
+            let bad = monoio::spawn(contain(|| "session=1".to_owned(), async move {
                 let _held = guard;
-                glommio::yield_if_needed().await;
+                futures_lite::future::yield_now().await;
                 let frame: &[u8] = &[FrontendTag::Query as u8, 0, 0, 0, 4];
                 // What the old relay did to an empty Query: slice past the end.
                 frame.get(5..frame.len() - 1).expect("a body");
                 1
             }));
-            let good = glommio::spawn_local(contain(|| "session=2".to_owned(), async { 2 }));
+            let good = monoio::spawn(contain(|| "session=2".to_owned(), async { 2 }));
             assert_eq!(bad.await, None, "the panic is caught");
             assert!(released.get(), "the panicking session's guards ran");
             assert_eq!(good.await, Some(2), "the other session is served");
             // The executor is still alive and serves new work.
-            let after = glommio::spawn_local(async { 3 }).await;
+            let after = monoio::spawn(async { 3 }).await;
             assert_eq!(after, 3);
         });
     }

@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
 use super::handshake::{Action, Handshake, Startup};
@@ -24,20 +25,16 @@ pub(super) async fn start(core: Rc<Core>, mut stream: TcpStream) -> Option<Clien
     let mut hs = Handshake::new(&config);
     let mut admission = None;
     let limit = config.server.startup_timeout;
-    let shake = async { Ok(drive(&core, &mut hs, &mut stream, &mut admission).await) };
-    let st = match glommio::timer::timeout(limit, shake).await {
+    let shake = drive(&core, &mut hs, &mut stream, &mut admission);
+    let st = match monoio::time::timeout(limit, shake).await {
         Ok(Some(st)) => st,
-        Ok(None) => {
-            let _ = stream.close().await;
-            return None;
-        }
+        Ok(None) => return None,
         Err(_) => {
             log::info!("client refused at startup: not done within startup_timeout_ms");
             let mut out = BytesMut::new();
             let e = ErrorFields::fatal("08006", "startup did not finish within startup_timeout_ms");
             encode::error_response(&mut out, &e);
-            let _ = stream.write_all(&out).await;
-            let _ = stream.close().await;
+            let _ = stream.write_all(out).await;
             return None;
         }
     };
@@ -57,16 +54,17 @@ async fn drive(
 ) -> Option<Startup> {
     loop {
         match hs.step() {
-            Action::Send(bytes) => stream.write_all(&bytes).await.ok()?,
+            Action::Send(bytes) => {
+                stream.write_all(bytes).await.0.ok()?;
+            }
             Action::Read => {
-                let start = hs.input.len();
-                hs.input.resize(start.saturating_add(STARTUP_READ), 0);
-                let n = stream
-                    .read(hs.input.get_mut(start..).unwrap_or_default())
-                    .await
-                    .unwrap_or(0);
-                hs.input.truncate(start.saturating_add(n));
-                if n == 0 {
+                // The read fills the spare room of the input buffer, which it owns meanwhile.
+                let mut buf = std::mem::take(&mut hs.input);
+                buf.reserve(STARTUP_READ);
+                let len = buf.len();
+                let (res, spare) = stream.read(buf.slice_mut(len..)).await;
+                hs.input = spare.into_inner();
+                if res.unwrap_or(0) == 0 {
                     return None;
                 }
             }
@@ -88,7 +86,7 @@ async fn drive(
             }
             Action::Close(bytes) => {
                 if !bytes.is_empty() {
-                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.write_all(bytes).await;
                 }
                 return None;
             }
@@ -116,8 +114,10 @@ async fn session(
         rule: st.rule,
         input,
     };
+    let (read, write) = stream.into_split();
     let mut client = Client {
-        stream,
+        reader: super::io::Reader::new(read),
+        writer: write,
         session: Session::new(core, start, cancel),
         _admission: admission,
     };

@@ -15,4 +15,5 @@ mod loadtest;
 mod pgbench;
 mod pooling;
 mod routing;
+mod runtime;
 mod tcp;

@@ -45,7 +45,7 @@ pub fn pgbench_data(c: &Cluster) {
     });
 }
 
-fn run_pgbench(port: u16, args: &[&str]) -> String {
+pub fn run_pgbench(port: u16, args: &[&str]) -> String {
     let out = Command::new("pgbench")
         .args([
             "-n",
