@@ -95,10 +95,31 @@ impl Held {
 /// One client connection: its socket and the session core deciding what to do with its bytes.
 pub(super) struct Client {
     pub(super) reader: Reader,
+    /// Room the client read in flight has.
+    pub(super) read_room: usize,
+    /// The last client read filled its room: the next one gets a full chunk.
+    pub(super) streaming_in: bool,
     pub(super) writer: OwnedWriteHalf<TcpStream>,
     pub(super) session: Session<Held>,
     /// Released last, when the client is dropped (also by a panic unwinding it).
     pub(super) _admission: Admission,
+}
+
+/// The buffer for the next client read. A client whose last read filled its room (it sends a
+/// lot) reads a full chunk at a time; a quiet one whose bytes were all handled gets a small
+/// buffer, so that an idle client keeps little in flight, and a large one it no longer needs
+/// is let go.
+fn read_room(mut buf: BytesMut, streaming_in: bool) -> BytesMut {
+    if buf.is_empty() && !streaming_in {
+        if buf.capacity() > 2 * IDLE_READ || buf.capacity() < IDLE_READ / 4 {
+            return BytesMut::with_capacity(IDLE_READ);
+        }
+        return buf;
+    }
+    if buf.capacity().saturating_sub(buf.len()) < CLIENT_CHUNK {
+        buf.reserve(CLIENT_CHUNK);
+    }
+    buf
 }
 
 /// What a client holds in its core from admission on: its place in `max_client_connections`
@@ -212,7 +233,8 @@ impl Client {
                     self.session.cbuf = buf;
                     match result {
                         Ok(0) => return Ok(()),
-                        Ok(_) => {}
+                        // A read that filled its room: the client is sending a lot.
+                        Ok(n) => self.streaming_in = n >= self.read_room,
                         Err(e) => return Err(Error::ClientIo(e)),
                     }
                 }
@@ -292,16 +314,8 @@ impl Client {
         let s = &mut self.session;
         s.shrink_when_idle();
         if s.reads_client() && !self.reader.is_busy() {
-            let mut buf = std::mem::take(&mut s.cbuf);
-            // An idle client's buffer was released: a small read serves most requests.
-            let want = if buf.is_empty() {
-                IDLE_READ
-            } else {
-                CLIENT_CHUNK
-            };
-            if buf.capacity().saturating_sub(buf.len()) < want {
-                buf.reserve(want);
-            }
+            let buf = read_room(std::mem::take(&mut s.cbuf), self.streaming_in);
+            self.read_room = buf.capacity().saturating_sub(buf.len());
             self.reader.start_read(buf);
         }
         if let Some(att) = s.attached.as_mut() {

@@ -117,6 +117,8 @@ async fn session(
     let (read, write) = stream.into_split();
     let mut client = Client {
         reader: super::io::Reader::new(read),
+        read_room: 0,
+        streaming_in: false,
         writer: write,
         session: Session::new(core, start, cancel),
         _admission: admission,
