@@ -3,9 +3,10 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::config::{Config, Role};
 
@@ -99,6 +100,95 @@ pub enum CoreMsg {
     Shutdown,
 }
 
+/// A core's inbox: a crossbeam channel whose sender also wakes the core's task that drains it,
+/// so that a core sleeps until a message comes instead of looking on a timer.
+pub fn core_channel() -> (CoreSender, CoreReceiver) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let bell = Arc::new(Doorbell::default());
+    (
+        CoreSender {
+            tx,
+            bell: bell.clone(),
+        },
+        CoreReceiver { rx, bell },
+    )
+}
+
+/// The waker of the task that drains a core's inbox. The only lock between threads, taken
+/// once per control message (and never on the data path).
+#[derive(Default)]
+struct Doorbell {
+    waker: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        let waker = self.waker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn listen(&self, waker: &Waker) {
+        if let Ok(mut w) = self.waker.lock() {
+            match w.as_ref() {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            }
+        }
+    }
+}
+
+/// Sends to a core and wakes it.
+#[derive(Clone)]
+pub struct CoreSender {
+    tx: Sender<CoreMsg>,
+    bell: Arc<Doorbell>,
+}
+
+impl CoreSender {
+    /// Queues `msg` for the core and wakes it; fails once the core is gone.
+    pub fn send(&self, msg: CoreMsg) -> Result<(), crossbeam_channel::SendError<CoreMsg>> {
+        self.tx.send(msg)?;
+        self.bell.ring();
+        Ok(())
+    }
+}
+
+impl Drop for CoreSender {
+    fn drop(&mut self) {
+        // The last sender gone disconnects the channel: the core must see it.
+        self.bell.ring();
+    }
+}
+
+/// A core's end of its inbox.
+pub struct CoreReceiver {
+    rx: Receiver<CoreMsg>,
+    bell: Arc<Doorbell>,
+}
+
+impl CoreReceiver {
+    /// The next message; `None` once every sender is gone.
+    pub async fn recv(&self) -> Option<CoreMsg> {
+        std::future::poll_fn(|cx| {
+            match self.rx.try_recv() {
+                Ok(msg) => return Poll::Ready(Some(msg)),
+                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                Err(TryRecvError::Empty) => {}
+            }
+            self.bell.listen(cx.waker());
+            // A message sent between the first look and the registration rang nobody.
+            match self.rx.try_recv() {
+                Ok(msg) => Poll::Ready(Some(msg)),
+                Err(TryRecvError::Disconnected) => Poll::Ready(None),
+                Err(TryRecvError::Empty) => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
 /// Messages to the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlMsg {
@@ -114,7 +204,7 @@ pub fn run(
     config: Arc<Config>,
     mut state: ClusterState,
     rx: Receiver<ControlMsg>,
-    cores: Vec<Sender<CoreMsg>>,
+    cores: Vec<CoreSender>,
 ) {
     loop {
         match rx.recv_timeout(RESOLVE_INTERVAL) {
@@ -158,6 +248,23 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the sending thread is no core: it may sleep
+    fn a_core_sleeps_until_another_thread_sends_and_sees_the_senders_go() {
+        let (tx, rx) = core_channel();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(CoreMsg::Shutdown).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            // Dropping the last sender here disconnects the inbox.
+        });
+        crate::worker::block_on(async {
+            assert!(matches!(rx.recv().await, Some(CoreMsg::Shutdown)));
+            assert!(rx.recv().await.is_none(), "every sender is gone");
+        });
+        sender.join().unwrap();
+    }
 
     #[test]
     fn names_resolve_to_ipv4_first() {

@@ -1,5 +1,5 @@
 //! One worker core: a pinned monoio runtime that owns its listener, its pools and its
-//! sessions, and drains the control channel without blocking.
+//! sessions, and follows the control channel.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -11,18 +11,15 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
 use crate::config::Config;
-use crate::control::{ClusterState, CoreMsg};
+use crate::control::{ClusterState, CoreMsg, CoreReceiver, CoreSender};
 use crate::pool::{core_share, Pool, PoolKey};
 use pgpilot_protocol::classify::Functions;
 
-/// How often a core looks at its control channel.
-const CONTROL_TICK: Duration = Duration::from_millis(5);
 /// How long a core leaves alone a replica it could not reach.
 const BENCH_TIME: Duration = Duration::from_secs(5);
 /// How often idle backend connections are reaped.
@@ -60,7 +57,7 @@ pub struct Core {
     /// Clients connected over all cores.
     clients: Arc<AtomicUsize>,
     /// Channels to every core (including this one), to forward CancelRequests.
-    peers: Vec<Sender<CoreMsg>>,
+    peers: Vec<CoreSender>,
     /// Replicas this core failed to reach, and until when it leaves them alone.
     benched: RefCell<HashMap<usize, Instant>>,
     /// Writing functions per database: the configured ones, plus the catalog's once loaded.
@@ -82,7 +79,7 @@ impl Core {
         config: Arc<Config>,
         state: Arc<ClusterState>,
         clients: Arc<AtomicUsize>,
-        peers: Vec<Sender<CoreMsg>>,
+        peers: Vec<CoreSender>,
     ) -> Core {
         let seed = u64::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<8>()) | 1;
         let configured_functions = Rc::new(config.routing.functions.clone());
@@ -302,15 +299,13 @@ impl Core {
         }
     }
 
-    /// Applies control messages on this core without ever blocking its executor.
-    pub async fn drain_control(self: Rc<Self>, rx: Receiver<CoreMsg>) {
-        loop {
-            match rx.try_recv() {
-                Ok(msg) => self.apply(msg),
-                Err(TryRecvError::Empty) => monoio::time::sleep(CONTROL_TICK).await,
-                Err(TryRecvError::Disconnected) => return self.begin_shutdown(),
-            }
+    /// Applies control messages on this core as they come: the sender wakes the core, which
+    /// sleeps meanwhile; no timer looks for them.
+    pub async fn follow_control(self: Rc<Self>, rx: CoreReceiver) {
+        while let Some(msg) = rx.recv().await {
+            self.apply(msg);
         }
+        self.begin_shutdown();
     }
 
     /// Closes idle backend connections past their time, once a second.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::config::Config;
-use crate::control::{self, ClusterState, ControlMsg, CoreMsg};
+use crate::control::{self, ClusterState, ControlMsg};
 use crate::core::Core;
 use crate::worker::Placement;
 use crate::{listener, worker};
@@ -70,9 +70,8 @@ impl Proxy {
             .and_then(|l| l.local_addr().ok())
             .unwrap_or(addr);
         let state = Arc::new(ClusterState::resolve(&config, 1));
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
-            .map(|_| crossbeam_channel::unbounded::<CoreMsg>())
-            .unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| control::core_channel()).unzip();
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
@@ -164,11 +163,11 @@ fn spawn_worker(
     make: impl FnOnce() -> Core + Send + 'static,
     placement: Placement,
     listener: std::net::TcpListener,
-    rx: crossbeam_channel::Receiver<CoreMsg>,
+    rx: control::CoreReceiver,
 ) -> Result<(JoinHandle<()>, &'static str), StartError> {
     worker::spawn(format!("pgpilot-{id}"), placement, move || async move {
         let core = std::rc::Rc::new(make());
-        monoio::spawn(core.clone().drain_control(rx));
+        monoio::spawn(core.clone().follow_control(rx));
         monoio::spawn(core.clone().reap());
         listener::serve(core.clone(), listener).await;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
