@@ -8,7 +8,8 @@
 # 2 workers and with 1; loads the pgbench tables; then runs every workload through
 # `pgpilot-loadtest`, the targets interleaved round after round. Prints one table per workload
 # and a summary (Markdown) with TPS ratios to direct PostgreSQL and to PgBouncer, p99 latency
-# and CPU seconds per 1,000 transactions of each proxy process. Everything it starts is stopped
+# and CPU seconds per 1,000 transactions of each proxy process; then select with 1,000 and
+# 5,000 clients, and with pools of 100, PgBouncer against pgpilot. Everything it starts is stopped
 # on exit. Not part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when
 # missing) and takes about 20 minutes (--quick: under 2).
 set -euo pipefail
@@ -26,9 +27,9 @@ done
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "$QUICK" = 1 ]; then
-  DURATION=1.5; WARMUP=0.5; ROUNDS=1; IDLE_CLIENTS=1000
+  DURATION=1.5; WARMUP=0.5; ROUNDS=1; IDLE_CLIENTS=1000; MANY="1000"
 else
-  DURATION=10; WARMUP=2; ROUNDS=3; IDLE_CLIENTS=10000
+  DURATION=10; WARMUP=2; ROUNDS=3; IDLE_CLIENTS=10000; MANY="1000 5000"
 fi
 CLIENTS=32
 
@@ -196,6 +197,40 @@ run open-loop --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1
 # And at a quarter, where no target is near its limit.
 run open-loop-quarter --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT" \
   --target "pgpilot=127.0.0.1:$PILOT_PORT" --workload select --clients "$CLIENTS" --rate "$((HALF / 2))"
+
+# 6. Many clients on select, transaction pooling, PgBouncer against pgpilot: 1,000 and 5,000
+# clients with the pools as they are (20 connections per backend), then 1,000 with pools of
+# 100 (PgBouncer's default_pool_size, pgpilot's pool.size). PostgreSQL allows 300 connections,
+# so pgpool-II and the one-worker pgpilot stop first to leave room for the pools of 100.
+# Logins take the warm-up (PgBouncer derives SCRAM keys for each), one round each.
+many() { # name, clients, pgbouncer port, pgpilot port
+  run "$1" --target "pgbouncer=127.0.0.1:$3" --target "pgpilot=127.0.0.1:$4" --workload select \
+    --clients "$2" --warmup $(($2 / 250 + 2)) --rounds 1
+}
+for n in $MANY; do
+  many "select-$n" "$n" "$PGB_PORT" "$PILOT_PORT"
+done
+kill -INT "$POOL_PID" 2>/dev/null || true
+kill "$PILOT1_PID" 2>/dev/null || true
+mkdir -p "$WORK/pgbouncer100"
+sed -e "s|^listen_port = .*|listen_port = $(free_port)|" -e 's|^default_pool_size = .*|default_pool_size = 100|' \
+  -e "s|$WORK/pgbouncer/pgbouncer\.|$WORK/pgbouncer100/pgbouncer.|" \
+  "$WORK/pgbouncer/pgbouncer.ini" >"$WORK/pgbouncer100/pgbouncer.ini"
+chown -R postgres "$WORK/pgbouncer100"
+su postgres -s /bin/sh -c "ulimit -n 20000 2>/dev/null; pgbouncer -d $WORK/pgbouncer100/pgbouncer.ini"
+PGB100_PORT=$(grep -oP 'listen_port = \K[0-9]+' "$WORK/pgbouncer100/pgbouncer.ini")
+PILOT100_PORT=$(free_port)
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$PILOT100_PORT\"/" -e 's/^size = .*/size = 100/' \
+  "$WORK/demo/pgpilot.toml" >"$WORK/pgpilot-100.toml"
+"$PGPILOT" --config "$WORK/pgpilot-100.toml" >"$WORK/pgpilot-100.log" 2>&1 &
+PIDS+=($!)
+PILOT100_PID=$!
+wait_port "$PGB100_PORT"; wait_port "$PILOT100_PORT"
+PGB100_PID=$(cat "$WORK/pgbouncer100/pgbouncer.pid")
+COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
+  --pid "pgbouncer=$PGB100_PID" --pid "pgpilot=$PILOT100_PID")
+many select-1000-pool100 1000 "$PGB100_PORT" "$PILOT100_PORT"
+kill "$PGB100_PID" 2>/dev/null || true
 
 python3 "$ROOT/loadtest/summary.py" "$OUT" | tee "$OUT/summary.md"
 echo "results in $OUT" >&2

@@ -8,7 +8,7 @@ import os
 import sys
 
 ORDER = ["select", "select-extended", "prepared", "tpcb", "churn", "idle", "open-loop",
-         "open-loop-quarter"]
+         "open-loop-quarter", "select-1000", "select-5000", "select-1000-pool100"]
 
 
 def fmt(v, spec):
