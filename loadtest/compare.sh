@@ -78,13 +78,19 @@ read -r PRIMARY R1 R2 <<<"$(grep -oP 'primary on 127.0.0.1:\K[0-9]+|and :\K[0-9]
 [ -n "${R2:-}" ] || { cat "$WORK/demo.log" >&2; exit 1; }
 echo "primary :$PRIMARY, replicas :$R1 :$R2, pgpilot :$PILOT_PORT" >&2
 
+# Another pgpilot on the demo's cluster: its name, its port, then a sed expression for its
+# config. Sets STARTED_PID.
+another_pgpilot() {
+  sed -e "s/^listen = .*/listen = \"127.0.0.1:$2\"/" -e "$3" "$WORK/demo/pgpilot.toml" >"$WORK/$1.toml"
+  "$PGPILOT" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+  PIDS+=($!)
+  STARTED_PID=$!
+}
+
 # 2. pgpilot with one worker, same cluster.
 PILOT1_PORT=$(free_port)
-sed -e "s/^listen = .*/listen = \"127.0.0.1:$PILOT1_PORT\"/" -e 's/^\[server\]$/[server]\nworkers = 1/' \
-  "$WORK/demo/pgpilot.toml" >"$WORK/pgpilot-1.toml"
-"$PGPILOT" --config "$WORK/pgpilot-1.toml" >"$WORK/pgpilot-1.log" 2>&1 &
-PIDS+=($!)
-PILOT1_PID=$!
+another_pgpilot pgpilot-1 "$PILOT1_PORT" 's/^\[server\]$/[server]\nworkers = 1/'
+PILOT1_PID=$STARTED_PID
 
 # 3. PgBouncer, transaction mode, SCRAM to clients, in front of the primary.
 mkdir -p "$WORK/pgbouncer"
@@ -220,11 +226,8 @@ chown -R postgres "$WORK/pgbouncer100"
 su postgres -s /bin/sh -c "ulimit -n 20000 2>/dev/null; pgbouncer -d $WORK/pgbouncer100/pgbouncer.ini"
 PGB100_PORT=$(grep -oP 'listen_port = \K[0-9]+' "$WORK/pgbouncer100/pgbouncer.ini")
 PILOT100_PORT=$(free_port)
-sed -e "s/^listen = .*/listen = \"127.0.0.1:$PILOT100_PORT\"/" -e 's/^size = .*/size = 100/' \
-  "$WORK/demo/pgpilot.toml" >"$WORK/pgpilot-100.toml"
-"$PGPILOT" --config "$WORK/pgpilot-100.toml" >"$WORK/pgpilot-100.log" 2>&1 &
-PIDS+=($!)
-PILOT100_PID=$!
+another_pgpilot pgpilot-100 "$PILOT100_PORT" 's/^size = .*/size = 100/'
+PILOT100_PID=$STARTED_PID
 wait_port "$PGB100_PORT"; wait_port "$PILOT100_PORT"
 PGB100_PID=$(cat "$WORK/pgbouncer100/pgbouncer.pid")
 COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
