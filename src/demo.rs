@@ -89,7 +89,7 @@ fn start(opts: &DemoOpts) -> Result<(LocalCluster, Proxy), String> {
 }
 
 /// Stops servers a previous demo in `dir` left running (after a kill -9, say).
-/// Runs on the main thread before any executor exists, so it may sleep.
+/// Runs on the main thread before any runtime exists, so it may sleep.
 #[allow(clippy::disallowed_methods)]
 fn stop_leftovers(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -16,10 +16,10 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML model; `Config::load` → validated, immutable `Config`.
-//! - [`proxy`]: starts the control plane and one executor per core; the handle stops them.
+//! - [`proxy`]: starts the control plane and one runtime per core; the handle stops them.
 //! - [`control`]: cluster state, control and core messages, the control-plane loop.
-//! - [`worker`]: a worker core's thread and executor; a worker that dies ends the process.
-//! - [`core`]: one executor's state: pools, sessions (for cancel), control-channel drain.
+//! - [`worker`]: a worker core's thread and monoio runtime; a worker that dies ends the process.
+//! - [`core`]: one runtime's state: pools, sessions (for cancel), the control channel it follows.
 //! - [`listener`]: SO_REUSEPORT listeners (socket2) and the accept loop.
 //! - [`session`]: one client: startup and auth, then a sans-IO session core (routing, pooling,
 //!   statement rewriting) inside a thin I/O shell.

@@ -27,7 +27,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// A worker executor did not start.
+    /// A worker runtime did not start.
     Worker { core: usize, reason: String },
 }
 
@@ -156,7 +156,7 @@ impl Drop for Proxy {
     }
 }
 
-/// Starts one worker executor: drains control messages, reaps idle backends, accepts clients
+/// Starts one worker runtime: follows control messages, reaps idle backends, accepts clients
 /// until shutdown, then gives sessions in a transaction up to `SHUTDOWN_GRACE` to finish.
 fn spawn_worker(
     id: usize,

@@ -438,7 +438,7 @@ mod tests {
             assert_eq!(bad.await, None, "the panic is caught");
             assert!(released.get(), "the panicking session's guards ran");
             assert_eq!(good.await, Some(2), "the other session is served");
-            // The executor is still alive and serves new work.
+            // The runtime is still alive and serves new work.
             let after = monoio::spawn(async { 3 }).await;
             assert_eq!(after, 3);
         });
