@@ -2,6 +2,7 @@
 //! `script`: no sockets, no runtime.
 
 use bytes::BytesMut;
+use pgpilot_protocol::backend::BackendMessage;
 use pgpilot_protocol::encode;
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::KIND_STATEMENT;
@@ -58,15 +59,13 @@ fn seen(s: &mut Script) -> (String, Vec<String>) {
     let mut codes = Vec::new();
     let mut scan = FrameScan::new(&got, u32::MAX);
     for f in &mut scan {
-        let body = f.body();
-        match f.tag() {
-            b'Z' => tags.push(char::from(body[0])),
-            b'E' => {
+        match BackendMessage::parse(f.bytes).expect("a valid backend message") {
+            BackendMessage::ReadyForQuery { status } => tags.push(char::from(status.as_byte())),
+            BackendMessage::ErrorResponse(fields) => {
                 tags.push('E');
-                let at = body.windows(1).position(|w| w[0] == b'C').expect("a code");
-                codes.push(String::from_utf8_lossy(&body[at + 1..at + 6]).into_owned());
+                codes.push(fields.code().to_owned());
             }
-            t => tags.push(char::from(t)),
+            _ => tags.push(char::from(f.tag())),
         }
     }
     assert!(scan.error().is_none(), "the client got whole, valid frames");
