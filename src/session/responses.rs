@@ -56,6 +56,27 @@ impl SlotQueue<'_> {
     }
 }
 
+/// Writes the made-up responses at the head of the queue into the batch `out`. While the batch
+/// is still the read buffer's own bytes (`changed` false), `before` (what it holds so far) is
+/// copied into `out` first.
+fn put_due_fakes(
+    slots: &mut VecDeque<Slot>,
+    out: &mut BytesMut,
+    changed: &mut bool,
+    before: Option<&[u8]>,
+) {
+    while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = slots.front().copied() {
+        if let Slot::Fake(tag) = slot {
+            if !*changed {
+                out.put_slice(before.unwrap_or_default());
+                *changed = true;
+            }
+            put_fake(out, tag);
+        }
+        slots.pop_front();
+    }
+}
+
 /// After an error PostgreSQL skips to the next Sync: the responses the skipped messages would
 /// have had never come, and statements they would have prepared do not exist.
 fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut Prepared, skipping: &mut bool) {
@@ -124,17 +145,7 @@ impl<L> Attached<L> {
                 Some(B::NoticeResponse | B::NotificationResponse | B::ParameterStatus)
             );
             if tracked && !asynchronous {
-                while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
-                {
-                    if let Slot::Fake(tag) = slot {
-                        if !changed {
-                            out.put_slice(rbuf.get(..at).unwrap_or_default());
-                            changed = true;
-                        }
-                        put_fake(&mut out, tag);
-                    }
-                    self.slots.pop_front();
-                }
+                put_due_fakes(&mut self.slots, &mut out, &mut changed, rbuf.get(..at));
                 let q = SlotQueue {
                     slots: &mut self.slots,
                     prepared: &mut self.backend.prepared,
@@ -164,17 +175,12 @@ impl<L> Attached<L> {
             if streamable && tracked {
                 // Made-up responses due before the row go out first, as the loop above
                 // would send them before the whole row.
-                while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = self.slots.front().copied()
-                {
-                    if let Slot::Fake(tag) = slot {
-                        if !changed {
-                            out.put_slice(rbuf.get(..consumed).unwrap_or_default());
-                            changed = true;
-                        }
-                        put_fake(&mut out, tag);
-                    }
-                    self.slots.pop_front();
-                }
+                put_due_fakes(
+                    &mut self.slots,
+                    &mut out,
+                    &mut changed,
+                    rbuf.get(..consumed),
+                );
             }
             let plain_front = !matches!(
                 self.slots.front(),
@@ -331,12 +337,8 @@ impl<L> Session<L> {
     /// Sends the made-up responses at the head of the queue: nothing is owed before them.
     pub(super) fn answer_fakes(&mut self) {
         if let Some(att) = self.attached.as_mut() {
-            while let Some(slot @ (Slot::Fake(_) | Slot::CopyEnd)) = att.slots.front().copied() {
-                if let Slot::Fake(tag) = slot {
-                    put_fake(&mut self.out, tag);
-                }
-                att.slots.pop_front();
-            }
+            // `out` is the proxy's own buffer: nothing to copy first.
+            put_due_fakes(&mut att.slots, &mut self.out, &mut true, None);
         }
     }
 
