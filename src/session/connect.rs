@@ -1,18 +1,119 @@
-//! The shell's side of [`Pump::Attach`](super::Pump::Attach): picks a backend through the router, checks it out,
-//! and brings it to the client's parameters before the core may send it anything.
+//! The shell's side of [`Pump::Attach`](super::Pump::Attach): picks a backend through the
+//! router, checks it out, and brings it to the client's parameters before the core may send
+//! it anything; and [`Held`], what the shell keeps of a backend while the core holds its
+//! protocol state.
 
-use bytes::BytesMut;
+use std::io;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{Canceller, Splitable};
 use pgpilot_protocol::backend::BackendMessage;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode;
 
-use super::shell::{Client, Held};
+use super::io::{ReadResult, Reader, Writer};
+use super::shell::Client;
 use super::{Attached, Checkout, Gucs};
-use crate::backend::Backend;
+use crate::backend::{Backend, Conn, Wire};
 use crate::config::Role;
 use crate::error::Error;
-use crate::pool::PoolKey;
+use crate::pool::{Pool, PoolKey};
 use crate::router;
+
+/// What a cancelled operation completes with.
+const ECANCELED: i32 = 125;
+
+/// What the shell keeps of an attached backend: its socket, split so that a read stays in
+/// flight while the outbox is written, and the pool it goes back to.
+pub(super) struct Held {
+    conn: Conn,
+    pub(super) pool: Rc<Pool>,
+    reader: Reader,
+    writer: Writer,
+    /// Calls off the read in flight when the backend is given back.
+    cancel: Canceller,
+}
+
+impl Held {
+    pub(super) fn new(backend: Backend, pool: Rc<Pool>) -> (Held, Wire) {
+        let (read, write) = backend.stream.into_split();
+        let held = Held {
+            conn: backend.conn,
+            pool,
+            reader: Reader::new(read),
+            writer: Writer::new(write),
+            cancel: Canceller::new(),
+        };
+        (held, backend.state)
+    }
+
+    /// Whether a write to the backend is in flight.
+    pub(super) fn writing(&self) -> bool {
+        self.writer.is_busy()
+    }
+
+    /// Whether a read of the backend is in flight.
+    pub(super) fn reading(&self) -> bool {
+        self.reader.is_busy()
+    }
+
+    /// Starts writing `chunk` (nothing else may be in flight on the write side).
+    pub(super) fn start_write(&mut self, chunk: Bytes) {
+        self.writer.start_write(chunk);
+    }
+
+    /// Starts a read into the spare room of `buf`, one that giving the backend back can call off.
+    pub(super) fn start_read(&mut self, buf: BytesMut) {
+        self.reader.start_cancelable_read(buf, self.cancel.handle());
+    }
+
+    /// The outcome of the write in flight, once it is done.
+    pub(super) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.writer.poll(cx)
+    }
+
+    /// The outcome of the read in flight, once it is done.
+    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
+        self.reader.poll(cx)
+    }
+
+    /// Calls off the read in flight and joins the socket again. `None` when the backend is not
+    /// clean: bytes arrived meanwhile (part of a message, a notice, an error), the socket failed,
+    /// or a write had not finished.
+    pub(super) async fn rejoin(self, mut state: Wire) -> Option<(Backend, Rc<Pool>)> {
+        let Held {
+            conn,
+            pool,
+            mut reader,
+            mut writer,
+            cancel,
+        } = self;
+        if reader.is_busy() {
+            let _ = cancel.cancel();
+            match reader.settle().await {
+                Some((Err(e), buf)) if e.raw_os_error() == Some(ECANCELED) => state.rbuf = buf,
+                _ => return None,
+            }
+        }
+        if let Some(Err(_)) = writer.settle().await {
+            return None;
+        }
+        if !state.rbuf.is_empty() {
+            return None;
+        }
+        let stream = reader.into_idle()?.reunite(writer.into_idle()?).ok()?;
+        Some((
+            Backend {
+                stream,
+                conn,
+                state,
+            },
+            pool,
+        ))
+    }
+}
 
 impl Client {
     /// A backend that may run statements for `target`: `reuse` (the session's own) if it can
@@ -111,11 +212,7 @@ impl Client {
     }
 }
 
-fn checkout(
-    backend: Backend,
-    pool: std::rc::Rc<crate::pool::Pool>,
-    on_replica: bool,
-) -> Checkout<Held> {
+fn checkout(backend: Backend, pool: Rc<Pool>, on_replica: bool) -> Checkout<Held> {
     let (link, backend) = Held::new(backend, pool);
     Checkout {
         link,

@@ -285,6 +285,11 @@ impl<L> Session<L> {
         self.actions.pop()
     }
 
+    /// Whether anything waits for the shell: bytes for the client or backends to pool.
+    pub fn has_work(&self) -> bool {
+        !self.output.is_empty() || !self.out.is_empty() || !self.actions.is_empty()
+    }
+
     /// Between transactions (no backend attached, everything handed over), the session keeps
     /// no room it is not using: an idle client costs as little as it can.
     fn shrink_when_idle(&mut self) {

@@ -11,86 +11,24 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::FutureExt;
-use monoio::io::{AsyncWriteRentExt, Canceller, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRentExt, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
-use super::io::{ReadResult, Reader, Writer};
+use super::connect::Held;
+use super::io::{ReadResult, Reader};
 use super::{Action, Pump, Reset, Session};
-use crate::backend::{Backend, Conn, Wire, READ_CHUNK};
+use crate::backend::READ_CHUNK;
 use crate::core::Core;
 use crate::error::Error;
-use crate::pool::Pool;
 
 /// Bytes asked of the kernel per client read.
 const CLIENT_CHUNK: usize = 8 * 1024;
 /// Bytes a client read asks for when the client's buffer has been released (an idle client
 /// keeps no more than this in flight).
 const IDLE_READ: usize = 1024;
-/// What a cancelled operation completes with.
-const ECANCELED: i32 = 125;
 /// How long a session that panicked may take to tell its client so.
 const PANIC_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What the shell keeps of an attached backend: its socket, split so that a read stays in
-/// flight while the outbox is written, and the pool it goes back to.
-pub(super) struct Held {
-    conn: Conn,
-    pub(super) pool: Rc<Pool>,
-    reader: Reader,
-    writer: Writer,
-    /// Calls off the read in flight when the backend is given back.
-    cancel: Canceller,
-}
-
-impl Held {
-    pub(super) fn new(backend: Backend, pool: Rc<Pool>) -> (Held, Wire) {
-        let (read, write) = backend.stream.into_split();
-        let held = Held {
-            conn: backend.conn,
-            pool,
-            reader: Reader::new(read),
-            writer: Writer::new(write),
-            cancel: Canceller::new(),
-        };
-        (held, backend.state)
-    }
-
-    /// Calls off the read in flight and joins the socket again. `None` when the backend is not
-    /// clean: bytes arrived meanwhile (part of a message, a notice, an error), the socket failed,
-    /// or a write had not finished.
-    pub(super) async fn rejoin(self, mut state: Wire) -> Option<(Backend, Rc<Pool>)> {
-        let Held {
-            conn,
-            pool,
-            mut reader,
-            mut writer,
-            cancel,
-        } = self;
-        if reader.is_busy() {
-            let _ = cancel.cancel();
-            match reader.settle().await {
-                Some((Err(e), buf)) if e.raw_os_error() == Some(ECANCELED) => state.rbuf = buf,
-                _ => return None,
-            }
-        }
-        if let Some(Err(_)) = writer.settle().await {
-            return None;
-        }
-        if !state.rbuf.is_empty() {
-            return None;
-        }
-        let stream = reader.into_idle()?.reunite(writer.into_idle()?).ok()?;
-        Some((
-            Backend {
-                stream,
-                conn,
-                state,
-            },
-            pool,
-        ))
-    }
-}
 
 /// One client connection: its socket and the session core deciding what to do with its bytes.
 pub(super) struct Client {
@@ -221,13 +159,13 @@ impl Client {
                     Pump::Wait => break,
                     Pump::Terminate => return Ok(()),
                     Pump::Attach { target, reuse } => {
-                        Box::pin(self.perform()).await?;
+                        self.perform_boxed().await?;
                         let got = Box::pin(self.connect(target, reuse)).await;
                         self.session.attached(got);
                     }
                 }
             }
-            Box::pin(self.perform()).await?;
+            self.perform_boxed().await?;
             match self.wait().await {
                 Event::Client((result, buf)) => {
                     self.session.cbuf = buf;
@@ -268,6 +206,15 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// [`Client::perform`], boxed so that an idle session's future does not carry it; and
+    /// not even boxed when there is nothing to do, as after most backend reads.
+    async fn perform_boxed(&mut self) -> Result<(), Error> {
+        if !self.session.has_work() {
+            return Ok(());
+        }
+        Box::pin(self.perform()).await
     }
 
     /// Does what the core queued: bytes to the client and backends back to their pools. The
@@ -319,18 +266,17 @@ impl Client {
             self.reader.start_read(buf);
         }
         if let Some(att) = s.attached.as_mut() {
-            let held = &mut att.link;
-            if !held.writer.is_busy() {
+            if !att.link.writing() {
                 if let Some(chunk) = att.outbox.next_chunk() {
-                    held.writer.start_write(chunk);
+                    att.link.start_write(chunk);
                 }
             }
-            if !held.reader.is_busy() {
+            if !att.link.reading() {
                 let mut buf = std::mem::take(&mut att.backend.rbuf);
                 if buf.capacity().saturating_sub(buf.len()) < READ_CHUNK {
                     buf.reserve(READ_CHUNK);
                 }
-                held.reader.start_cancelable_read(buf, held.cancel.handle());
+                att.link.start_read(buf);
             }
         }
         let idle = s.is_idle();
@@ -341,10 +287,10 @@ impl Client {
                 return Poll::Ready(Event::Client(r));
             }
             if let Some(att) = attached.as_mut() {
-                if let Poll::Ready(r) = att.link.writer.poll(cx) {
+                if let Poll::Ready(r) = att.link.poll_write(cx) {
                     return Poll::Ready(Event::Written(r));
                 }
-                if let Poll::Ready(r) = att.link.reader.poll(cx) {
+                if let Poll::Ready(r) = att.link.poll_read(cx) {
                     return Poll::Ready(Event::Backend(r));
                 }
             }
