@@ -17,6 +17,9 @@ use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permit;
 
+mod wire;
+pub use wire::{Prepared, ServerParams, Wire};
+
 /// Backends are trusted; their messages are bounded only by PostgreSQL's own limit.
 pub const MAX_BACKEND_MESSAGE: u32 = 1 << 30;
 /// Bytes asked of the kernel per read.
@@ -54,38 +57,6 @@ pub struct Conn {
     pub idle_since: Instant,
     /// Pool capacity this connection holds while checked out.
     pub permit: Option<Permit>,
-}
-
-/// The protocol half of a [`Backend`], its side of the wire: bytes read and not yet handled, and what the backend
-/// has said about itself. No socket: the session core and its tests work on this alone.
-#[derive(Debug)]
-pub struct Wire {
-    /// Bytes read from the backend and not yet forwarded.
-    pub rbuf: BytesMut,
-    /// Where it is connected.
-    pub addr: SocketAddr,
-    /// The server's BackendKeyData, used to cancel its queries.
-    pub key: (u32, u32),
-    /// ParameterStatus values the server has reported.
-    pub params: ServerParams,
-    /// Hash of the client parameter set applied with SET (0 = server defaults, `u64::MAX` = unknown).
-    pub applied: u64,
-    /// Shared prepared statements this connection has (transaction pooling).
-    pub prepared: Prepared,
-}
-
-impl Wire {
-    /// A just-authenticated backend at `addr`, nothing known of it yet.
-    pub fn new(addr: SocketAddr) -> Wire {
-        Wire {
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            addr,
-            key: (0, 0),
-            params: ServerParams::default(),
-            applied: 0,
-            prepared: Prepared::default(),
-        }
-    }
 }
 
 impl Backend {
@@ -307,85 +278,6 @@ impl Backend {
     }
 }
 
-/// The ParameterStatus values a server has reported, in arrival order.
-#[derive(Debug, Default)]
-pub struct ServerParams {
-    /// `(name, value)` pairs.
-    pub list: Vec<(String, String)>,
-    /// Changes whenever `list` changes; lets a session skip comparing unchanged sets.
-    pub version: u64,
-}
-
-impl ServerParams {
-    /// Records a ParameterStatus the server sent.
-    pub fn set(&mut self, name: &str, value: &str) {
-        match self.list.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) if v == value => return,
-            Some((_, v)) => *v = value.to_owned(),
-            None => self.list.push((name.to_owned(), value.to_owned())),
-        }
-        self.version = next_params_version();
-    }
-}
-
-/// The shared prepared statements of one backend, by query hash, with their last use so that
-/// the least recently used one is closed when there are too many.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    used: std::collections::HashMap<u64, u64>,
-    tick: u64,
-}
-
-impl Prepared {
-    /// Whether the backend has the statement; counts as a use.
-    pub fn contains(&mut self, hash: u64) -> bool {
-        self.tick += 1;
-        match self.used.get_mut(&hash) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Records a statement; returns the least recently used one to close when more than `cap`.
-    pub fn insert(&mut self, hash: u64, cap: usize) -> Option<u64> {
-        self.tick += 1;
-        self.used.insert(hash, self.tick);
-        if self.used.len() <= cap.max(1) {
-            return None;
-        }
-        let (&oldest, _) = self
-            .used
-            .iter()
-            .filter(|(h, _)| **h != hash)
-            .min_by_key(|(_, t)| **t)?;
-        self.used.remove(&oldest);
-        Some(oldest)
-    }
-
-    /// Forgets a statement (its Parse failed).
-    pub fn remove(&mut self, hash: u64) {
-        self.used.remove(&hash);
-    }
-
-    /// Forgets all (DISCARD ALL / DEALLOCATE ALL ran on the backend).
-    pub fn clear(&mut self) {
-        self.used.clear();
-    }
-
-    /// Statements the backend has.
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    /// Whether it has none.
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
-}
-
 /// The first column of a DataRow body (NULL and malformed rows as empty).
 fn first_column(body: &[u8]) -> Vec<u8> {
     let Some(&[_, _, a, b, c, d]) = body.first_chunk::<6>() else {
@@ -397,14 +289,4 @@ fn first_column(body: &[u8]) -> Vec<u8> {
         .and_then(|n| body.get(6..6 + n))
         .map(<[u8]>::to_vec)
         .unwrap_or_default()
-}
-
-fn next_params_version() -> u64 {
-    use std::cell::Cell;
-    thread_local!(static NEXT: Cell<u64> = const { Cell::new(1) });
-    NEXT.with(|n| {
-        let v = n.get();
-        n.set(v + 1);
-        v
-    })
 }
