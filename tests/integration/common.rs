@@ -173,6 +173,24 @@ pub fn config_text(c: &Cluster, o: &Opts) -> String {
     t
 }
 
+/// [`config_text`] listening on `port`, for a proxy run as its own process.
+pub fn config_text_on(c: &Cluster, o: &Opts, port: u16) -> String {
+    config_text(c, o).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    )
+}
+
+/// A proxy process, killed when the test ends, passed or not.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A proxy in front of the test cluster.
 pub fn proxy(c: &Cluster, o: &Opts) -> Proxy {
     let _ = env_logger::builder().is_test(true).try_init();

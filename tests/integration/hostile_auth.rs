@@ -260,16 +260,6 @@ fn failed_logins_never_open_a_backend() {
     ));
 }
 
-/// Kills the proxy process when the test ends, passed or not.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_password_never_reaches_the_log() {
     let Some(c) = common::cluster() else { return };
@@ -278,11 +268,8 @@ fn the_password_never_reaches_the_log() {
     std::fs::create_dir_all(&dir).unwrap();
     let port = pgpilot::cluster::free_port().unwrap();
     // The password comes from the proxy's environment, so it is in no file the log could quote.
-    let text =
-        common::config_text(c, &Opts::default()).replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        ) + &format!("\n[[users]]\nname = \"{LOG_ROLE}\"\npassword = \"${{PROBE_SECRET}}\"\n");
+    let text = common::config_text_on(c, &Opts::default(), port)
+        + &format!("\n[[users]]\nname = \"{LOG_ROLE}\"\npassword = \"${{PROBE_SECRET}}\"\n");
     let config = dir.join("pgpilot.toml");
     std::fs::write(&config, text).unwrap();
     let pgpilot = || {
@@ -299,7 +286,7 @@ fn the_password_never_reaches_the_log() {
     );
 
     let log = dir.join("pgpilot.log");
-    let _proxy = Child(
+    let _proxy = common::Child(
         pgpilot()
             .arg("--config")
             .arg(&config)

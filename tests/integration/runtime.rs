@@ -6,18 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{self, Opts};
+use crate::common::{self, Child, Opts};
 use crate::pgbench::{pgbench_data, run_pgbench};
-
-/// A proxy process, killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the pgpilot binary on `port` with `env` set, logging to `log`.
 fn start(config: &Path, log: &Path, port: u16, env: &[(&str, &str)]) -> Child {
@@ -68,10 +58,7 @@ fn both_io_drivers_serve_pgbench_in_both_pool_modes() {
             pool_size: if mode == "session" { 16 } else { 4 },
             ..Opts::default()
         };
-        let text = common::config_text(c, &opts).replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
+        let text = common::config_text_on(c, &opts, port);
         let config = dir.join(format!("{mode}-{}.toml", forced.unwrap_or("default")));
         std::fs::write(&config, text).unwrap();
         let log = config.with_extension("log");
