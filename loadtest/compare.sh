@@ -5,7 +5,7 @@
 #
 # Starts a primary and two streaming replicas (`pgpilot demo`), PgBouncer in transaction mode
 # in front of the primary, pgpool-II with load balancing over the replicas, and pgpilot with
-# 2 workers and with 1; loads the pgbench tables; then runs every workload through
+# 2 workers, with 1, and with 2 in front of the primary alone; loads the pgbench tables; then runs every workload through
 # `pgpilot-loadtest`, the targets interleaved round after round. Prints one table per workload
 # and a summary (Markdown) with TPS ratios to direct PostgreSQL and to PgBouncer, p99 latency
 # and CPU seconds per 1,000 transactions of each proxy process; then select with 1,000 and
@@ -92,6 +92,22 @@ PILOT1_PORT=$(free_port)
 another_pgpilot pgpilot-1 "$PILOT1_PORT" 's/^\[server\]$/[server]\nworkers = 1/'
 PILOT1_PID=$STARTED_PID
 
+# 2b. pgpilot (2 workers) with the primary alone: the same work as PgBouncer's, so that the
+# proxy's own cost is compared, not the cost of serving reads from two more servers on the
+# same two cores.
+PILOTP_PORT=$(free_port)
+python3 - "$WORK/demo/pgpilot.toml" "$PILOTP_PORT" >"$WORK/pgpilot-primary.toml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+text = re.sub(r'(?m)^listen = .*$', f'listen = "127.0.0.1:{sys.argv[2]}"', text)
+head, *backends = text.split("[[backends]]")
+kept = [b.replace("weight = 0", "weight = 1") for b in backends if 'role = "primary"' in b]
+print("[[backends]]".join([head] + kept))
+PY
+"$PGPILOT" --config "$WORK/pgpilot-primary.toml" >"$WORK/pgpilot-primary.log" 2>&1 &
+PIDS+=($!)
+PILOTP_PID=$!
+
 # 3. PgBouncer, transaction mode, SCRAM to clients, in front of the primary.
 mkdir -p "$WORK/pgbouncer"
 cat >"$WORK/pgbouncer/pgbouncer.ini" <<EOF
@@ -156,7 +172,7 @@ su postgres -s /bin/sh -c "pgpool -n -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool
   >"$WORK/pgpool/pgpool.out" 2>&1 &
 PIDS+=($!)
 
-wait_port "$PILOT1_PORT"; wait_port "$PGB_PORT"; wait_port "$POOL_PORT"
+wait_port "$PILOT1_PORT"; wait_port "$PILOTP_PORT"; wait_port "$PGB_PORT"; wait_port "$POOL_PORT"
 PGB_PID=$(cat "$WORK/pgbouncer/pgbouncer.pid")
 POOL_PID=$(cat "$WORK/pgpool/pgpool.pid")
 
@@ -174,15 +190,17 @@ versions() {
 versions | tee "$OUT/versions.txt" >&2
 
 COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
-  --pid "pgbouncer=$PGB_PID" --pid "pgpool=$POOL_PID" --pid "pgpilot=$PILOT_PID" --pid "pgpilot-w1=$PILOT1_PID")
+  --pid "pgbouncer=$PGB_PID" --pid "pgpool=$POOL_PID" --pid "pgpilot=$PILOT_PID" --pid "pgpilot-w1=$PILOT1_PID"
+  --pid "pgpilot-primary=$PILOTP_PID")
 ALL=(--target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$PGB_PORT"
   --target "pgpool=127.0.0.1:$POOL_PORT" --target "pgpilot=127.0.0.1:$PILOT_PORT"
-  --target "pgpilot-w1=127.0.0.1:$PILOT1_PORT")
+  --target "pgpilot-w1=127.0.0.1:$PILOT1_PORT" --target "pgpilot-primary=127.0.0.1:$PILOTP_PORT")
 
 run() { # name, loadtest arguments...
   local name=$1; shift
   echo "== $name" >&2
-  "$LOADTEST" "${COMMON[@]}" "$@" --json >"$OUT/$name.json"
+  # Round lines and slow transactions (stderr) are kept beside the JSON.
+  "$LOADTEST" "${COMMON[@]}" "$@" --json >"$OUT/$name.json" 2> >(tee "$OUT/$name.log" >&2)
 }
 
 for w in select select-extended prepared tpcb; do
@@ -217,7 +235,7 @@ for n in $MANY; do
   many "select-$n" "$n" "$PGB_PORT" "$PILOT_PORT"
 done
 kill -INT "$POOL_PID" 2>/dev/null || true
-kill "$PILOT1_PID" 2>/dev/null || true
+kill "$PILOT1_PID" "$PILOTP_PID" 2>/dev/null || true
 mkdir -p "$WORK/pgbouncer100"
 sed -e "s|^listen_port = .*|listen_port = $(free_port)|" -e 's|^default_pool_size = .*|default_pool_size = 100|' \
   -e "s|$WORK/pgbouncer/pgbouncer\.|$WORK/pgbouncer100/pgbouncer.|" \

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use client::Target;
-use workload::{Settings, Workload};
+use workload::{Settings, Workload, SLOW};
 
 const USAGE: &str = "usage: pgpilot-loadtest --target NAME=HOST:PORT [--target ...]
   [--user app] [--password app] [--database app]
@@ -161,12 +161,29 @@ impl Run {
                     .zip(cpu_before)
                     .map(|(a, b)| a.saturating_sub(b));
                 eprintln!(
-                    "round {} {}: {:.0} tps, {} errors",
+                    "round {} {}: {:.0} tps, max {:.1} ms, {} errors",
                     round + 1,
                     target.name,
                     result.tps(),
+                    result.max().as_secs_f64() * 1000.0,
                     result.errors.values().sum::<u64>()
                 );
+                if !result.slow.is_empty() {
+                    let mut slow = result.slow.clone();
+                    slow.sort_by_key(|s| s.start);
+                    let list: Vec<String> = slow
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "c{}@{:.3}s+{:.0}ms",
+                                s.client,
+                                s.start.as_secs_f64(),
+                                s.latency.as_secs_f64() * 1000.0
+                            )
+                        })
+                        .collect();
+                    eprintln!("  slow (>= {} ms): {}", SLOW.as_millis(), list.join(" "));
+                }
                 if let (Some(per), Some((_, open))) = (rss_per_client, rss_during) {
                     eprintln!(
                         "round {} {}: {:.0} bytes of RSS per open connection ({open} open)",

@@ -260,6 +260,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latency,
             errors: BTreeMap::new(),
+            slow: Vec::new(),
         };
         Sample {
             round,

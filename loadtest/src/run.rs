@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, Conn, Target};
-use crate::workload::{transaction, Rng, RunResult, Settings, Workload, SELECT};
+use crate::workload::{transaction, Rng, RunResult, Settings, Slow, Workload, SELECT, SLOW};
 
 /// What every client of a run adds to, across load threads.
 #[derive(Default)]
@@ -154,9 +154,15 @@ async fn client_loop(
             Ok(()) => {
                 r.transactions += 1;
                 counters.done.fetch_add(1, Ordering::Relaxed);
-                let _ = r
-                    .latency
-                    .record((finished - intended).as_micros().max(1) as u64);
+                let latency = finished - intended;
+                let _ = r.latency.record(latency.as_micros().max(1) as u64);
+                if latency >= SLOW {
+                    r.note_slow(Slow {
+                        client: i,
+                        start: intended - window.measure_from,
+                        latency,
+                    });
+                }
             }
             Err(e) => {
                 *r.errors.entry(e.code()).or_default() += 1;

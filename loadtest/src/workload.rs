@@ -96,6 +96,23 @@ pub struct RunResult {
     pub latency: Histogram<u64>,
     /// Errors by SQLSTATE (or "io", "protocol", "connect").
     pub errors: BTreeMap<String, u64>,
+    /// The first [`SLOW_KEPT`] transactions slower than [`SLOW`], to tell a stall of one
+    /// client from one of a whole proxy thread.
+    pub slow: Vec<Slow>,
+}
+
+/// A transaction is reported as slow from this latency on.
+pub const SLOW: Duration = Duration::from_millis(50);
+/// Slow transactions kept per run.
+pub const SLOW_KEPT: usize = 64;
+
+/// One slow transaction: which client, when it started, how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct Slow {
+    pub client: usize,
+    /// Start, from the beginning of the measured window.
+    pub start: Duration,
+    pub latency: Duration,
 }
 
 impl RunResult {
@@ -106,7 +123,20 @@ impl RunResult {
             elapsed,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             errors: BTreeMap::new(),
+            slow: Vec::new(),
         }
+    }
+
+    /// Notes a slow transaction, while fewer than [`SLOW_KEPT`] are kept.
+    pub fn note_slow(&mut self, slow: Slow) {
+        if self.slow.len() < SLOW_KEPT {
+            self.slow.push(slow);
+        }
+    }
+
+    /// The longest latency recorded.
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.latency.max())
     }
 
     /// Adds another result's transactions, latencies and errors to this one.
@@ -116,6 +146,8 @@ impl RunResult {
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
+        let room = SLOW_KEPT.saturating_sub(self.slow.len());
+        self.slow.extend(other.slow.iter().take(room));
     }
 
     /// Transactions per second.
