@@ -80,7 +80,7 @@ impl Backend {
                 idle_since: now,
                 permit: None,
             },
-            state: Wire::new(addr),
+            state: Wire::new(backend_id, addr),
         };
         let mut out = BytesMut::new();
         encode::startup_message(

@@ -240,6 +240,34 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stops server `i` the way a crash would (`pg_ctl stop -m immediate`).
+    pub fn crash(&self, i: usize) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Starts server `i` again after [`LocalCluster::crash`].
+    pub fn restart(&self, i: usize) -> Result<(), ClusterError> {
+        self.start(i)
+    }
+
+    /// The process id of server `i`'s postmaster, while it runs.
+    pub fn postmaster_pid(&self, i: usize) -> Option<u32> {
+        let pidfile = fs::read_to_string(self.data(i).join("postmaster.pid")).ok()?;
+        pidfile.lines().next()?.trim().parse().ok()
+    }
+
     /// Stops every server (fast shutdown) and keeps the directory.
     pub fn stop(&mut self) {
         if self.stopped {

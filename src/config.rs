@@ -12,6 +12,8 @@ use pgpilot_protocol::classify::Functions;
 use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
+mod health;
+pub use health::HealthConfig;
 mod raw;
 mod secret;
 mod tcp;
@@ -229,6 +231,8 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// `[routing]`.
     pub routing: RoutingConfig,
+    /// `[health]`.
+    pub health: HealthConfig,
 }
 
 impl Config {

@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
 use crate::config::Config;
-use crate::control::{ClusterState, CoreMsg, CoreReceiver, CoreSender};
+use crate::control::{ClusterState, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
 use pgpilot_protocol::classify::Functions;
 
@@ -110,10 +110,16 @@ impl Core {
 
     /// Leaves a backend this core failed to reach alone for a moment (until health checks
     /// decide for the whole proxy).
+    /// Its idle pooled connections on this core are closed too: they most likely failed with it.
     pub fn bench(&self, backend_id: usize) {
         self.benched
             .borrow_mut()
             .insert(backend_id, Instant::now() + BENCH_TIME);
+        for pool in self.pools.borrow().values() {
+            if pool.key.backend_id == backend_id {
+                pool.close_idle();
+            }
+        }
     }
 
     /// Whether this core is leaving a backend alone right now.
@@ -290,7 +296,12 @@ impl Core {
                     return;
                 }
                 for pool in self.pools.borrow().values() {
-                    pool.set_addr(state.backends.get(pool.key.backend_id).and_then(|b| b.addr));
+                    let backend = state.backends.get(pool.key.backend_id);
+                    pool.set_addr(backend.and_then(|b| b.addr));
+                    // Detached: its idle connections go; those in use finish or fail.
+                    if backend.is_some_and(|b| b.status == Status::Down) {
+                        pool.close_idle();
+                    }
                 }
                 *self.state.borrow_mut() = state;
             }

@@ -11,13 +11,15 @@
 //!                            core k's Pool[(backend, user, database)] ──► Backend
 //!                                                 ▲
 //! Control plane (one thread, off the data path):  │ versioned ClusterState snapshots
-//!   DNS re-resolution ─ signals ─► crossbeam-channel ─► every core
+//!   health checks ─ DNS re-resolution ─ signals ─► crossbeam-channel ─► every core
 //! ```
 //!
 //! # Layout
 //! - [`config`]: the TOML model; `Config::load` → validated, immutable `Config`.
 //! - [`proxy`]: starts the control plane and one runtime per core; the handle stops them.
 //! - [`control`]: cluster state, control and core messages, the control-plane loop.
+//! - [`health`]: the checks (on a thread of their own) and the hysteresis that turns them
+//!   into detach, attach, lag exclusion and slow start.
 //! - [`worker`]: a worker core's thread and monoio runtime; a worker that dies ends the process.
 //! - [`core`]: one runtime's state: pools, sessions (for cancel), the control channel it follows.
 //! - [`listener`]: SO_REUSEPORT listeners (socket2) and the accept loop.
@@ -40,6 +42,7 @@ pub mod control;
 pub mod core;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod listener;
 pub mod permits;
 pub mod pool;

@@ -179,6 +179,11 @@ impl Pool {
         }
     }
 
+    /// Closes every idle connection (its backend left the rotation).
+    pub fn close_idle(&self) {
+        self.idle.borrow_mut().clear();
+    }
+
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()

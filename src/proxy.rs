@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ impl std::error::Error for StartError {}
 /// A running proxy. Dropping it shuts it down and waits for its threads.
 pub struct Proxy {
     addr: SocketAddr,
+    latest: control::Latest,
     control: Sender<ControlMsg>,
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -95,9 +96,21 @@ impl Proxy {
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let control_state = (*state).clone();
         let control_config = config.clone();
+        let checks = control_tx.clone();
+        let latest: control::Latest = Arc::new(Mutex::new(state.clone()));
+        let published = latest.clone();
         let control_thread = std::thread::Builder::new()
             .name("pgpilot-control".into())
-            .spawn(move || control::run(control_config, control_state, control_rx, senders))
+            .spawn(move || {
+                control::run(
+                    control_config,
+                    control_state,
+                    control_rx,
+                    checks,
+                    senders,
+                    published,
+                )
+            })
             .map_err(|e| StartError::Worker {
                 core: workers,
                 reason: e.to_string(),
@@ -108,6 +121,7 @@ impl Proxy {
         );
         Ok(Proxy {
             addr,
+            latest,
             control: control_tx,
             control_thread: Some(control_thread),
             workers: handles,
@@ -117,6 +131,14 @@ impl Proxy {
     /// The address clients connect to (with the real port when the config said 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster as the control plane last published it (roles, addresses, health).
+    pub fn cluster_state(&self) -> Arc<ClusterState> {
+        match self.latest.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// A sender that asks the proxy to shut down (for signal handlers).

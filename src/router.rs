@@ -15,7 +15,8 @@ pub fn pick(
     roll: u64,
     benched: impl Fn(usize) -> bool,
 ) -> Option<usize> {
-    let usable = |b: &&BackendState| b.status == Status::Up && b.addr.is_some() && !benched(b.id);
+    let reachable = |b: &&BackendState| b.addr.is_some() && !benched(b.id);
+    let usable = |b: &&BackendState| b.status == Status::Up && reachable(b);
     if target == Target::Replica {
         let total: u64 = state
             .backends
@@ -39,7 +40,9 @@ pub fn pick(
             }
         }
     }
-    state.primary().filter(usable).map(|b| b.id)
+    // The primary is never detached: whatever its checks say, work that needs it goes there
+    // (the platform fails it over, and the proxy follows its name).
+    state.primary().filter(reachable).map(|b| b.id)
 }
 
 #[cfg(test)]

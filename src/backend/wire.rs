@@ -13,6 +13,8 @@ use super::READ_CHUNK;
 pub struct Wire {
     /// Bytes read from the backend and not yet forwarded.
     pub rbuf: BytesMut,
+    /// The backend's id in the cluster state.
+    pub id: usize,
     /// Where it is connected.
     pub addr: SocketAddr,
     /// The server's BackendKeyData, used to cancel its queries.
@@ -26,10 +28,11 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// A just-authenticated backend at `addr`, nothing known of it yet.
-    pub fn new(addr: SocketAddr) -> Wire {
+    /// A just-authenticated connection to backend `id` at `addr`, nothing known of it yet.
+    pub fn new(id: usize, addr: SocketAddr) -> Wire {
         Wire {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
+            id,
             addr,
             key: (0, 0),
             params: ServerParams::default(),

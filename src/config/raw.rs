@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     backends: Vec<RawBackend>,
     #[serde(default)]
     routing: RawRouting,
+    #[serde(default)]
+    health: super::health::RawHealth,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,10 +177,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         key: key.into(),
         problem,
     };
+    let names: Vec<String> = raw.users.iter().map(|u| u.name.clone()).collect();
     Ok(Config {
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
+        health: super::health::validate(raw.health, &names, &err)?,
         users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,

@@ -4,6 +4,7 @@
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode;
+use pgpilot_protocol::frame::FrameScan;
 
 use super::responses::note_param;
 use super::{Action, Attached, Checkout, Intake, Pump, Reset, Session, Waiting};
@@ -17,6 +18,8 @@ impl<L> Session<L> {
     /// A session's own backend that could not be set up again is only logged: the unit is
     /// scanned again and attaches a new one.
     pub fn attached(&mut self, got: Result<Checkout<L>, Error>) {
+        // Whether the unit that waited was sent once already; only it is concerned.
+        let again = std::mem::take(&mut self.retried);
         let waiting = match std::mem::replace(&mut self.intake, Intake::Open) {
             Intake::Attaching(w) => Some(w),
             other => {
@@ -31,14 +34,52 @@ impl<L> Session<L> {
             (Ok(checkout), Some(w)) => {
                 self.install(checkout);
                 let Waiting { mut unit, begin } = *w;
+                let begin_sent = begin.clone();
                 if let (Some(begin), Some(att)) = (begin, self.attached.as_mut()) {
                     att.hidden = att.hidden.saturating_add(1);
                     att.outbox.push(begin);
                 }
+                let retryable = !again && begin_sent.is_none() && self.may_retry(&unit);
                 self.note_effect(&mut unit);
-                self.forward(unit.len, unit.rfqs, !unit.complete);
+                let sent = self.forward(unit.len, unit.rfqs, !unit.complete);
+                if let (true, Some(att)) = (retryable, self.attached.as_mut()) {
+                    att.retry = Some(sent);
+                }
             }
         }
+    }
+
+    /// Whether the unit at the front of the input may be sent again elsewhere if its backend
+    /// fails before answering: one read in autocommit on a replica, in transaction mode, not
+    /// pinned, and either a simple Query or extended messages
+    /// that run statements without defining or closing any (Bind, Describe, Execute, Flush,
+    /// Sync), so that sending it again changes nothing the proxy keeps of the client.
+    fn may_retry(&self, unit: &super::Unit) -> bool {
+        use pgpilot_protocol::frontend::FrontendTag as F;
+        let on_replica = self.attached.as_ref().is_some_and(|a| a.on_replica);
+        if !on_replica
+            || self.mode != PoolMode::Transaction
+            || self.pinned
+            || unit.target != Target::Replica
+            || !unit.complete
+            || unit.rfqs != 1
+            || !unit.changes.is_empty()
+        {
+            return false;
+        }
+        let Some(bytes) = self.cbuf.get(..unit.len) else {
+            return false;
+        };
+        let mut scan = FrameScan::new(bytes, u32::MAX);
+        let tags: Vec<Option<F>> = (&mut scan).map(|f| F::from_byte(f.tag())).collect();
+        scan.error().is_none()
+            && (tags == [Some(F::Query)]
+                || tags.iter().all(|t| {
+                    matches!(
+                        t,
+                        Some(F::Bind | F::Describe | F::Execute | F::Flush | F::Sync)
+                    )
+                }))
     }
 
     /// Makes a checked-out backend the attached one.
@@ -71,6 +112,7 @@ impl<L> Session<L> {
             changes_settled: None,
             outbox: Default::default(),
             streaming: 0,
+            retry: None,
         }));
         self.sync_view();
     }

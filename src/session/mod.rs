@@ -83,6 +83,10 @@ pub struct Attached<L> {
     outbox: outbox::Outbox,
     /// Bytes of a long backend message still to pass through unparsed (see `responses`).
     streaming: usize,
+    /// The client's bytes of the one autocommit read sent to this replica, while nothing of
+    /// its answer has reached the client: if the replica fails meanwhile, the read is sent
+    /// elsewhere and the client never sees the failure.
+    retry: Option<Bytes>,
 }
 
 impl<L> Attached<L> {
@@ -222,6 +226,9 @@ pub struct Session<L> {
     view_version: u64,
     /// The backend query to cancel on CancelRequest.
     cancel: Rc<Cell<Option<CancelTarget>>>,
+    /// The unit at the front of the input was sent again after its replica failed: it is not
+    /// retried a second time.
+    retried: bool,
 }
 
 /// The message tags in a buffer of whole frames, for trace logs.
@@ -262,6 +269,7 @@ impl<L> Session<L> {
             view: Rc::new(Vec::new()),
             view_version: u64::MAX,
             cancel,
+            retried: false,
         };
         s.note_gucs();
         s

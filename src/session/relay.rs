@@ -2,6 +2,7 @@
 //! messages up to Sync) to a backend. No payload is copied: whole frames are cut off the read
 //! buffer with `split_to(..).freeze()` and queued for the backend as they are.
 
+use bytes::Bytes;
 use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode::{self, ErrorFields};
@@ -189,13 +190,17 @@ impl<L> Session<L> {
         }
     }
 
-    /// Queues the first `len` buffered client bytes for the attached backend.
-    /// In transaction mode, named statements are rewritten for this backend on the way.
-    pub(super) fn forward(&mut self, len: usize, rfqs: u32, unsynced: bool) {
+    /// Queues the first `len` buffered client bytes for the attached backend and returns them
+    /// as the client sent them. In transaction mode, named statements are rewritten for this
+    /// backend on the way.
+    pub(super) fn forward(&mut self, len: usize, rfqs: u32, unsynced: bool) -> Bytes {
         let mut batch = self.cbuf.split_to(len).freeze();
+        let sent = batch.clone();
         let Some(att) = self.attached.as_mut() else {
-            return;
+            return sent;
         };
+        // A second unit behind the first: the backend's failure would touch both.
+        att.retry = None;
         att.pending = att.pending.saturating_add(rfqs);
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;
@@ -225,6 +230,7 @@ impl<L> Session<L> {
         // the backend's results.
         att.outbox.push(batch);
         self.answer_fakes();
+        sent
     }
 }
 

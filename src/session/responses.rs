@@ -259,6 +259,17 @@ impl<L> Session<L> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
+        if att.retry.is_some() && server_going_away(&batch) {
+            // The server is shutting down or crashing (`pg_ctl stop -m immediate` sends this):
+            // for a read that is as good as a lost connection, and the read goes elsewhere.
+            return self.backend_lost(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down",
+            ));
+        }
+        if !batch.is_empty() {
+            att.retry = None;
+        }
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
         let settled = att.pending == 0 && att.hidden == 0;
         self.view_version = att.backend.params.version;
@@ -351,6 +362,21 @@ impl<L> Session<L> {
         self.cancel.set(None);
         self.unblock();
         let addr = att.backend.addr;
+        if let Some(sent) = att.retry {
+            // Nothing of the read's answer reached the client: it goes elsewhere, in front of
+            // whatever the client sent after it.
+            log::warn!(
+                "session={} lost replica {addr} before it answered ({source}); sending the read elsewhere",
+                self.pid
+            );
+            self.core.bench(att.backend.id);
+            let mut again = BytesMut::with_capacity(sent.len().saturating_add(self.cbuf.len()));
+            again.extend_from_slice(&sent);
+            again.extend_from_slice(&self.cbuf);
+            self.cbuf = again;
+            self.retried = true;
+            return Ok(());
+        }
         log::warn!("session={} lost backend {addr}: {source}", self.pid);
         if att.streaming > 0 {
             // The client has part of a message: nothing more can be said on this connection.
@@ -378,6 +404,23 @@ impl<L> Session<L> {
         }
         Ok(())
     }
+}
+
+/// Whether `batch` opens with the server's last word before it closes the connection: a
+/// FATAL of class 57 (operator intervention: shutdown, crash, cannot connect now), or the
+/// WARNING of class 57 a backend sends when an immediate shutdown or a crash of a sibling
+/// makes it quit.
+fn server_going_away(batch: &[u8]) -> bool {
+    let Some(first) = FrameScan::new(batch, u32::MAX).next() else {
+        return false;
+    };
+    let (fields, quits) = match BackendMessage::parse(first.bytes) {
+        Ok(BackendMessage::ErrorResponse(f)) => (f, b"FATAL".as_slice()),
+        Ok(BackendMessage::NoticeResponse(f)) => (f, b"WARNING".as_slice()),
+        _ => return false,
+    };
+    let severity = fields.get(b'V').or_else(|| fields.get(b'S'));
+    severity == Some(quits) && fields.code().starts_with("57")
 }
 
 /// Records a parameter the client has been told, copying a shared set only when it changes.

@@ -245,6 +245,74 @@ fn a_backend_lost_mid_statement_costs_the_client_an_error_and_the_session_goes_o
 }
 
 #[test]
+fn a_read_whose_replica_fails_before_answering_goes_elsewhere_unseen_but_only_once() {
+    let mut s = transaction();
+    s.mute = true;
+    s.send(&query("select 1")).unwrap();
+    let _ = seen(&mut s);
+    s.mute = false;
+    s.lose_backend().unwrap();
+    assert_eq!(
+        seen(&mut s),
+        ("DCI".to_owned(), vec![]),
+        "answered, no error"
+    );
+    assert_eq!(s.backends(), [true, true], "by a second replica connection");
+
+    // The read sent again fails too: the client is told.
+    s.mute = true;
+    s.send(&query("select 2")).unwrap();
+    s.lose_backend().unwrap();
+    assert_eq!(
+        seen(&mut s).1,
+        Vec::<String>::new(),
+        "the first loss is hidden"
+    );
+    s.lose_backend().unwrap();
+    assert_eq!(seen(&mut s), ("EI".to_owned(), vec!["08006".to_owned()]));
+
+    // An execution of a prepared read (Bind, Execute, Sync) goes elsewhere too; one that
+    // defines a statement on the way (Parse) does not.
+    let mut s = transaction();
+    s.send(&prepare("s1", "select 5")).unwrap();
+    let _ = seen(&mut s);
+    s.mute = true;
+    let mut run = BytesMut::new();
+    encode::bind(&mut run, b"", b"s1", &[]);
+    encode::execute(&mut run, b"", 0);
+    encode::sync(&mut run);
+    s.send(&run).unwrap();
+    s.mute = false;
+    s.lose_backend().unwrap();
+    assert_eq!(
+        seen(&mut s),
+        ("S2DCI".to_owned(), vec![]),
+        "answered, no error"
+    );
+    s.mute = true;
+    s.send(&extended("", "select 6")).unwrap();
+    s.lose_backend().unwrap();
+    assert_eq!(
+        seen(&mut s).1,
+        ["08006"],
+        "a Parse on the way: not sent again"
+    );
+
+    // Two reads in flight together: the failure touches both, and neither is sent again.
+    let mut s = transaction();
+    s.mute = true;
+    let mut input = query("select 3");
+    input.extend(query("select 4"));
+    s.send(&input).unwrap();
+    s.lose_backend().unwrap();
+    assert_eq!(
+        seen(&mut s).1,
+        ["08006"],
+        "two reads in flight: the client is told"
+    );
+}
+
+#[test]
 fn in_session_mode_a_lost_backend_ends_the_session() {
     let mut s = session_mode();
     s.send(&query("insert into t values (1)")).unwrap();

@@ -8,6 +8,7 @@ mod raw;
 
 mod auth;
 mod basics;
+mod health;
 mod hostile;
 mod hostile_auth;
 mod limits;

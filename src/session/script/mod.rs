@@ -245,7 +245,7 @@ impl Script {
         let id = self.backends.len();
         self.backends.push(Scripted::new(on_replica));
         let port = if on_replica { 5433 } else { 5432 };
-        let mut backend = Wire::new(([127, 0, 0, 1], port).into());
+        let mut backend = Wire::new(usize::from(on_replica), ([127, 0, 0, 1], port).into());
         backend.key = (u32::try_from(id).unwrap_or(0).saturating_add(100), 7);
         backend.params.set("server_version", "15.0");
         backend.applied = self.session.gucs.hash;

@@ -1,0 +1,259 @@
+//! What the health checks decide, as a pure state machine per backend: busy is not dead (only
+//! consecutive failures detach, and only a replica with `failover = true`), a detached replica
+//! comes back by itself after consecutive good checks, and a returning replica's share of
+//! reads ramps up. The checks themselves run in [`checker`].
+
+pub mod checker;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::config::HealthConfig;
+use crate::control::Status;
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The backend answered.
+    Answered(Report),
+    /// No connection, no login, an error, or no answer within `timeout_ms`.
+    Failed(String),
+}
+
+/// A backend's answer to the check query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// The primary's current WAL position, or a replica's replayed one (`None`: not known yet).
+    pub lsn: Option<u64>,
+}
+
+/// The text of the check query: one round trip, one text column.
+pub const CHECK_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+     THEN 'r ' || coalesce(pg_last_wal_replay_lsn()::text, '-') \
+     ELSE 'p ' || pg_current_wal_lsn()::text END";
+
+impl Report {
+    /// Reads the check query's answer (`"p 0/3000148"` or `"r 0/3000060"`).
+    pub fn parse(text: &[u8]) -> Option<Report> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut words = text.split(' ');
+        let in_recovery = match words.next()? {
+            "p" => false,
+            "r" => true,
+            _ => return None,
+        };
+        let lsn = match words.next()? {
+            "-" => None,
+            lsn => Some(parse_lsn(lsn)?),
+        };
+        Some(Report { in_recovery, lsn })
+    }
+}
+
+/// A WAL position as PostgreSQL prints it (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// What the rules need to know of one backend besides its checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub failures_to_detach: u32,
+    pub successes_to_attach: u32,
+    /// 0 = no bound.
+    pub max_lag_bytes: u64,
+    pub slow_start: Duration,
+    /// Whether the proxy may detach it (`failover`).
+    pub failover: bool,
+    /// A replica (lag applies to replicas only).
+    pub replica: bool,
+}
+
+impl Rules {
+    /// The rules for one backend under `[health]`.
+    pub fn new(health: &HealthConfig, failover: bool, replica: bool) -> Rules {
+        Rules {
+            failures_to_detach: health.failures_to_detach,
+            successes_to_attach: health.successes_to_attach,
+            max_lag_bytes: health.max_lag_bytes,
+            slow_start: health.slow_start,
+            failover,
+            replica,
+        }
+    }
+}
+
+/// A change of a backend's status, with its cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub from: Status,
+    pub to: Status,
+    pub cause: String,
+}
+
+impl Change {
+    /// The event's name, as logs and hooks show it.
+    pub fn event(&self) -> &'static str {
+        match (self.from, self.to) {
+            (_, Status::Down) => "detached",
+            (Status::Down, Status::Up) => "attached",
+            (_, Status::Unavailable) => "unavailable",
+            (Status::Unavailable, Status::Up) => "available",
+            (_, Status::Lagging) => "lag_excluded",
+            (Status::Lagging, Status::Up) => "lag_back",
+            _ => "changed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Up => "up",
+            Status::Down => "down",
+            Status::Unavailable => "unavailable",
+            Status::Lagging => "lagging",
+        })
+    }
+}
+
+/// One backend's health as the control plane tracks it.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    status: Status,
+    failures: u32,
+    successes: u32,
+    /// When it was last attached again (the start of its slow start).
+    since: Option<Instant>,
+    /// The last check's position (see [`Report::lsn`]).
+    pub lsn: Option<u64>,
+    /// How far behind the primary it was at the last check, in bytes (replicas).
+    pub lag: Option<u64>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            status: Status::Up,
+            failures: 0,
+            successes: 0,
+            since: None,
+            lsn: None,
+            lag: None,
+        }
+    }
+}
+
+impl Tracker {
+    /// In or out of the rotation, and why.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Consecutive failed checks.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Takes one check into account; `primary_lsn` is the primary's position at its latest
+    /// check. Returns the change of status, if any.
+    pub fn observe(
+        &mut self,
+        check: &Check,
+        primary_lsn: Option<u64>,
+        rules: &Rules,
+        now: Instant,
+    ) -> Option<Change> {
+        let from = self.status;
+        let (to, cause) = match check {
+            Check::Failed(why) => {
+                self.failures = self.failures.saturating_add(1);
+                self.successes = 0;
+                let n = self.failures;
+                let cause = || format!("{n} consecutive failure(s): {why}");
+                match from {
+                    Status::Down | Status::Unavailable => (from, String::new()),
+                    _ if n < rules.failures_to_detach => (from, String::new()),
+                    _ if rules.failover => (Status::Down, cause()),
+                    _ => (Status::Unavailable, cause()),
+                }
+            }
+            Check::Answered(report) => {
+                self.failures = 0;
+                self.successes = self.successes.saturating_add(1);
+                self.lsn = report.lsn;
+                self.lag = match (rules.replica, primary_lsn, report.lsn) {
+                    (true, Some(p), Some(r)) => Some(p.saturating_sub(r)),
+                    _ => None,
+                };
+                let over = |lag: u64| rules.max_lag_bytes > 0 && lag > rules.max_lag_bytes;
+                let lagging = self.lag.is_some_and(over);
+                let lag_text = || {
+                    format!(
+                        "{} bytes behind the primary (max_lag_bytes = {})",
+                        self.lag.unwrap_or(0),
+                        rules.max_lag_bytes
+                    )
+                };
+                if from == Status::Down && lagging {
+                    // Only checks with the lag within bounds count towards coming back.
+                    self.successes = 0;
+                }
+                match from {
+                    Status::Down if self.successes < rules.successes_to_attach || lagging => {
+                        (from, String::new())
+                    }
+                    Status::Down => (
+                        Status::Up,
+                        format!("{} consecutive good check(s)", self.successes),
+                    ),
+                    Status::Unavailable => (Status::Up, "answering again".into()),
+                    Status::Up if lagging => (Status::Lagging, lag_text()),
+                    Status::Lagging if !lagging => (Status::Up, lag_text()),
+                    _ => (from, String::new()),
+                }
+            }
+        };
+        if to == from {
+            return None;
+        }
+        self.status = to;
+        if from == Status::Down && to == Status::Up {
+            self.since = Some(now);
+        }
+        Some(Change { from, to, cause })
+    }
+
+    /// The share of reads it takes now, out of `weight * 1000`: all of it, except while a
+    /// returning replica ramps up over `slow_start`.
+    pub fn share(&self, weight: u32, rules: &Rules, now: Instant) -> u32 {
+        let full = weight.saturating_mul(1000);
+        match self.since {
+            Some(since) if !rules.slow_start.is_zero() => {
+                let done = now.saturating_duration_since(since).as_secs_f64()
+                    / rules.slow_start.as_secs_f64();
+                if done >= 1.0 {
+                    full
+                } else {
+                    // Never quite 0: the replica takes a trickle from its first moment back.
+                    ((f64::from(full) * done) as u32).max(1)
+                }
+            }
+            _ => full,
+        }
+    }
+
+    /// Whether its share is still ramping up.
+    pub fn ramping(&self, rules: &Rules, now: Instant) -> bool {
+        self.since
+            .is_some_and(|s| now.saturating_duration_since(s) < rules.slow_start)
+    }
+}
+
+#[cfg(test)]
+mod tests;

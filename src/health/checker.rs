@@ -1,0 +1,117 @@
+//! The health checks: one task per backend on a thread of their own (never a core's), each on
+//! a connection of its own, so that a saturated pool never looks like a dead node. Every check
+//! is one round trip of [`CHECK_SQL`]; its outcome goes to the control plane, which decides.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::{Check, Report, CHECK_SQL};
+use crate::backend::{Backend, Login};
+use crate::config::Config;
+use crate::control::ControlMsg;
+use crate::error::Error;
+
+/// The address of every backend as the control plane resolved it, by id; the checks follow it.
+pub type Addresses = Arc<Mutex<Vec<Option<SocketAddr>>>>;
+
+/// Starts the checks. They stop once the control plane is gone (its receiver dropped).
+pub fn spawn(
+    config: Arc<Config>,
+    addrs: Addresses,
+    control: Sender<ControlMsg>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pgpilot-health".into())
+        .spawn(move || {
+            crate::worker::block_on(async move {
+                let tasks: Vec<_> = (0..config.backends.len())
+                    .map(|id| {
+                        let (config, addrs, control) =
+                            (config.clone(), addrs.clone(), control.clone());
+                        monoio::spawn(watch(id, config, addrs, control))
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+            })
+        })
+}
+
+/// Checks one backend every `interval` until the control plane goes away.
+async fn watch(id: usize, config: Arc<Config>, addrs: Addresses, control: Sender<ControlMsg>) {
+    let health = &config.health;
+    let mut conn: Option<Backend> = None;
+    let mut next = Instant::now();
+    loop {
+        let addr = addrs.lock().ok().and_then(|a| a.get(id).copied().flatten());
+        let check = match addr {
+            None => Check::Failed("its host name does not resolve".into()),
+            Some(addr) => {
+                if conn.as_ref().is_some_and(|c| c.state.addr != addr) {
+                    conn = None;
+                }
+                let once = check_once(&mut conn, addr, id, &config);
+                match monoio::time::timeout(health.timeout, once).await {
+                    Ok(Ok(report)) => Check::Answered(report),
+                    Ok(Err(e)) => {
+                        conn = None;
+                        Check::Failed(e.to_string())
+                    }
+                    Err(_) => {
+                        conn = None;
+                        Check::Failed(format!(
+                            "no answer within {} ms",
+                            health.timeout.as_millis()
+                        ))
+                    }
+                }
+            }
+        };
+        if control.send(ControlMsg::Checked { id, check }).is_err() {
+            return;
+        }
+        next += health.interval;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        monoio::time::sleep(next - now).await;
+    }
+}
+
+/// One check on the backend's own health connection, opened first if need be.
+async fn check_once(
+    conn: &mut Option<Backend>,
+    addr: SocketAddr,
+    id: usize,
+    config: &Config,
+) -> Result<Report, Error> {
+    let health = &config.health;
+    let backend = match conn {
+        Some(b) => b,
+        None => {
+            let login = Login {
+                user: &health.user,
+                password: config.user(&health.user).map(|u| u.password.as_str()),
+                database: &health.database,
+            };
+            conn.insert(Backend::connect(addr, id, &login, &config.server.tcp).await?)
+        }
+    };
+    let rows = backend.simple_query(CHECK_SQL).await?;
+    rows.first()
+        .and_then(|row| Report::parse(row))
+        .ok_or_else(|| Error::Backend {
+            addr,
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected answer to the health check query",
+            ),
+        })
+}

@@ -1,0 +1,273 @@
+//! Health checks against servers that really fail, on a cluster of this test's own (it stops
+//! and freezes servers, which the shared cluster's other tests must not see): a replica frozen
+//! for 2 s is not detached and no read fails; a crashed replica is detached within the bound
+//! and attached again by itself once it runs again, and no read fails either: those in flight
+//! on it are sent elsewhere.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgpilot::cluster::LocalCluster;
+use pgpilot::control::Status;
+use pgpilot::{Config, Proxy};
+
+use crate::common::{self, config_text, dsn, eventually, Cluster, Opts};
+
+/// A cluster of one primary and one replica, removed when the test ends.
+struct Own {
+    cluster: Option<LocalCluster>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.cluster.take() {
+            c.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn own_cluster(name: &str) -> Own {
+    let dir = std::env::temp_dir().join(format!("pgpilot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster =
+        LocalCluster::create(&dir, 1).expect("a primary and a replica of this test's own");
+    Own {
+        cluster: Some(cluster),
+        dir,
+    }
+}
+
+fn start(c: &Cluster, health: &str) -> Proxy {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let extra: &'static str = Box::leak(format!("\n[health]\n{health}\n").into_boxed_str());
+    let o = Opts {
+        replica_weights: [1, 0],
+        extra,
+        ..Opts::default()
+    };
+    let config = Config::parse(&config_text(c, &o), std::path::Path::new("health.toml"))
+        .expect("test config is valid");
+    Proxy::start(config).expect("proxy starts")
+}
+
+fn status(p: &Proxy, id: usize) -> Status {
+    p.cluster_state().backends[id].status
+}
+
+/// Clients reading through the proxy until stopped: reads done, reads failed (with the last
+/// error), and the port of the server that answered the latest read.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    last_error: Arc<Mutex<String>>,
+    last_port: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(port: u16, n: usize) -> Readers {
+        let r = Readers {
+            stop: Arc::default(),
+            done: Arc::default(),
+            failed: Arc::default(),
+            last_error: Arc::default(),
+            last_port: Arc::default(),
+            threads: Vec::new(),
+        };
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, done, failed, last_error, last_port) = (
+                    r.stop.clone(),
+                    r.done.clone(),
+                    r.failed.clone(),
+                    r.last_error.clone(),
+                    r.last_port.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut conn = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if conn.is_none() {
+                            conn = postgres::Client::connect(
+                                &dsn(port, "app", "app"),
+                                postgres::NoTls,
+                            )
+                            .ok();
+                        }
+                        let Some(c) = conn.as_mut() else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        };
+                        match c.simple_query("SELECT inet_server_port()") {
+                            Ok(messages) => {
+                                let port = messages.iter().find_map(|m| match m {
+                                    postgres::SimpleQueryMessage::Row(r) => {
+                                        r.get(0).and_then(|p| p.parse::<u64>().ok())
+                                    }
+                                    _ => None,
+                                });
+                                last_port.store(port.unwrap_or(0), Ordering::Relaxed);
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                *last_error.lock().unwrap() =
+                                    format!("{}: {e:?}", common::sqlstate(&e));
+                                conn = None;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Readers { threads, ..r }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the readers: reads done, reads failed, the last failure's error.
+    fn finish(mut self) -> (u64, u64, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        let (done, failed) = self.counts();
+        (done, failed, self.last_error.lock().unwrap().clone())
+    }
+}
+
+/// Every process of server `i` (the postmaster and its children), by pid.
+fn server_pids(c: &LocalCluster, i: usize) -> Vec<u32> {
+    let pm = c.postmaster_pid(i).expect("the server runs");
+    let mut pids = vec![pm];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid ...": the comm may hold spaces, so read after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pm) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.arg(format!("-{sig}"));
+    cmd.args(pids.iter().map(u32::to_string));
+    assert!(cmd.status().unwrap().success(), "kill -{sig} {pids:?}");
+}
+
+#[test]
+fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
+    if common::cluster().is_none() {
+        return;
+    }
+    let own = own_cluster("health");
+    let lc = own.cluster.as_ref().unwrap();
+    let c = Cluster {
+        ports: lc.ports.clone(),
+    };
+    let replica_port = u64::from(c.ports[1]);
+
+    // 1. Busy is not dead: frozen for 2 s under the default check settings.
+    let patient = start(&c, "");
+    let readers = Readers::start(patient.addr().port(), 4);
+    assert!(
+        eventually(Duration::from_secs(10), || readers.counts().0 > 50),
+        "reads flow through the proxy"
+    );
+    let pids = server_pids(lc, 1);
+    signal(&pids, "STOP");
+    let frozen = Instant::now();
+    let mut left = false;
+    while frozen.elapsed() < Duration::from_secs(2) {
+        left |= status(&patient, 1) != Status::Up;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&pids, "CONT");
+    // The checks that were waiting on the frozen server complete or time out now.
+    let after = Instant::now();
+    while after.elapsed() < Duration::from_secs(3) {
+        left |= status(&patient, 1) != Status::Up;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (done, failed, error) = readers.finish();
+    assert!(
+        !left,
+        "a replica frozen for 2 s was taken out of the rotation"
+    );
+    assert_eq!(
+        failed, 0,
+        "reads failed while the replica was frozen: {error}"
+    );
+    eprintln!("frozen 2 s: {done} reads, {failed} failed, never detached");
+    drop(patient);
+
+    // 2. Dead is dead: crashed, detached, restarted, attached by itself.
+    let quick = start(
+        &c,
+        "interval_ms = 200\ntimeout_ms = 500\nfailures_to_detach = 3\nsuccesses_to_attach = 2\nslow_start_ms = 1000",
+    );
+    let readers = Readers::start(quick.addr().port(), 4);
+    assert!(
+        eventually(Duration::from_secs(10), || readers
+            .last_port
+            .load(Ordering::Relaxed)
+            == replica_port),
+        "reads go to the replica"
+    );
+    lc.crash(1).unwrap();
+    let crashed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || status(&quick, 1) == Status::Down),
+        "the crashed replica was never detached"
+    );
+    let detach = crashed.elapsed();
+    // 3 failures 200 ms apart, each refused at once: well under 2 s.
+    assert!(detach < Duration::from_secs(2), "detached after {detach:?}");
+    let (before, _) = readers.counts();
+    assert!(
+        eventually(Duration::from_secs(5), || readers.counts().0 > before + 50),
+        "reads go on from the primary"
+    );
+    assert_ne!(readers.last_port.load(Ordering::Relaxed), replica_port);
+
+    lc.restart(1).unwrap();
+    let restarted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&quick, 1) == Status::Up),
+        "the replica never came back"
+    );
+    let attach = restarted.elapsed();
+    assert!(
+        eventually(Duration::from_secs(10), || readers
+            .last_port
+            .load(Ordering::Relaxed)
+            == replica_port),
+        "reads never went back to the replica"
+    );
+    let back = restarted.elapsed();
+    let (done, failed, error) = readers.finish();
+    assert_eq!(failed, 0, "reads failed around the crash: {error}");
+    eprintln!(
+        "crash: detached after {detach:?}; restart: attached after {attach:?}, reads on it \
+         after {back:?}; {done} reads, {failed} failed (last: {error:?})"
+    );
+}
