@@ -55,9 +55,15 @@ impl Error {
         matches!(self, Error::BackendRejected { code, .. } if code.starts_with("22") || code.starts_with("42"))
     }
 
-    /// Whether another backend might succeed where this one failed.
+    /// Whether another backend might succeed where this one failed: the connection broke, or
+    /// the server refused it because it is shutting down, crashing or starting up (class 57:
+    /// `57P01`, `57P02`, `57P03`).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Backend { .. } | Error::BackendProtocol { .. })
+        match self {
+            Error::Backend { .. } | Error::BackendProtocol { .. } => true,
+            Error::BackendRejected { code, .. } => code.starts_with("57"),
+            _ => false,
+        }
     }
 }
 

@@ -176,6 +176,9 @@ fn signal(pids: &[u32], sig: &str) {
 
 #[test]
 fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
+    // A second cluster, two proxies and their clients: not beside the tests that measure this
+    // process's memory.
+    let _heavy = crate::hostile::heavy();
     if common::cluster().is_none() {
         return;
     }

@@ -233,11 +233,12 @@ fn still_serves(addr: SocketAddr, what: &str) {
     );
 }
 
-/// Held by the tests here that measure this process's memory or use much of it, so that they
-/// do not blur each other's figures (the other test files' use is small next to the bounds).
+/// Held by the tests that measure this process's memory or use much of it (here and in
+/// `health`), so that they do not blur each other's figures (the other tests' use is small
+/// next to the bounds).
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
