@@ -156,6 +156,20 @@ pub struct Rule {
     pub target: RuleTarget,
 }
 
+/// `routing.read_your_writes`: how a session that wrote is made to read its own writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// Its reads go only to a replica whose replayed WAL position has reached the primary's
+    /// position seen after the write was acknowledged; until one has, to the primary.
+    #[default]
+    Lsn,
+    /// Its reads go to the primary for `read_your_writes_ms` after the write.
+    Time,
+    /// Nothing: a replica may serve a read that does not see the session's write yet.
+    Off,
+}
+
 /// `[routing]`: what the classifier knows beyond SQL, and per-session rules.
 #[derive(Debug, Clone, Default)]
 pub struct RoutingConfig {
@@ -163,9 +177,10 @@ pub struct RoutingConfig {
     pub functions: Functions,
     /// Checked in order; the first match decides.
     pub rules: Vec<Rule>,
-    /// After a session writes, its reads go to the primary for this long (0 = never), so that
-    /// it reads its own writes even when replicas lag.
-    pub read_your_writes: Duration,
+    /// How a session is made to read its own writes.
+    pub read_your_writes: ReadYourWrites,
+    /// `"time"`: after a session writes, its reads go to the primary for this long (0 = never).
+    pub read_your_writes_window: Duration,
     /// Most shared prepared statements one backend keeps; the least recently used is closed.
     pub max_prepared_statements: usize,
     /// Most named prepared statements one client may hold: the proxy keeps each one's text, so

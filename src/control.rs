@@ -43,6 +43,10 @@ pub struct BackendState {
     pub weight: u32,
     /// In or out of the rotation.
     pub status: Status,
+    /// The WAL position its latest answered check reported (the primary's current position, a
+    /// replica's replayed one), and when that check began: a primary position from a check
+    /// begun after a write was acknowledged is at or past that write.
+    pub lsn: Option<(u64, Instant)>,
 }
 
 /// An immutable, versioned snapshot of the cluster.
@@ -68,6 +72,7 @@ impl ClusterState {
                 role: b.role,
                 weight: b.weight.saturating_mul(1000),
                 status: Status::Up,
+                lsn: None,
             })
             .collect();
         ClusterState { epoch, backends }
@@ -203,8 +208,12 @@ impl CoreReceiver {
 pub enum ControlMsg {
     /// SIGTERM / SIGINT or a caller's request: stop.
     Shutdown,
-    /// A health check of backend `id` is done.
-    Checked { id: usize, check: Check },
+    /// A health check of backend `id`, begun at `started`, is done.
+    Checked {
+        id: usize,
+        check: Check,
+        started: Instant,
+    },
 }
 
 /// How often host names are resolved again (RDS endpoints move on failover).
@@ -239,7 +248,9 @@ pub fn run(
                 plane.broadcast(CoreMsg::Shutdown);
                 return;
             }
-            Ok(ControlMsg::Checked { id, check }) => plane.checked(id, &check, Instant::now()),
+            Ok(ControlMsg::Checked { id, check, started }) => {
+                plane.checked(id, &check, started, Instant::now())
+            }
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
@@ -267,6 +278,8 @@ struct Plane {
     config: Arc<Config>,
     state: ClusterState,
     addrs: Vec<Option<SocketAddr>>,
+    /// Each backend's WAL position at its latest answered check, and when that check began.
+    positions: Vec<Option<(u64, Instant)>>,
     health: Vec<Tracker>,
     rules: Vec<Rules>,
     cores: Vec<CoreSender>,
@@ -291,6 +304,7 @@ impl Plane {
             .collect();
         Plane {
             health: vec![Tracker::default(); config.backends.len()],
+            positions: vec![None; config.backends.len()],
             addrs: state.backends.iter().map(|b| b.addr).collect(),
             config,
             state,
@@ -312,7 +326,7 @@ impl Plane {
     }
 
     /// Takes a check into account; a change of status is logged as an event.
-    fn checked(&mut self, id: usize, check: &Check, now: Instant) {
+    fn checked(&mut self, id: usize, check: &Check, started: Instant, now: Instant) {
         let primary_lsn = self
             .state
             .primary()
@@ -325,7 +339,11 @@ impl Plane {
         ) else {
             return;
         };
-        if let Some(change) = tracker.observe(check, primary_lsn, rules, now) {
+        let change = tracker.observe(check, primary_lsn, rules, now);
+        if let (Check::Answered(report), Some(at)) = (check, self.positions.get_mut(id)) {
+            *at = report.lsn.map(|lsn| (lsn, started));
+        }
+        if let Some(change) = change {
             let line = format!(
                 "event={} backend={} from={} to={} cause={:?}",
                 change.event(),
@@ -376,6 +394,7 @@ impl Plane {
                 continue;
             };
             b.addr = self.addrs.get(i).copied().flatten();
+            b.lsn = self.positions.get(i).copied().flatten();
             b.status = h.status();
             b.weight = h.share(c.weight, r, now);
         }

@@ -60,6 +60,7 @@ mod tests {
                 role,
                 weight,
                 status,
+                lsn: None,
             })
             .collect();
         ClusterState { epoch: 1, backends }

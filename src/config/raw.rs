@@ -13,8 +13,8 @@ use pgpilot_protocol::classify::Functions;
 use super::secret::{resolve_password, Env, PasswordSource};
 use super::tcp;
 use super::{
-    AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, Role, RoutingConfig,
-    Rule, RuleTarget, ServerConfig, User,
+    AuthMethod, BackendConfig, Config, ConfigError, PoolConfig, PoolMode, ReadYourWrites, Role,
+    RoutingConfig, Rule, RuleTarget, ServerConfig, User,
 };
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +41,7 @@ pub(super) struct RawConfig {
 struct RawRouting {
     write_functions: Vec<String>,
     read_only_functions: Vec<String>,
+    read_your_writes: ReadYourWrites,
     read_your_writes_ms: u64,
     max_prepared_statements: usize,
     max_client_statements: usize,
@@ -52,6 +53,7 @@ impl Default for RawRouting {
         RawRouting {
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
+            read_your_writes: ReadYourWrites::Lsn,
             read_your_writes_ms: 1000,
             max_prepared_statements: 1000,
             max_client_statements: 10_000,
@@ -225,7 +227,7 @@ fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, Co
             target: rule.target,
         });
     }
-    let read_your_writes = Duration::from_millis(r.read_your_writes_ms);
+    let read_your_writes_window = Duration::from_millis(r.read_your_writes_ms);
     // A unit may use this many statements at once; fewer could evict one it is about to bind.
     if r.max_prepared_statements < 16 {
         return Err(err(
@@ -243,7 +245,8 @@ fn validate_routing(r: RawRouting, err: Problem<'_>) -> Result<RoutingConfig, Co
         max_client_statements: r.max_client_statements,
         functions,
         rules,
-        read_your_writes,
+        read_your_writes: r.read_your_writes,
+        read_your_writes_window,
     })
 }
 

@@ -49,6 +49,7 @@ async fn watch(id: usize, config: Arc<Config>, addrs: Addresses, control: Sender
     let mut conn: Option<Backend> = None;
     let mut next = Instant::now();
     loop {
+        let started = Instant::now();
         let addr = addrs.lock().ok().and_then(|a| a.get(id).copied().flatten());
         let check = match addr {
             None => Check::Failed("its host name does not resolve".into()),
@@ -73,7 +74,10 @@ async fn watch(id: usize, config: Arc<Config>, addrs: Addresses, control: Sender
                 }
             }
         };
-        if control.send(ControlMsg::Checked { id, check }).is_err() {
+        if control
+            .send(ControlMsg::Checked { id, check, started })
+            .is_err()
+        {
             return;
         }
         next += health.interval;

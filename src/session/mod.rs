@@ -157,6 +157,20 @@ enum Intake {
     Attaching(Box<Waiting>),
 }
 
+/// What a replica must have replayed before it may serve this session's reads
+/// (`read_your_writes = "lsn"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The session has not written: any replica will do.
+    Nothing,
+    /// A write was sent and is not acknowledged yet: its reads go to the primary.
+    Unacked,
+    /// The latest write was acknowledged then; no primary position seen since is known yet.
+    Acked(std::time::Instant),
+    /// A primary WAL position at or past the session's latest write.
+    Floor(u64),
+}
+
 /// A unit waiting for its backend, and the held BEGIN to send before it, if any.
 struct Waiting {
     unit: Unit,
@@ -219,6 +233,8 @@ pub struct Session<L> {
     read_only_default: bool,
     /// When the session last sent a write (or worked in a transaction) on the primary.
     last_write: Option<std::time::Instant>,
+    /// How far the session's own writes are known to have gone (`read_your_writes = "lsn"`).
+    seen: Seen,
     intake: Intake,
     /// ParameterStatus values the client has been told.
     view: Rc<Vec<(String, String)>>,
@@ -265,6 +281,7 @@ impl<L> Session<L> {
             pinned: false,
             read_only_default: false,
             last_write: None,
+            seen: Seen::Nothing,
             intake: Intake::Open,
             view: Rc::new(Vec::new()),
             view_version: u64::MAX,

@@ -13,7 +13,7 @@ use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::statements::{put_fake, start_copy_in, Slot};
-use super::{Attached, Gucs, Intake, Session};
+use super::{Attached, Gucs, Intake, Seen, Session};
 use crate::backend::{Prepared, MAX_BACKEND_MESSAGE};
 use crate::config::PoolMode;
 use crate::error::Error;
@@ -272,6 +272,15 @@ impl<L> Session<L> {
         }
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
         let settled = att.pending == 0 && att.hidden == 0;
+        if settled
+            && !att.on_replica
+            && att.status == TransactionStatus::Idle
+            && self.seen == Seen::Unacked
+        {
+            // Everything sent to the primary has been answered and committed, the writes
+            // included.
+            self.seen = Seen::Acked(std::time::Instant::now());
+        }
         self.view_version = att.backend.params.version;
         log::trace!(
             "session={} <- backend {}: {:?} pending={} slots={:?} idle={idle}",

@@ -14,7 +14,9 @@ use pgpilot_protocol::frontend::{
 use pgpilot_protocol::ProtocolError;
 
 use super::statements::Stmt;
-use super::Session;
+use super::{Seen, Session};
+use crate::config::{ReadYourWrites, Role};
+use crate::control::Status;
 use crate::core::Core;
 use crate::error::Error;
 
@@ -169,8 +171,7 @@ impl<L> Session<L> {
         }
         let classified = target.unwrap_or(Target::Primary);
         unit.writes = classified == Target::Primary;
-        let window = self.core.config.routing.read_your_writes;
-        let just_wrote = self.last_write.is_some_and(|t| t.elapsed() < window);
+        let just_wrote = self.must_read_on_primary();
         unit.target = match self.rule {
             Some(t) => {
                 unit.refused = false;
@@ -182,6 +183,49 @@ impl<L> Session<L> {
             None => classified,
         };
         Ok(unit)
+    }
+
+    /// Whether the session's reads must go to the primary to see its own writes: within the
+    /// window after a write (`"time"`), or (`"lsn"`) until every replica that may serve reads
+    /// has replayed a primary position taken after the write was acknowledged.
+    fn must_read_on_primary(&mut self) -> bool {
+        let routing = &self.core.config.routing;
+        match routing.read_your_writes {
+            ReadYourWrites::Off => false,
+            ReadYourWrites::Time => {
+                let window = routing.read_your_writes_window;
+                self.last_write.is_some_and(|t| t.elapsed() < window)
+            }
+            ReadYourWrites::Lsn => {
+                if matches!(self.seen, Seen::Nothing) {
+                    return false;
+                }
+                let state = self.core.state();
+                if let Seen::Acked(at) = self.seen {
+                    match state.primary().and_then(|p| p.lsn) {
+                        Some((lsn, checked)) if checked >= at => self.seen = Seen::Floor(lsn),
+                        _ => return true,
+                    }
+                }
+                let Seen::Floor(floor) = self.seen else {
+                    return true;
+                };
+                let mut serving = state
+                    .backends
+                    .iter()
+                    .filter(|b| b.role == Role::Replica && b.status == Status::Up && b.weight > 0)
+                    .peekable();
+                if serving.peek().is_none() {
+                    return true;
+                }
+                let caught_up = serving.all(|b| b.lsn.is_some_and(|(lsn, _)| lsn >= floor));
+                if caught_up {
+                    // Every replica has it: nothing more to wait for.
+                    self.seen = Seen::Nothing;
+                }
+                !caught_up
+            }
+        }
     }
 
     /// The route of the statement a Bind, Describe or Close names (portals have none).
@@ -218,6 +262,7 @@ impl<L> Session<L> {
         };
         if !att.on_replica && (unit.writes || att.status != TransactionStatus::Idle) {
             self.last_write = Some(std::time::Instant::now());
+            self.seen = Seen::Unacked;
         }
         let mut effect = unit.effect;
         if effect == SessionEffect::None {

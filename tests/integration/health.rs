@@ -274,3 +274,122 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
          after {back:?}; {done} reads, {failed} failed (last: {error:?})"
     );
 }
+
+/// The first column of a simple query's first row.
+fn one(c: &mut postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_session_reads_its_writes_while_replay_is_paused_and_a_lagging_replica_takes_no_reads() {
+    let _heavy = crate::hostile::heavy();
+    if common::cluster().is_none() {
+        return;
+    }
+    let own = own_cluster("lsn");
+    let lc = own.cluster.as_ref().unwrap();
+    let c = Cluster {
+        ports: lc.ports.clone(),
+    };
+    let (primary_port, replica_port) = (c.ports[0].to_string(), c.ports[1].to_string());
+    let proxy = start(&c, "interval_ms = 200");
+    let through = |p: &Proxy| {
+        postgres::Client::connect(&dsn(p.addr().port(), "app", "app"), postgres::NoTls).unwrap()
+    };
+    let (mut writer, mut other) = (through(&proxy), through(&proxy));
+    let mut replica = common::direct(&c, 1);
+    one(&mut writer, "CREATE TABLE ryw (v int)");
+    assert!(
+        eventually(Duration::from_secs(10), || one(
+            &mut replica,
+            "SELECT count(*) FROM pg_class WHERE relname = 'ryw'"
+        ) == "1"),
+        "the table reached the replica"
+    );
+    // Let the session's own write of the table be seen everywhere first.
+    assert!(eventually(Duration::from_secs(10), || one(
+        &mut writer,
+        "SELECT inet_server_port()"
+    ) == replica_port));
+
+    one(&mut replica, "SELECT pg_wal_replay_pause()");
+    for i in 0..10 {
+        one(&mut writer, &format!("INSERT INTO ryw VALUES ({i})"));
+        assert_eq!(
+            one(
+                &mut writer,
+                &format!("SELECT count(*) FROM ryw WHERE v = {i}")
+            ),
+            "1",
+            "the session reads its own write"
+        );
+        assert_eq!(one(&mut writer, "SELECT inet_server_port()"), primary_port);
+        // Another session has not written: it reads from the (stale) replica.
+        assert_eq!(one(&mut other, "SELECT inet_server_port()"), replica_port);
+        assert_eq!(
+            one(
+                &mut other,
+                &format!("SELECT count(*) FROM ryw WHERE v = {i}")
+            ),
+            "0",
+            "replay is paused"
+        );
+    }
+    one(&mut replica, "SELECT pg_wal_replay_resume()");
+    let resumed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || one(
+            &mut writer,
+            "SELECT inet_server_port()"
+        ) == replica_port),
+        "the session's reads never went back to the replica"
+    );
+    let back = resumed.elapsed();
+    assert_eq!(one(&mut writer, "SELECT count(*) FROM ryw"), "10");
+    drop((writer, other, proxy));
+
+    // A replica further behind than max_lag_bytes takes no reads at all, then comes back.
+    let strict = start(&c, "interval_ms = 200\nmax_lag_bytes = 1024");
+    let mut reader = through(&strict);
+    assert!(eventually(Duration::from_secs(10), || one(
+        &mut reader,
+        "SELECT inet_server_port()"
+    ) == replica_port));
+    one(&mut replica, "SELECT pg_wal_replay_pause()");
+    let mut direct = common::direct(&c, 0);
+    one(
+        &mut direct,
+        "INSERT INTO ryw SELECT generate_series(100, 1100)",
+    );
+    let paused = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&strict, 1)
+            == Status::Lagging),
+        "the replica was never excluded for lag"
+    );
+    let excluded = paused.elapsed();
+    assert_eq!(one(&mut reader, "SELECT inet_server_port()"), primary_port);
+    one(&mut replica, "SELECT pg_wal_replay_resume()");
+    let resumed_lag = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&strict, 1) == Status::Up),
+        "the replica never came back from lag"
+    );
+    let lag_back = resumed_lag.elapsed();
+    assert!(eventually(Duration::from_secs(10), || one(
+        &mut reader,
+        "SELECT inet_server_port()"
+    ) == replica_port));
+    eprintln!(
+        "read-your-writes: 10 of 10 writes read back while replay was paused; reads back on the \
+         replica {back:?} after resume; lag: excluded {excluded:?} after the write, back \
+         {lag_back:?} after resume"
+    );
+}

@@ -5,7 +5,7 @@ use crate::raw::Raw;
 
 /// Routing tests that check where each statement lands right after writes turn the
 /// read-your-writes window off; `reads_follow_the_sessions_own_writes` tests it.
-const NO_READ_YOUR_WRITES: &str = "\n[routing]\nread_your_writes_ms = 0\n";
+const NO_READ_YOUR_WRITES: &str = "\n[routing]\nread_your_writes = \"off\"\n";
 
 fn in_recovery(client: &mut postgres::Client, sql: &str) -> bool {
     client.query_one(sql, &[]).unwrap().get(0)
@@ -216,7 +216,7 @@ fn hints_rules_and_configured_write_functions() {
 #[test]
 fn reads_follow_the_sessions_own_writes() {
     let Some(c) = common::cluster() else { return };
-    let extra = "\n[routing]\nread_your_writes_ms = 400\n";
+    let extra = "\n[routing]\nread_your_writes = \"time\"\nread_your_writes_ms = 400\n";
     let proxy = common::proxy(
         c,
         &Opts {
