@@ -257,7 +257,18 @@ impl LocalCluster {
         .map(|_| ())
     }
 
-    /// Starts server `i` again after [`LocalCluster::crash`].
+    /// Stops server `i` cleanly (`pg_ctl stop -m fast`: sessions are ended, every commit
+    /// is flushed).
+    pub fn stop_server(&self, i: usize) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        self.run(
+            "pg_ctl",
+            &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
+        )
+        .map(|_| ())
+    }
+
+    /// Starts server `i` again after [`LocalCluster::crash`] or [`LocalCluster::stop_server`].
     pub fn restart(&self, i: usize) -> Result<(), ClusterError> {
         self.start(i)
     }

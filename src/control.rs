@@ -121,7 +121,7 @@ pub fn core_channel() -> (CoreSender, CoreReceiver) {
     let bell = Arc::new(Doorbell::default());
     (
         CoreSender {
-            tx,
+            tx: Some(tx),
             bell: bell.clone(),
         },
         CoreReceiver { rx, bell },
@@ -156,14 +156,18 @@ impl Doorbell {
 /// Sends to a core and wakes it.
 #[derive(Clone)]
 pub struct CoreSender {
-    tx: Sender<CoreMsg>,
+    /// `None` only while it is dropped.
+    tx: Option<Sender<CoreMsg>>,
     bell: Arc<Doorbell>,
 }
 
 impl CoreSender {
     /// Queues `msg` for the core and wakes it; fails once the core is gone.
     pub fn send(&self, msg: CoreMsg) -> Result<(), crossbeam_channel::SendError<CoreMsg>> {
-        self.tx.send(msg)?;
+        match &self.tx {
+            Some(tx) => tx.send(msg)?,
+            None => return Err(crossbeam_channel::SendError(msg)),
+        }
         self.bell.ring();
         Ok(())
     }
@@ -171,7 +175,10 @@ impl CoreSender {
 
 impl Drop for CoreSender {
     fn drop(&mut self) {
-        // The last sender gone disconnects the channel: the core must see it.
+        // The last sender gone disconnects the channel: the core must see it. The sender goes
+        // first: a core woken before it is gone would find the channel still connected, go
+        // back to sleep, and never be woken again.
+        drop(self.tx.take());
         self.bell.ring();
     }
 }
@@ -249,7 +256,12 @@ pub fn run(
                 return;
             }
             Ok(ControlMsg::Checked { id, check, started }) => {
-                plane.checked(id, &check, started, Instant::now())
+                let primary = plane.state.primary().is_some_and(|p| p.id == id);
+                if primary && matches!(check, Check::Failed(_)) {
+                    // The platform may be moving the primary's name: look at once.
+                    next_resolve = Instant::now();
+                }
+                plane.checked(id, &check, started, Instant::now());
             }
             Err(RecvTimeoutError::Timeout) => {}
         }

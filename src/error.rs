@@ -35,6 +35,9 @@ pub enum Error {
     PoolTimeout,
     /// No backend can serve the request (none resolved, all refused).
     NoBackend,
+    /// Work that needs the primary waited `health.write_hold_ms` and no primary answered:
+    /// tell the client (57P03), keep the session.
+    NoPrimary { waited_ms: u128, last: String },
 }
 
 impl Error {
@@ -46,6 +49,7 @@ impl Error {
             Error::Backend { .. } | Error::BackendProtocol { .. } | Error::NoBackend => "08006",
             Error::BackendRejected { .. } | Error::BackendAuth { .. } => "08006",
             Error::PoolTimeout => "53300",
+            Error::NoPrimary { .. } => "57P03",
         }
     }
 
@@ -89,6 +93,10 @@ impl fmt::Display for Error {
                 f.write_str("no backend connection available within checkout_timeout_ms")
             }
             Error::NoBackend => f.write_str("no backend is available"),
+            Error::NoPrimary { waited_ms, last } => write!(
+                f,
+                "no usable primary: waited {waited_ms} ms (health.write_hold_ms) for one to answer; last: {last}"
+            ),
         }
     }
 }

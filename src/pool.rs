@@ -117,7 +117,7 @@ impl Pool {
         };
         let now = Instant::now();
         while let Some(b) = reuse.then(|| self.idle.borrow_mut().pop()).flatten() {
-            if self.is_fresh(&b, now) {
+            if self.is_fresh(&b, now) && crate::tcp::quiet(&b.stream) {
                 let mut b = b;
                 b.conn.permit = Some(permit);
                 return Ok(b);

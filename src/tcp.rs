@@ -36,6 +36,24 @@ pub fn apply_to(stream: &impl AsRawFd, opts: &TcpOptions) -> io::Result<()> {
     apply(SockRef::from(&fd), opts)
 }
 
+/// Whether an idle pooled connection may be handed out: nothing waits to be read on it. A
+/// server that ended the connection while it idled (a restart, `pg_terminate_backend`, a
+/// crash) has left its FATAL or its close there. One non-blocking look at the socket, no round
+/// trip.
+pub fn quiet(stream: &impl AsRawFd) -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: as in `apply_to`: the fd stays open while `stream` is borrowed.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // MSG_DONTWAIT: the socket may be in blocking mode (io_uring does not need O_NONBLOCK),
+    // and a worker must never block here.
+    match SockRef::from(&fd).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        // Ok(0): closed; Ok(_): bytes nobody asked for.
+        Ok(_) => false,
+    }
+}
+
 /// What the kernel reports for a socket, in the shape of [`TcpOptions`] (keepalive timings
 /// are the kernel's defaults when keepalive is off).
 pub fn read_back(socket: SockRef<'_>) -> io::Result<TcpOptions> {
@@ -66,6 +84,22 @@ mod tests {
 
     fn options(s: &TcpStream) -> TcpOptions {
         read_back(SockRef::from(s)).unwrap()
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain test thread, not a core: it may sleep
+    fn a_quiet_connection_is_told_from_one_with_bytes_or_a_close_without_blocking() {
+        use std::io::Write;
+        // Blocking sockets: the look must not wait for bytes.
+        let (client, mut accepted) = pair();
+        assert!(quiet(&client), "nothing sent: quiet");
+        accepted.write_all(b"E").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!quiet(&client), "bytes wait to be read");
+        let (client, accepted) = pair();
+        drop(accepted);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!quiet(&client), "the peer closed");
     }
 
     #[test]

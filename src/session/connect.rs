@@ -6,6 +6,7 @@
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::io::{Canceller, Splitable};
@@ -137,14 +138,28 @@ impl Client {
             return Ok(checkout(backend, pool, on_replica));
         }
         let s = &self.session;
-        let state = s.core.state();
+        let mut state = s.core.state();
         let mut target = target;
         let mut retries = 1u32;
         let mut fresh = false;
+        let mut held: Option<Instant> = None;
         loop {
             let core = &s.core;
-            let id = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
-                .ok_or(Error::NoBackend)?;
+            let Some(id) = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
+            else {
+                if target == Target::Primary {
+                    // No address for the primary (its name does not resolve): hold.
+                    hold(
+                        &mut held,
+                        core.config.health.write_hold,
+                        "no address".into(),
+                    )
+                    .await?;
+                    state = core.state();
+                    continue;
+                }
+                return Err(Error::NoBackend);
+            };
             let on_replica = state
                 .backends
                 .get(id)
@@ -197,6 +212,13 @@ impl Client {
                     target = Target::Primary;
                 }
                 Err(e) if e.is_retryable() && retries > 0 => retries = retries.saturating_sub(1),
+                // The primary does not answer: the platform may be failing it over. The work
+                // waits for it (another core's or the health checks' news comes through the
+                // state), up to `write_hold_ms`.
+                Err(e) if e.is_retryable() => {
+                    hold(&mut held, core.config.health.write_hold, e.to_string()).await?;
+                    state = core.state();
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -210,6 +232,26 @@ impl Client {
         }
         apply_gucs(gucs, backend).await
     }
+}
+
+/// How long a held unit waits between tries of the primary.
+const HOLD_STEP: Duration = Duration::from_millis(100);
+
+/// Waits a step before the primary is tried again, or gives up once `limit` has passed since
+/// the hold began (57P03).
+async fn hold(held: &mut Option<Instant>, limit: Duration, last: String) -> Result<(), Error> {
+    if held.is_none() {
+        log::warn!("no usable primary ({last}); holding work that needs it");
+    }
+    let waited = held.get_or_insert_with(Instant::now).elapsed();
+    if waited >= limit {
+        return Err(Error::NoPrimary {
+            waited_ms: waited.as_millis(),
+            last,
+        });
+    }
+    monoio::time::sleep(HOLD_STEP.min(limit.saturating_sub(waited))).await;
+    Ok(())
 }
 
 fn checkout(backend: Backend, pool: Rc<Pool>, on_replica: bool) -> Checkout<Held> {

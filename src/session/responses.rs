@@ -403,8 +403,13 @@ impl<L> Session<L> {
                 "08006",
                 format!("lost the connection to the server {addr}; the transaction is gone"),
             );
+            // Every unit the backend still owed an answer gets the error: a bare ReadyForQuery
+            // would tell the client that a pipelined write behind the first one succeeded.
             encode::error_response(&mut self.out, &e);
-            for _ in 0..att.pending {
+            for i in 0..att.pending {
+                if i > 0 {
+                    encode::error_response(&mut self.out, &e);
+                }
                 encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
             }
             if att.unsynced {

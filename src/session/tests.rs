@@ -306,10 +306,28 @@ fn a_read_whose_replica_fails_before_answering_goes_elsewhere_unseen_but_only_on
     s.send(&input).unwrap();
     s.lose_backend().unwrap();
     assert_eq!(
-        seen(&mut s).1,
-        ["08006"],
-        "two reads in flight: the client is told"
+        seen(&mut s),
+        (
+            "SEIEI".to_owned(),
+            vec!["08006".to_owned(), "08006".to_owned()]
+        ),
+        "two reads in flight: each is told it failed"
     );
+}
+
+#[test]
+fn every_pipelined_write_a_lost_backend_owed_gets_an_error_never_a_bare_ready_for_query() {
+    let mut s = transaction();
+    s.mute = true;
+    let mut input = query("insert into t values (1)");
+    input.extend(query("insert into t values (2)"));
+    input.extend(query("insert into t values (3)"));
+    s.send(&input).unwrap();
+    let _ = seen(&mut s);
+    s.lose_backend().unwrap();
+    let (tags, codes) = seen(&mut s);
+    assert_eq!(tags, "EIEIEI", "an error before each ReadyForQuery");
+    assert_eq!(codes, ["08006", "08006", "08006"]);
 }
 
 #[test]

@@ -393,3 +393,113 @@ fn a_session_reads_its_writes_while_replay_is_paused_and_a_lagging_replica_takes
          {lag_back:?} after resume"
     );
 }
+
+#[test]
+fn writes_wait_out_a_primary_restart_and_no_acknowledged_write_is_lost() {
+    let _heavy = crate::hostile::heavy();
+    if common::cluster().is_none() {
+        return;
+    }
+    let own = own_cluster("restart");
+    let lc = own.cluster.as_ref().unwrap();
+    let c = Cluster {
+        ports: lc.ports.clone(),
+    };
+    let proxy = start(&c, "interval_ms = 200\nwrite_hold_ms = 20000");
+    let port = proxy.addr().port();
+    let connect = move || postgres::Client::connect(&dsn(port, "app", "app"), postgres::NoTls);
+    one(&mut connect().unwrap(), "CREATE TABLE acked (w int, n int)");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<(i32, i32)>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let mut conn = connect().unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.simple_query(&format!("INSERT INTO acked VALUES ({w}, {n})")) {
+                        Ok(_) => acked.lock().unwrap().push((w, n)),
+                        Err(e) => {
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("({w},{n}) {}: {e}", common::sqlstate(&e)));
+                            if conn.is_closed() {
+                                conn = connect().unwrap();
+                            }
+                        }
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let count = || acked.lock().unwrap().len();
+    assert!(eventually(Duration::from_secs(10), || count() > 100));
+
+    lc.stop_server(0).unwrap();
+    let stopped = Instant::now();
+    let at_stop = count();
+    std::thread::sleep(Duration::from_secs(2));
+    let while_down = count() - at_stop;
+    lc.restart(0).unwrap();
+    let restarted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || count()
+            > at_stop + while_down + 100),
+        "writes were not served again after the restart"
+    );
+    let served = restarted.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let held = stopped.elapsed();
+
+    let mut primary = common::direct(&c, 0);
+    let present: std::collections::HashSet<(i32, i32)> = primary
+        .query("SELECT w, n FROM acked", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let acked = acked.lock().unwrap();
+    let missing: Vec<&(i32, i32)> = acked.iter().filter(|a| !present.contains(a)).collect();
+    let lost = missing.len();
+    if lost > 0 {
+        let last: Vec<(i32, i32)> = (0..3)
+            .map(|w| {
+                (
+                    w,
+                    acked
+                        .iter()
+                        .filter(|a| a.0 == w)
+                        .map(|a| a.1)
+                        .max()
+                        .unwrap_or(-1),
+                )
+            })
+            .collect();
+        eprintln!("missing {missing:?}; each writer's last acknowledged: {last:?}");
+    }
+    let errors = errors.lock().unwrap();
+    eprintln!(
+        "primary restart: {} writes acknowledged, {lost} of them lost; {while_down} acknowledged \
+         while it was down; served again {served:?} after the restart ({held:?} after the \
+         stop); client errors: {errors:?}",
+        acked.len()
+    );
+    assert_eq!(lost, 0, "acknowledged writes are missing");
+    assert_eq!(
+        while_down, 0,
+        "a write was acknowledged while the primary was down"
+    );
+    assert!(
+        errors.len() <= 3,
+        "only the statements in flight at the stop may fail (one per writer): {errors:?}"
+    );
+}
