@@ -33,6 +33,9 @@ pub struct Login<'a> {
     pub password: Option<&'a str>,
     /// Database name.
     pub database: &'a str,
+    /// `application_name` to log in with (the health checks name themselves; pooled
+    /// connections take their clients' parameters later).
+    pub application_name: Option<&'a str>,
 }
 
 /// An authenticated backend connection: its socket, the pool's bookkeeping, and the protocol
@@ -83,10 +86,11 @@ impl Backend {
             state: Wire::new(backend_id, addr),
         };
         let mut out = BytesMut::new();
-        encode::startup_message(
-            &mut out,
-            &[("user", login.user), ("database", login.database)],
-        );
+        let mut params = vec![("user", login.user), ("database", login.database)];
+        if let Some(name) = login.application_name {
+            params.push(("application_name", name));
+        }
+        encode::startup_message(&mut out, &params);
         b.send(out).await?;
         b.authenticate(login).await?;
         loop {

@@ -257,7 +257,8 @@ pub fn run(
             }
             Ok(ControlMsg::Checked { id, check, started }) => {
                 let primary = plane.state.primary().is_some_and(|p| p.id == id);
-                if primary && matches!(check, Check::Failed(_)) {
+                let demoted = matches!(&check, Check::Answered(r) if r.in_recovery);
+                if primary && (demoted || matches!(check, Check::Failed(_))) {
                     // The platform may be moving the primary's name: look at once.
                     next_resolve = Instant::now();
                 }

@@ -25,14 +25,16 @@ pub enum Check {
 pub struct Report {
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
-    /// The primary's current WAL position, or a replica's replayed one (`None`: not known yet).
+    /// The primary's WAL insert position (past every commit acknowledged so far, even with
+    /// `synchronous_commit = off`, where the write position may still be behind it), or a
+    /// replica's replayed position (`None`: not known yet).
     pub lsn: Option<u64>,
 }
 
 /// The text of the check query: one round trip, one text column.
 pub const CHECK_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
      THEN 'r ' || coalesce(pg_last_wal_replay_lsn()::text, '-') \
-     ELSE 'p ' || pg_current_wal_lsn()::text END";
+     ELSE 'p ' || pg_current_wal_insert_lsn()::text END";
 
 impl Report {
     /// Reads the check query's answer (`"p 0/3000148"` or `"r 0/3000060"`).
@@ -170,6 +172,15 @@ impl Tracker {
         now: Instant,
     ) -> Option<Change> {
         let from = self.status;
+        let fenced;
+        let check = match check {
+            // A primary that answers from recovery is no primary: as good as a failure.
+            Check::Answered(r) if !rules.replica && r.in_recovery => {
+                fenced = Check::Failed("the server is in recovery, not a primary".into());
+                &fenced
+            }
+            other => other,
+        };
         let (to, cause) = match check {
             Check::Failed(why) => {
                 self.failures = self.failures.saturating_add(1);

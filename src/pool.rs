@@ -128,6 +128,7 @@ impl Pool {
             user: &self.key.user,
             password: self.password.as_deref(),
             database: &self.key.database,
+            application_name: None,
         };
         let left = deadline
             .saturating_duration_since(Instant::now())

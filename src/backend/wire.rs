@@ -61,6 +61,14 @@ impl ServerParams {
         }
         self.version = next_params_version();
     }
+
+    /// The server said it is a standby (`in_hot_standby = on`, reported by PostgreSQL 14 and
+    /// later at login and whenever it changes).
+    pub fn in_recovery(&self) -> bool {
+        self.list
+            .iter()
+            .any(|(n, v)| n == "in_hot_standby" && v == "on")
+    }
 }
 
 /// The shared prepared statements of one backend, by query hash, with their last use so that

@@ -104,6 +104,7 @@ async fn check_once(
                 user: &health.user,
                 password: config.user(&health.user).map(|u| u.password.as_str()),
                 database: &health.database,
+                application_name: Some("pgpilot health check"),
             };
             conn.insert(Backend::connect(addr, id, &login, &config.server.tcp).await?)
         }

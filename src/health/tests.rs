@@ -121,6 +121,32 @@ fn a_detached_replica_comes_back_after_good_checks_within_the_lag_bound_and_ramp
 }
 
 #[test]
+fn a_primary_answering_from_recovery_is_unavailable_until_it_is_a_primary_again() {
+    let now = Instant::now();
+    let r = Rules {
+        failover: false,
+        replica: false,
+        ..rules(false)
+    };
+    let standby = Check::Answered(Report {
+        in_recovery: true,
+        lsn: Some(0),
+    });
+    let mut t = Tracker::default();
+    assert_eq!(t.observe(&standby, None, &r, now), None);
+    assert_eq!(t.observe(&standby, None, &r, now), None);
+    let change = t.observe(&standby, None, &r, now).expect("unavailable");
+    assert_eq!(change.to, Status::Unavailable);
+    assert!(change.cause.contains("in recovery"), "{}", change.cause);
+    let primary = Check::Answered(Report {
+        in_recovery: false,
+        lsn: Some(0),
+    });
+    let change = t.observe(&primary, None, &r, now).expect("available");
+    assert_eq!(change.to, Status::Up);
+}
+
+#[test]
 fn lag_excludes_a_replica_and_lets_it_back_once_it_catches_up() {
     let now = Instant::now();
     let r = rules(true);

@@ -19,6 +19,7 @@ use super::shell::Client;
 use super::{Attached, Checkout, Gucs};
 use crate::backend::{Backend, Conn, Wire};
 use crate::config::Role;
+use crate::control::Status;
 use crate::error::Error;
 use crate::pool::{Pool, PoolKey};
 use crate::router;
@@ -143,8 +144,21 @@ impl Client {
         let mut retries = 1u32;
         let mut fresh = false;
         let mut held: Option<Instant> = None;
+        let mut last = String::new();
         loop {
             let core = &s.core;
+            let unavailable = state
+                .primary()
+                .is_some_and(|p| p.status == Status::Unavailable);
+            if target == Target::Primary && held.is_some() && unavailable {
+                // The checks say it still fails: wait for news rather than log in again.
+                if last.is_empty() {
+                    "its health checks fail".clone_into(&mut last);
+                }
+                hold(&mut held, core.config.health.write_hold, last.clone()).await?;
+                state = core.state();
+                continue;
+            }
             let Some(id) = router::pick(&state, target, core.roll(), |id| core.is_benched(id))
             else {
                 if target == Target::Primary {
@@ -178,6 +192,14 @@ impl Client {
             };
             let mut reused = false;
             let result = match checkout_result {
+                // Fenced: a server in recovery never runs work meant for the primary (the name
+                // may still point at a demoted node); the connection is closed.
+                Ok(backend) if !on_replica && backend.state.params.in_recovery() => {
+                    Err(Error::Backend {
+                        addr: backend.state.addr,
+                        source: io::Error::other("the server is in recovery, not a primary"),
+                    })
+                }
                 Ok(mut backend) => {
                     reused = backend.state.applied != 0;
                     match self.set_up(&mut backend).await {
@@ -216,7 +238,8 @@ impl Client {
                 // waits for it (another core's or the health checks' news comes through the
                 // state), up to `write_hold_ms`.
                 Err(e) if e.is_retryable() => {
-                    hold(&mut held, core.config.health.write_hold, e.to_string()).await?;
+                    last = e.to_string();
+                    hold(&mut held, core.config.health.write_hold, last.clone()).await?;
                     state = core.state();
                 }
                 Err(e) => return Err(e),

@@ -40,6 +40,7 @@ impl Client {
                     ErrorFields::fatal(intern_code(&code), message)
                 }
                 Error::PoolTimeout => ErrorFields::fatal("53300", e.to_string()),
+                Error::NoPrimary { .. } => ErrorFields::fatal("57P03", e.to_string()),
                 e => ErrorFields::fatal("08006", e.to_string()),
             })?;
         let s = &mut self.session;

@@ -344,15 +344,23 @@ fn a_session_reads_its_writes_while_replay_is_paused_and_a_lagging_replica_takes
     }
     one(&mut replica, "SELECT pg_wal_replay_resume()");
     let resumed = Instant::now();
+    // Every read on the way back sees all ten rows, wherever it runs.
     assert!(
-        eventually(Duration::from_secs(10), || one(
-            &mut writer,
-            "SELECT inet_server_port()"
-        ) == replica_port),
+        eventually(Duration::from_secs(10), || {
+            let seen = one(
+                &mut writer,
+                "SELECT inet_server_port() || ' ' || count(*) FROM ryw",
+            );
+            let (port, rows) = seen.split_once(' ').unwrap();
+            assert_eq!(
+                rows, "10",
+                "a read on port {port} missed the session's writes"
+            );
+            port == replica_port
+        }),
         "the session's reads never went back to the replica"
     );
     let back = resumed.elapsed();
-    assert_eq!(one(&mut writer, "SELECT count(*) FROM ryw"), "10");
     drop((writer, other, proxy));
 
     // A replica further behind than max_lag_bytes takes no reads at all, then comes back.
@@ -440,11 +448,27 @@ fn writes_wait_out_a_primary_restart_and_no_acknowledged_write_is_lost() {
         .collect();
     let count = || acked.lock().unwrap().len();
     assert!(eventually(Duration::from_secs(10), || count() > 100));
+    // A second proxy that holds writes for 300 ms only, and a session on it.
+    let impatient = start(&c, "interval_ms = 200\nwrite_hold_ms = 300");
+    let mut short =
+        postgres::Client::connect(&dsn(impatient.addr().port(), "app", "app"), postgres::NoTls)
+            .unwrap();
+    one(&mut short, "INSERT INTO acked VALUES (9, 0)");
 
     lc.stop_server(0).unwrap();
     let stopped = Instant::now();
     let at_stop = count();
-    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let refused = short
+        .simple_query("INSERT INTO acked VALUES (9, 1)")
+        .expect_err("no primary for 300 ms");
+    let gave_up = asked.elapsed();
+    assert_eq!(common::sqlstate(&refused), "57P03", "{refused:?}");
+    assert!(
+        gave_up >= Duration::from_millis(300) && gave_up < Duration::from_secs(2),
+        "gave up after {gave_up:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed()));
     let while_down = count() - at_stop;
     lc.restart(0).unwrap();
     let restarted = Instant::now();
@@ -490,7 +514,7 @@ fn writes_wait_out_a_primary_restart_and_no_acknowledged_write_is_lost() {
     eprintln!(
         "primary restart: {} writes acknowledged, {lost} of them lost; {while_down} acknowledged \
          while it was down; served again {served:?} after the restart ({held:?} after the \
-         stop); client errors: {errors:?}",
+         stop); client errors: {errors:?}; with write_hold_ms = 300: 57P03 after {gave_up:?}",
         acked.len()
     );
     assert_eq!(lost, 0, "acknowledged writes are missing");
@@ -502,4 +526,34 @@ fn writes_wait_out_a_primary_restart_and_no_acknowledged_write_is_lost() {
         errors.len() <= 3,
         "only the statements in flight at the stop may fail (one per writer): {errors:?}"
     );
+}
+
+#[test]
+fn a_primary_that_is_in_recovery_is_fenced_and_work_for_it_waits_then_gets_57p03() {
+    let Some(shared) = common::cluster() else {
+        return;
+    };
+    // The name "primary" points at a standby, as a stale DNS answer after a failover would.
+    let c = Cluster {
+        ports: vec![shared.ports[1], shared.ports[2]],
+    };
+    let proxy = start(&c, "interval_ms = 200\nwrite_hold_ms = 300");
+    // Logging in needs the primary (it vouches for the database and the parameters).
+    let asked = Instant::now();
+    let Err(refused) =
+        postgres::Client::connect(&dsn(proxy.addr().port(), "app", "app"), postgres::NoTls)
+    else {
+        panic!("logged in with no primary");
+    };
+    let waited = asked.elapsed();
+    assert_eq!(common::sqlstate(&refused), "57P03", "{refused:?}");
+    let text = format!("{refused:?}");
+    assert!(text.contains("recovery"), "the error says why: {text}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || status(&proxy, 0)
+            == Status::Unavailable),
+        "the checks never marked it unavailable"
+    );
+    eprintln!("fenced: a login got 57P03 after {waited:?}: {}", refused);
 }
