@@ -2,15 +2,18 @@
 //! names off the data path and broadcasts versioned snapshots to every core.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::config::{Config, Role};
-use crate::health::checker::{self, Addresses};
-use crate::health::{Check, Rules, Tracker};
+use crate::health::Check;
+
+mod plane;
+
+pub use plane::{run, Latest, RESOLVE_INTERVAL};
 
 /// Whether a backend is in the rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,216 +226,10 @@ pub enum ControlMsg {
     },
 }
 
-/// How often host names are resolved again (RDS endpoints move on failover).
-pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Runs the control plane until shutdown: starts the health checks and turns their outcomes
-/// into backend status, re-resolves names, and broadcasts every change to the cores.
-pub fn run(
-    config: Arc<Config>,
-    state: ClusterState,
-    rx: Receiver<ControlMsg>,
-    tx: Sender<ControlMsg>,
-    cores: Vec<CoreSender>,
-    latest: Latest,
-) {
-    let mut plane = Plane::new(config.clone(), state, cores, latest);
-    let addrs: Addresses = Arc::new(Mutex::new(plane.addrs()));
-    if let Err(e) = checker::spawn(config, addrs.clone(), tx) {
-        log::error!("cannot start the health checks: {e}; backends are taken as healthy");
-    }
-    let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
-    loop {
-        let now = Instant::now();
-        let wake = if plane.ramping(now) {
-            next_resolve.min(now + RAMP_STEP)
-        } else {
-            next_resolve
-        };
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(ControlMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                log::info!("shutting down: workers stop accepting");
-                plane.broadcast(CoreMsg::Shutdown);
-                return;
-            }
-            Ok(ControlMsg::Checked { id, check, started }) => {
-                let primary = plane.state.primary().is_some_and(|p| p.id == id);
-                let demoted = matches!(&check, Check::Answered(r) if r.in_recovery);
-                if primary && (demoted || matches!(check, Check::Failed(_))) {
-                    // The platform may be moving the primary's name: look at once.
-                    next_resolve = Instant::now();
-                }
-                plane.checked(id, &check, started, Instant::now());
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        let now = Instant::now();
-        if now >= next_resolve {
-            next_resolve = now + RESOLVE_INTERVAL;
-            plane.resolve();
-            if let Ok(mut a) = addrs.lock() {
-                *a = plane.addrs();
-            }
-        }
-        plane.publish(now);
-    }
-}
-
-/// The latest snapshot the control plane published, for readers off the data path (tests,
-/// the admin console). Cores get theirs through their channels.
-pub type Latest = Arc<Mutex<Arc<ClusterState>>>;
-
-/// How often a ramping replica's share is raised.
-const RAMP_STEP: Duration = Duration::from_millis(250);
-
-/// The control plane's own state: the published snapshot, the addresses as last resolved, and
-/// each backend's health.
-struct Plane {
-    config: Arc<Config>,
-    state: ClusterState,
-    addrs: Vec<Option<SocketAddr>>,
-    /// Each backend's WAL position at its latest answered check, and when that check began.
-    positions: Vec<Option<(u64, Instant)>>,
-    health: Vec<Tracker>,
-    rules: Vec<Rules>,
-    cores: Vec<CoreSender>,
-    latest: Latest,
-}
-
-impl Plane {
-    fn new(
-        config: Arc<Config>,
-        state: ClusterState,
-        cores: Vec<CoreSender>,
-        latest: Latest,
-    ) -> Plane {
-        let rules = config
-            .backends
-            .iter()
-            .map(|b| {
-                let replica = b.role == Role::Replica;
-                // The platform fails the primary over, never the proxy.
-                Rules::new(&config.health, b.failover && replica, replica)
-            })
-            .collect();
-        Plane {
-            health: vec![Tracker::default(); config.backends.len()],
-            positions: vec![None; config.backends.len()],
-            addrs: state.backends.iter().map(|b| b.addr).collect(),
-            config,
-            state,
-            rules,
-            cores,
-            latest,
-        }
-    }
-
-    fn addrs(&self) -> Vec<Option<SocketAddr>> {
-        self.addrs.clone()
-    }
-
-    fn ramping(&self, now: Instant) -> bool {
-        self.health
-            .iter()
-            .zip(&self.rules)
-            .any(|(h, r)| h.ramping(r, now))
-    }
-
-    /// Takes a check into account; a change of status is logged as an event.
-    fn checked(&mut self, id: usize, check: &Check, started: Instant, now: Instant) {
-        let primary_lsn = self
-            .state
-            .primary()
-            .and_then(|p| self.health.get(p.id))
-            .and_then(|h| h.lsn);
-        let (Some(tracker), Some(rules), Some(b)) = (
-            self.health.get_mut(id),
-            self.rules.get(id),
-            self.state.backends.get(id),
-        ) else {
-            return;
-        };
-        let change = tracker.observe(check, primary_lsn, rules, now);
-        if let (Check::Answered(report), Some(at)) = (check, self.positions.get_mut(id)) {
-            *at = report.lsn.map(|lsn| (lsn, started));
-        }
-        if let Some(change) = change {
-            let line = format!(
-                "event={} backend={} from={} to={} cause={:?}",
-                change.event(),
-                b.name,
-                change.from,
-                change.to,
-                change.cause
-            );
-            if change.to == Status::Up {
-                log::info!("{line}");
-            } else {
-                log::warn!("{line}");
-            }
-        }
-    }
-
-    /// Resolves the names again; a name that stops resolving keeps its last address.
-    fn resolve(&mut self) {
-        let next = ClusterState::resolve(&self.config, self.state.epoch);
-        for ((new, old), b) in next
-            .backends
-            .iter()
-            .zip(self.addrs.iter_mut())
-            .zip(&self.state.backends)
-        {
-            if new.addr.is_some() && new.addr != *old {
-                log::info!(
-                    "event=address_changed backend={} from={:?} to={:?} cause=\"DNS\"",
-                    b.name,
-                    old,
-                    new.addr
-                );
-                *old = new.addr;
-            }
-        }
-    }
-
-    /// Brings status and shares up to date and, if anything changed since the last snapshot,
-    /// sends a new epoch to every core.
-    fn publish(&mut self, now: Instant) {
-        let mut next = self.state.backends.clone();
-        for (i, b) in next.iter_mut().enumerate() {
-            let (Some(h), Some(r), Some(c)) = (
-                self.health.get(i),
-                self.rules.get(i),
-                self.config.backends.get(i),
-            ) else {
-                continue;
-            };
-            b.addr = self.addrs.get(i).copied().flatten();
-            b.lsn = self.positions.get(i).copied().flatten();
-            b.status = h.status();
-            b.weight = h.share(c.weight, r, now);
-        }
-        if next == self.state.backends {
-            return;
-        }
-        self.state.epoch += 1;
-        self.state.backends = next;
-        let snapshot = Arc::new(self.state.clone());
-        if let Ok(mut latest) = self.latest.lock() {
-            *latest = snapshot.clone();
-        }
-        self.broadcast(CoreMsg::State(snapshot));
-    }
-
-    fn broadcast(&self, msg: CoreMsg) {
-        for core in &self.cores {
-            let _ = core.send(msg.clone());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     #[allow(clippy::disallowed_methods)] // the sending thread is no core: it may sleep

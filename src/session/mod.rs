@@ -23,6 +23,7 @@ pub mod handshake;
 mod io;
 mod local;
 mod login;
+mod lost;
 mod outbox;
 mod params;
 mod relay;
