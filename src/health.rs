@@ -242,21 +242,31 @@ impl Tracker {
 
     /// The share of reads it takes now, out of `weight * 1000`: all of it, except while a
     /// returning replica ramps up over `slow_start`.
+    /// A replica behind the primary takes less in proportion: half its share at half of
+    /// `max_lag_bytes`, none past it (it is `lagging` then).
     pub fn share(&self, weight: u32, rules: &Rules, now: Instant) -> u32 {
-        let full = weight.saturating_mul(1000);
-        match self.since {
+        let full = f64::from(weight.saturating_mul(1000));
+        let ramp = match self.since {
             Some(since) if !rules.slow_start.is_zero() => {
-                let done = now.saturating_duration_since(since).as_secs_f64()
-                    / rules.slow_start.as_secs_f64();
-                if done >= 1.0 {
-                    full
-                } else {
-                    // Never quite 0: the replica takes a trickle from its first moment back.
-                    ((f64::from(full) * done) as u32).max(1)
-                }
+                (now.saturating_duration_since(since).as_secs_f64()
+                    / rules.slow_start.as_secs_f64())
+                .min(1.0)
             }
-            _ => full,
+            _ => 1.0,
+        };
+        let behind = match self.lag {
+            Some(lag) if rules.max_lag_bytes > 0 => {
+                (lag as f64 / rules.max_lag_bytes as f64).min(1.0)
+            }
+            _ => 0.0,
+        };
+        let share = full * ramp * (1.0 - behind);
+        if share >= full {
+            return full as u32;
         }
+        // Never quite 0 while it is in the rotation: a replica coming back, or one a little
+        // behind, still takes a trickle.
+        (share as u32).max(u32::from(weight > 0))
     }
 
     /// Whether its share is still ramping up.

@@ -110,7 +110,9 @@ fn a_detached_replica_comes_back_after_good_checks_within_the_lag_bound_and_ramp
     assert_eq!((change.from, change.to), (Status::Down, Status::Up));
     assert_eq!(change.event(), "attached");
 
-    // Slow start: a trickle at once, half-way at 5 s, all of it from 10 s on.
+    // Slow start (once caught up, so that lag costs nothing): a trickle at once, half-way at
+    // 5 s, all of it from 10 s on.
+    assert_eq!(t.observe(&ok(5000), Some(5000), &r, start), None);
     assert_eq!(t.share(2, &r, start), 1);
     assert_eq!(t.share(2, &r, start + Duration::from_secs(5)), 1000);
     assert!(t.ramping(&r, start + Duration::from_secs(5)));
@@ -118,6 +120,32 @@ fn a_detached_replica_comes_back_after_good_checks_within_the_lag_bound_and_ramp
     assert!(!t.ramping(&r, start + Duration::from_secs(10)));
     // A backend that was never detached takes its whole share.
     assert_eq!(Tracker::default().share(2, &r, start), 2000);
+    // No weight, no share, ramping or not.
+    assert_eq!(t.share(0, &r, start), 0);
+}
+
+#[test]
+fn a_replica_takes_less_the_further_behind_it_is() {
+    let now = Instant::now();
+    let r = rules(true); // max_lag_bytes = 1000
+    let mut t = Tracker::default();
+    t.observe(&ok(1000), Some(1000), &r, now);
+    assert_eq!(t.share(1, &r, now), 1000, "caught up: all of it");
+    t.observe(&ok(750), Some(1000), &r, now);
+    assert_eq!(t.share(1, &r, now), 750, "a quarter of the bound behind");
+    t.observe(&ok(500), Some(1000), &r, now);
+    assert_eq!(t.share(1, &r, now), 500, "half of the bound behind");
+    t.observe(&ok(1), Some(1000), &r, now);
+    assert_eq!(t.share(1, &r, now), 1, "just within the bound: a trickle");
+    let unbounded = Rules {
+        max_lag_bytes: 0,
+        ..r
+    };
+    assert_eq!(
+        t.share(1, &unbounded, now),
+        1000,
+        "no bound: lag costs nothing"
+    );
 }
 
 #[test]
