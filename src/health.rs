@@ -132,8 +132,6 @@ pub struct Tracker {
     successes: u32,
     /// When it was last attached again (the start of its slow start).
     since: Option<Instant>,
-    /// The last check's position (see [`Report::lsn`]).
-    pub lsn: Option<u64>,
     /// How far behind the primary it was at the last check, in bytes (replicas).
     pub lag: Option<u64>,
 }
@@ -145,7 +143,6 @@ impl Default for Tracker {
             failures: 0,
             successes: 0,
             since: None,
-            lsn: None,
             lag: None,
         }
     }
@@ -197,7 +194,6 @@ impl Tracker {
             Check::Answered(report) => {
                 self.failures = 0;
                 self.successes = self.successes.saturating_add(1);
-                self.lsn = report.lsn;
                 self.lag = match (rules.replica, primary_lsn, report.lsn) {
                     (true, Some(p), Some(r)) => Some(p.saturating_sub(r)),
                     _ => None,

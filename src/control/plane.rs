@@ -26,8 +26,7 @@ pub fn run(
     latest: Latest,
 ) {
     let mut plane = Plane::new(config.clone(), state, cores, latest);
-    let addrs: Addresses = Arc::new(Mutex::new(plane.addrs()));
-    if let Err(e) = checker::spawn(config, addrs.clone(), tx) {
+    if let Err(e) = checker::spawn(config, plane.addrs.clone(), tx) {
         log::error!("cannot start the health checks: {e}; backends are taken as healthy");
     }
     let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
@@ -59,9 +58,6 @@ pub fn run(
         if now >= next_resolve {
             next_resolve = now + RESOLVE_INTERVAL;
             plane.resolve();
-            if let Ok(mut a) = addrs.lock() {
-                *a = plane.addrs();
-            }
         }
         plane.publish(now);
     }
@@ -74,12 +70,12 @@ pub type Latest = Arc<Mutex<Arc<ClusterState>>>;
 /// How often a ramping replica's share is raised.
 const RAMP_STEP: Duration = Duration::from_millis(250);
 
-/// The control plane's own state: the published snapshot, the addresses as last resolved, and
-/// each backend's health.
+/// The control plane's own state: the published snapshot, the addresses as last resolved
+/// (shared with the checks, which follow them), and each backend's health.
 struct Plane {
     config: Arc<Config>,
     state: ClusterState,
-    addrs: Vec<Option<SocketAddr>>,
+    addrs: Addresses,
     /// Each backend's WAL position at its latest answered check, and when that check began.
     positions: Vec<Option<(u64, Instant)>>,
     health: Vec<Tracker>,
@@ -107,7 +103,7 @@ impl Plane {
         Plane {
             health: vec![Tracker::default(); config.backends.len()],
             positions: vec![None; config.backends.len()],
-            addrs: state.backends.iter().map(|b| b.addr).collect(),
+            addrs: Arc::new(Mutex::new(state.backends.iter().map(|b| b.addr).collect())),
             config,
             state,
             rules,
@@ -116,8 +112,12 @@ impl Plane {
         }
     }
 
+    /// The addresses as last resolved.
     fn addrs(&self) -> Vec<Option<SocketAddr>> {
-        self.addrs.clone()
+        match self.addrs.lock() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     fn ramping(&self, now: Instant) -> bool {
@@ -132,8 +132,8 @@ impl Plane {
         let primary_lsn = self
             .state
             .primary()
-            .and_then(|p| self.health.get(p.id))
-            .and_then(|h| h.lsn);
+            .and_then(|p| self.positions.get(p.id).copied().flatten())
+            .map(|(lsn, _)| lsn);
         let (Some(tracker), Some(rules), Some(b)) = (
             self.health.get_mut(id),
             self.rules.get(id),
@@ -165,10 +165,11 @@ impl Plane {
     /// Resolves the names again; a name that stops resolving keeps its last address.
     fn resolve(&mut self) {
         let next = ClusterState::resolve(&self.config, self.state.epoch);
+        let mut addrs = self.addrs();
         for ((new, old), b) in next
             .backends
             .iter()
-            .zip(self.addrs.iter_mut())
+            .zip(addrs.iter_mut())
             .zip(&self.state.backends)
         {
             if new.addr.is_some() && new.addr != *old {
@@ -181,22 +182,26 @@ impl Plane {
                 *old = new.addr;
             }
         }
+        if let Ok(mut shared) = self.addrs.lock() {
+            *shared = addrs;
+        }
     }
 
     /// Brings status and shares up to date and, if anything changed since the last snapshot,
     /// sends a new epoch to every core.
     fn publish(&mut self, now: Instant) {
         let mut next = self.state.backends.clone();
-        for (i, b) in next.iter_mut().enumerate() {
-            let (Some(h), Some(r), Some(c)) = (
-                self.health.get(i),
-                self.rules.get(i),
-                self.config.backends.get(i),
-            ) else {
-                continue;
-            };
-            b.addr = self.addrs.get(i).copied().flatten();
-            b.lsn = self.positions.get(i).copied().flatten();
+        let addrs = self.addrs();
+        let each = self
+            .health
+            .iter()
+            .zip(&self.rules)
+            .zip(&self.config.backends);
+        for (((b, ((h, r), c)), addr), lsn) in
+            next.iter_mut().zip(each).zip(addrs).zip(&self.positions)
+        {
+            b.addr = addr;
+            b.lsn = *lsn;
             b.status = h.status();
             b.weight = h.share(c.weight, r, now);
         }

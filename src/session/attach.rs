@@ -70,16 +70,23 @@ impl<L> Session<L> {
         let Some(bytes) = self.cbuf.get(..unit.len) else {
             return false;
         };
+        // Asked for every read a fresh backend gets: one walk over the frames, no allocation.
+        let runs = |tag: u8| {
+            matches!(
+                F::from_byte(tag),
+                Some(F::Bind | F::Describe | F::Execute | F::Flush | F::Sync)
+            )
+        };
         let mut scan = FrameScan::new(bytes, u32::MAX);
-        let tags: Vec<Option<F>> = (&mut scan).map(|f| F::from_byte(f.tag())).collect();
-        scan.error().is_none()
-            && (tags == [Some(F::Query)]
-                || tags.iter().all(|t| {
-                    matches!(
-                        t,
-                        Some(F::Bind | F::Describe | F::Execute | F::Flush | F::Sync)
-                    )
-                }))
+        let Some(first) = scan.next() else {
+            return false;
+        };
+        let shape = if first.tag() == F::Query as u8 {
+            scan.next().is_none()
+        } else {
+            runs(first.tag()) && scan.all(|f| runs(f.tag()))
+        };
+        shape && scan.error().is_none()
     }
 
     /// Makes a checked-out backend the attached one.

@@ -4,7 +4,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use pgpilot_protocol::backend::{BackendMessage, TransactionStatus};
+use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
 
@@ -76,9 +76,15 @@ impl<L> Session<L> {
 /// WARNING of class 57 a backend sends when an immediate shutdown or a crash of a sibling
 /// makes it quit.
 pub(super) fn server_going_away(batch: &[u8]) -> bool {
+    // Asked for the first answer of every read sent to a replica: most open with a row
+    // description, so only an error or a notice is parsed.
     let Some(first) = FrameScan::new(batch, u32::MAX).next() else {
         return false;
     };
+    let tag = first.tag();
+    if tag != BackendTag::ErrorResponse as u8 && tag != BackendTag::NoticeResponse as u8 {
+        return false;
+    }
     let (fields, quits) = match BackendMessage::parse(first.bytes) {
         Ok(BackendMessage::ErrorResponse(f)) => (f, b"FATAL".as_slice()),
         Ok(BackendMessage::NoticeResponse(f)) => (f, b"WARNING".as_slice()),

@@ -2,7 +2,8 @@
 //! and freezes servers, which the shared cluster's other tests must not see): a replica frozen
 //! for 2 s is not detached and no read fails; a crashed replica is detached within the bound
 //! and attached again by itself once it runs again, and no read fails either: those in flight
-//! on it are sent elsewhere.
+//! on it are sent elsewhere; a session reads its own writes while replay is paused, and a
+//! lagging replica takes no reads. The helpers here serve `primary` too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,26 @@ use pgpilot::{Config, Proxy};
 
 use crate::common::{self, config_text, dsn, eventually, Cluster, Opts};
 
-/// A cluster of one primary and one replica, removed when the test ends.
-struct Own {
+/// A cluster of one primary and one replica, removed when the test ends. The test holds the
+/// memory-measuring tests' lock meanwhile: a second cluster, proxies and their clients must
+/// not run beside them.
+pub struct Own {
     cluster: Option<LocalCluster>,
     dir: std::path::PathBuf,
+    _heavy: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Own {
+    pub fn servers(&self) -> &LocalCluster {
+        self.cluster.as_ref().unwrap()
+    }
+
+    /// The harness's view of it, for configs.
+    pub fn view(&self) -> Cluster {
+        Cluster {
+            ports: self.servers().ports.clone(),
+        }
+    }
 }
 
 impl Drop for Own {
@@ -29,18 +46,22 @@ impl Drop for Own {
     }
 }
 
-fn own_cluster(name: &str) -> Own {
+/// `None` only where the shared cluster's tests are skipped too (see `common::cluster`).
+pub fn own_cluster(name: &str) -> Option<Own> {
+    let heavy = crate::hostile::heavy();
+    common::cluster()?;
     let dir = std::env::temp_dir().join(format!("pgpilot-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cluster =
         LocalCluster::create(&dir, 1).expect("a primary and a replica of this test's own");
-    Own {
+    Some(Own {
         cluster: Some(cluster),
         dir,
-    }
+        _heavy: heavy,
+    })
 }
 
-fn start(c: &Cluster, health: &str) -> Proxy {
+pub fn start(c: &Cluster, health: &str) -> Proxy {
     let _ = env_logger::builder().is_test(true).try_init();
     let extra: &'static str = Box::leak(format!("\n[health]\n{health}\n").into_boxed_str());
     let o = Opts {
@@ -53,7 +74,7 @@ fn start(c: &Cluster, health: &str) -> Proxy {
     Proxy::start(config).expect("proxy starts")
 }
 
-fn status(p: &Proxy, id: usize) -> Status {
+pub fn status(p: &Proxy, id: usize) -> Status {
     p.cluster_state().backends[id].status
 }
 
@@ -104,13 +125,8 @@ impl Readers {
                         };
                         match c.simple_query("SELECT inet_server_port()") {
                             Ok(messages) => {
-                                let port = messages.iter().find_map(|m| match m {
-                                    postgres::SimpleQueryMessage::Row(r) => {
-                                        r.get(0).and_then(|p| p.parse::<u64>().ok())
-                                    }
-                                    _ => None,
-                                });
-                                last_port.store(port.unwrap_or(0), Ordering::Relaxed);
+                                let port = first_value(&messages).parse().unwrap_or(0);
+                                last_port.store(port, Ordering::Relaxed);
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => {
@@ -176,17 +192,10 @@ fn signal(pids: &[u32], sig: &str) {
 
 #[test]
 fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
-    // A second cluster, two proxies and their clients: not beside the tests that measure this
-    // process's memory.
-    let _heavy = crate::hostile::heavy();
-    if common::cluster().is_none() {
+    let Some(own) = own_cluster("health") else {
         return;
-    }
-    let own = own_cluster("health");
-    let lc = own.cluster.as_ref().unwrap();
-    let c = Cluster {
-        ports: lc.ports.clone(),
     };
+    let (lc, c) = (own.servers(), own.view());
     let replica_port = u64::from(c.ports[1]);
 
     // 1. Busy is not dead: frozen for 2 s under the default check settings.
@@ -276,9 +285,13 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
 }
 
 /// The first column of a simple query's first row.
-fn one(c: &mut postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .unwrap()
+pub fn one(c: &mut postgres::Client, sql: &str) -> String {
+    first_value(&c.simple_query(sql).unwrap())
+}
+
+/// The first column of the first row in a simple query's answer ("" if none).
+fn first_value(messages: &[postgres::SimpleQueryMessage]) -> String {
+    messages
         .iter()
         .find_map(|m| match m {
             postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
@@ -289,15 +302,10 @@ fn one(c: &mut postgres::Client, sql: &str) -> String {
 
 #[test]
 fn a_session_reads_its_writes_while_replay_is_paused_and_a_lagging_replica_takes_no_reads() {
-    let _heavy = crate::hostile::heavy();
-    if common::cluster().is_none() {
+    let Some(own) = own_cluster("lsn") else {
         return;
-    }
-    let own = own_cluster("lsn");
-    let lc = own.cluster.as_ref().unwrap();
-    let c = Cluster {
-        ports: lc.ports.clone(),
     };
+    let c = own.view();
     let (primary_port, replica_port) = (c.ports[0].to_string(), c.ports[1].to_string());
     let proxy = start(&c, "interval_ms = 200");
     let through = |p: &Proxy| {
@@ -400,160 +408,4 @@ fn a_session_reads_its_writes_while_replay_is_paused_and_a_lagging_replica_takes
          replica {back:?} after resume; lag: excluded {excluded:?} after the write, back \
          {lag_back:?} after resume"
     );
-}
-
-#[test]
-fn writes_wait_out_a_primary_restart_and_no_acknowledged_write_is_lost() {
-    let _heavy = crate::hostile::heavy();
-    if common::cluster().is_none() {
-        return;
-    }
-    let own = own_cluster("restart");
-    let lc = own.cluster.as_ref().unwrap();
-    let c = Cluster {
-        ports: lc.ports.clone(),
-    };
-    let proxy = start(&c, "interval_ms = 200\nwrite_hold_ms = 20000");
-    let port = proxy.addr().port();
-    let connect = move || postgres::Client::connect(&dsn(port, "app", "app"), postgres::NoTls);
-    one(&mut connect().unwrap(), "CREATE TABLE acked (w int, n int)");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::<(i32, i32)>::new()));
-    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
-            std::thread::spawn(move || {
-                let mut conn = connect().unwrap();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    match conn.simple_query(&format!("INSERT INTO acked VALUES ({w}, {n})")) {
-                        Ok(_) => acked.lock().unwrap().push((w, n)),
-                        Err(e) => {
-                            errors
-                                .lock()
-                                .unwrap()
-                                .push(format!("({w},{n}) {}: {e}", common::sqlstate(&e)));
-                            if conn.is_closed() {
-                                conn = connect().unwrap();
-                            }
-                        }
-                    }
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        })
-        .collect();
-    let count = || acked.lock().unwrap().len();
-    assert!(eventually(Duration::from_secs(10), || count() > 100));
-    // A second proxy that holds writes for 300 ms only, and a session on it.
-    let impatient = start(&c, "interval_ms = 200\nwrite_hold_ms = 300");
-    let mut short =
-        postgres::Client::connect(&dsn(impatient.addr().port(), "app", "app"), postgres::NoTls)
-            .unwrap();
-    one(&mut short, "INSERT INTO acked VALUES (9, 0)");
-
-    lc.stop_server(0).unwrap();
-    let stopped = Instant::now();
-    let at_stop = count();
-    let asked = Instant::now();
-    let refused = short
-        .simple_query("INSERT INTO acked VALUES (9, 1)")
-        .expect_err("no primary for 300 ms");
-    let gave_up = asked.elapsed();
-    assert_eq!(common::sqlstate(&refused), "57P03", "{refused:?}");
-    assert!(
-        gave_up >= Duration::from_millis(300) && gave_up < Duration::from_secs(2),
-        "gave up after {gave_up:?}"
-    );
-    std::thread::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed()));
-    let while_down = count() - at_stop;
-    lc.restart(0).unwrap();
-    let restarted = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(20), || count()
-            > at_stop + while_down + 100),
-        "writes were not served again after the restart"
-    );
-    let served = restarted.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().unwrap();
-    }
-    let held = stopped.elapsed();
-
-    let mut primary = common::direct(&c, 0);
-    let present: std::collections::HashSet<(i32, i32)> = primary
-        .query("SELECT w, n FROM acked", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let acked = acked.lock().unwrap();
-    let missing: Vec<&(i32, i32)> = acked.iter().filter(|a| !present.contains(a)).collect();
-    let lost = missing.len();
-    if lost > 0 {
-        let last: Vec<(i32, i32)> = (0..3)
-            .map(|w| {
-                (
-                    w,
-                    acked
-                        .iter()
-                        .filter(|a| a.0 == w)
-                        .map(|a| a.1)
-                        .max()
-                        .unwrap_or(-1),
-                )
-            })
-            .collect();
-        eprintln!("missing {missing:?}; each writer's last acknowledged: {last:?}");
-    }
-    let errors = errors.lock().unwrap();
-    eprintln!(
-        "primary restart: {} writes acknowledged, {lost} of them lost; {while_down} acknowledged \
-         while it was down; served again {served:?} after the restart ({held:?} after the \
-         stop); client errors: {errors:?}; with write_hold_ms = 300: 57P03 after {gave_up:?}",
-        acked.len()
-    );
-    assert_eq!(lost, 0, "acknowledged writes are missing");
-    assert_eq!(
-        while_down, 0,
-        "a write was acknowledged while the primary was down"
-    );
-    assert!(
-        errors.len() <= 3,
-        "only the statements in flight at the stop may fail (one per writer): {errors:?}"
-    );
-}
-
-#[test]
-fn a_primary_that_is_in_recovery_is_fenced_and_work_for_it_waits_then_gets_57p03() {
-    let Some(shared) = common::cluster() else {
-        return;
-    };
-    // The name "primary" points at a standby, as a stale DNS answer after a failover would.
-    let c = Cluster {
-        ports: vec![shared.ports[1], shared.ports[2]],
-    };
-    let proxy = start(&c, "interval_ms = 200\nwrite_hold_ms = 300");
-    // Logging in needs the primary (it vouches for the database and the parameters).
-    let asked = Instant::now();
-    let Err(refused) =
-        postgres::Client::connect(&dsn(proxy.addr().port(), "app", "app"), postgres::NoTls)
-    else {
-        panic!("logged in with no primary");
-    };
-    let waited = asked.elapsed();
-    assert_eq!(common::sqlstate(&refused), "57P03", "{refused:?}");
-    let text = format!("{refused:?}");
-    assert!(text.contains("recovery"), "the error says why: {text}");
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || status(&proxy, 0)
-            == Status::Unavailable),
-        "the checks never marked it unavailable"
-    );
-    eprintln!("fenced: a login got 57P03 after {waited:?}: {}", refused);
 }

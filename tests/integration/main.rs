@@ -15,6 +15,7 @@ mod limits;
 mod loadtest;
 mod pgbench;
 mod pooling;
+mod primary;
 mod routing;
 mod runtime;
 mod tcp;
