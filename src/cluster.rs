@@ -19,6 +19,9 @@ pub const ROLES: &[(&str, &str, &str, &str)] = &[
     ("app_trust", "app_trust", "trust", "scram-sha-256"),
 ];
 
+/// Where a twin replica listens (see [`LocalCluster::create_twinned`]).
+pub const TWIN_HOST: &str = "127.0.0.2";
+
 /// Why the cluster could not be made.
 #[derive(Debug)]
 pub struct ClusterError(pub String);
@@ -45,6 +48,8 @@ pub struct LocalCluster {
     pub bindir: PathBuf,
     /// Primary first, then each replica.
     pub ports: Vec<u16>,
+    /// The address each one listens on, same order: 127.0.0.1, except a twin's.
+    pub hosts: Vec<&'static str>,
     run_as: Option<(u32, u32)>,
     stopped: bool,
 }
@@ -53,6 +58,17 @@ impl LocalCluster {
     /// Makes and starts a primary and `replicas` streaming replicas under `dir` (created,
     /// must not hold a cluster already), then creates the roles of [`ROLES`] and database `app`.
     pub fn create(dir: &Path, replicas: usize) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::make(dir, replicas, false)
+    }
+
+    /// [`LocalCluster::create`], with replica 1 a twin of the primary: it listens on
+    /// 127.0.0.2 at the primary's port, so that a name moved from the primary to it after
+    /// its promotion (as RDS moves its endpoint) needs no change of port.
+    pub fn create_twinned(dir: &Path, replicas: usize) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::make(dir, replicas.max(1), true)
+    }
+
+    fn make(dir: &Path, replicas: usize, twin: bool) -> Result<LocalCluster, ClusterError> {
         let bindir = find_bindir()?;
         let run_as = if is_root() {
             Some(postgres_ids()?)
@@ -62,13 +78,19 @@ impl LocalCluster {
         fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         give_to(&dir, run_as)?;
-        let ports = (0..=replicas)
+        let mut ports = (0..=replicas)
             .map(|_| free_port())
             .collect::<io::Result<Vec<_>>>()?;
+        let mut hosts = vec!["127.0.0.1"; ports.len()];
+        if twin {
+            ports[1] = ports[0];
+            hosts[1] = TWIN_HOST;
+        }
         let cluster = LocalCluster {
             dir,
             bindir,
             ports,
+            hosts,
             run_as,
             stopped: false,
         };
@@ -140,11 +162,12 @@ impl LocalCluster {
             self.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;
-        let mut hba = String::from("local all all trust\nhost replication postgres 127.0.0.1/32 trust\nhost all postgres 127.0.0.1/32 trust\n");
+        // All of 127/8: a twin listens on 127.0.0.2.
+        let mut hba = String::from("local all all trust\nhost replication postgres 127.0.0.0/8 trust\nhost all postgres 127.0.0.0/8 trust\n");
         for (name, _, method, _) in ROLES {
-            hba.push_str(&format!("host all {name} 127.0.0.1/32 {method}\n"));
+            hba.push_str(&format!("host all {name} 127.0.0.0/8 {method}\n"));
         }
-        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+        hba.push_str("host all all 127.0.0.0/8 scram-sha-256\n");
         fs::write(data.join("pg_hba.conf"), hba)?;
         Ok(())
     }
@@ -233,11 +256,30 @@ impl LocalCluster {
                 "fast",
             ],
         )?;
-        append(
-            &data.join("postgresql.conf"),
-            &format!("\nport = {}\n", self.ports[i]),
-        )?;
+        let mut conf = format!("\nport = {}\n", self.ports[i]);
+        if self.hosts[i] != "127.0.0.1" {
+            // Its own socket directory too: the twin shares the primary's port number.
+            let sockets = self.dir.join(format!("sockets{i}"));
+            fs::create_dir_all(&sockets)?;
+            give_to(&sockets, self.run_as)?;
+            conf.push_str(&format!(
+                "listen_addresses = '{}'\nunix_socket_directories = '{}'\n",
+                self.hosts[i],
+                sockets.display()
+            ));
+        }
+        append(&data.join("postgresql.conf"), &conf)?;
         Ok(())
+    }
+
+    /// Promotes replica `i` to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self, i: usize) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        self.run(
+            "pg_ctl",
+            &["-D", &data.to_string_lossy(), "-w", "-t", "60", "promote"],
+        )
+        .map(|_| ())
     }
 
     /// Stops server `i` the way a crash would (`pg_ctl stop -m immediate`).

@@ -28,6 +28,15 @@ pub enum Status {
     Unavailable,
     /// Answering, but too far behind the primary: it takes no reads until it catches up.
     Lagging,
+    /// Answering, but slowly (busy, not dead): it stays in the rotation with a lowered share.
+    Slow,
+}
+
+impl Status {
+    /// Whether a replica in this state takes reads.
+    pub fn takes_reads(self) -> bool {
+        matches!(self, Status::Up | Status::Slow)
+    }
 }
 
 /// One backend as the cores see it.
@@ -224,6 +233,9 @@ pub enum ControlMsg {
         check: Check,
         started: Instant,
     },
+    /// A session's connection to backend `id`, meant for the primary, refused a write as
+    /// read-only and could not prove it reaches a primary.
+    Fenced { id: usize },
 }
 
 #[cfg(test)]

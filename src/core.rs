@@ -11,12 +11,13 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use crossbeam_channel::Sender;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
 use crate::config::Config;
-use crate::control::{ClusterState, CoreMsg, CoreReceiver, CoreSender, Status};
+use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
 use pgpilot_protocol::classify::Functions;
 
@@ -58,6 +59,8 @@ pub struct Core {
     clients: Arc<AtomicUsize>,
     /// Channels to every core (including this one), to forward CancelRequests.
     peers: Vec<CoreSender>,
+    /// The control plane's inbox, for what a session learns of a backend.
+    control: Sender<ControlMsg>,
     /// Replicas this core failed to reach, and until when it leaves them alone.
     benched: RefCell<HashMap<usize, Instant>>,
     /// Writing functions per database: the configured ones, plus the catalog's once loaded.
@@ -80,6 +83,7 @@ impl Core {
         state: Arc<ClusterState>,
         clients: Arc<AtomicUsize>,
         peers: Vec<CoreSender>,
+        control: Sender<ControlMsg>,
     ) -> Core {
         let seed = u64::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<8>()) | 1;
         let configured_functions = Rc::new(config.routing.functions.clone());
@@ -93,6 +97,7 @@ impl Core {
             next_session: Cell::new(0),
             clients,
             peers,
+            control,
             benched: RefCell::new(HashMap::new()),
             functions: RefCell::new(HashMap::new()),
             configured_functions,
@@ -120,6 +125,22 @@ impl Core {
                 pool.close_idle();
             }
         }
+    }
+
+    /// A session's primary connection answered a write with 25006 and cannot prove it reaches
+    /// a primary: the control plane looks up the primary's name again at once, and this core's
+    /// idle connections to it are closed (the session closes its own when done with it).
+    pub fn fence(&self, backend_id: usize, session: u32) {
+        log::warn!(
+            "session={session} backend {backend_id} refused a write as read-only (25006) and \
+             never said it is no standby: fenced"
+        );
+        for pool in self.pools.borrow().values() {
+            if pool.key.backend_id == backend_id {
+                pool.close_idle();
+            }
+        }
+        let _ = self.control.try_send(ControlMsg::Fenced { id: backend_id });
     }
 
     /// Whether this core is leaving a backend alone right now.

@@ -29,15 +29,28 @@ pub struct Report {
     /// `synchronous_commit = off`, where the write position may still be behind it), or a
     /// replica's replayed position (`None`: not known yet).
     pub lsn: Option<u64>,
+    /// A replica's received position (`None` on the primary, or not known yet).
+    pub received: Option<u64>,
+    /// How long a replica's replay has been behind what it received, in milliseconds: 0 when it
+    /// has replayed everything it received (`None` on the primary, or not known yet).
+    pub replay_delay_ms: Option<u64>,
+    /// How long the check took to answer (set by the checker, not by the query).
+    pub took: Duration,
 }
 
-/// The text of the check query: one round trip, one text column.
+/// The text of the check query: one round trip, one text column: `p <insert position>` on a
+/// primary, `r <replayed> <received> <replay delay in ms>` on a replica (`-` for what it does
+/// not know yet).
 pub const CHECK_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
      THEN 'r ' || coalesce(pg_last_wal_replay_lsn()::text, '-') \
+     || ' ' || coalesce(pg_last_wal_receive_lsn()::text, '-') \
+     || ' ' || coalesce(CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+     ELSE floor(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint \
+     END::text, '-') \
      ELSE 'p ' || pg_current_wal_insert_lsn()::text END";
 
 impl Report {
-    /// Reads the check query's answer (`"p 0/3000148"` or `"r 0/3000060"`).
+    /// Reads the check query's answer (`"p 0/3000148"` or `"r 0/3000060 0/3000148 12"`).
     pub fn parse(text: &[u8]) -> Option<Report> {
         let text = std::str::from_utf8(text).ok()?;
         let mut words = text.split(' ');
@@ -46,11 +59,36 @@ impl Report {
             "r" => true,
             _ => return None,
         };
-        let lsn = match words.next()? {
-            "-" => None,
-            lsn => Some(parse_lsn(lsn)?),
+        let lsn = field(words.next()?, parse_lsn)?;
+        let (received, replay_delay_ms) = if in_recovery {
+            let received = field(words.next()?, parse_lsn)?;
+            // A replay timestamp ahead of the replica's clock reads as no delay.
+            let delay = field(words.next()?, |d| {
+                d.parse::<i64>().ok().map(|d| d.max(0) as u64)
+            })?;
+            (received, delay)
+        } else {
+            (None, None)
         };
-        Some(Report { in_recovery, lsn })
+        if words.next().is_some() {
+            return None;
+        }
+        Some(Report {
+            in_recovery,
+            lsn,
+            received,
+            replay_delay_ms,
+            took: Duration::ZERO,
+        })
+    }
+}
+
+/// One word of the check's answer: `-` is not known (`Some(None)`), anything else must parse.
+fn field<T>(word: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Option<T>> {
+    if word == "-" {
+        Some(None)
+    } else {
+        parse(word).map(Some)
     }
 }
 
@@ -70,6 +108,8 @@ pub struct Rules {
     /// 0 = no bound.
     pub max_lag_bytes: u64,
     pub slow_start: Duration,
+    /// `timeout_ms`: answers slower than a quarter of it make a backend slow.
+    pub timeout: Duration,
     /// Whether the proxy may detach it (`failover`).
     pub failover: bool,
     /// A replica (lag applies to replicas only).
@@ -84,6 +124,7 @@ impl Rules {
             successes_to_attach: health.successes_to_attach,
             max_lag_bytes: health.max_lag_bytes,
             slow_start: health.slow_start,
+            timeout: health.timeout,
             failover,
             replica,
         }
@@ -108,6 +149,8 @@ impl Change {
             (Status::Unavailable, Status::Up) => "available",
             (_, Status::Lagging) => "lag_excluded",
             (Status::Lagging, Status::Up) => "lag_back",
+            (_, Status::Slow) => "slow",
+            (Status::Slow, Status::Up) => "slow_back",
             _ => "changed",
         }
     }
@@ -120,6 +163,7 @@ impl fmt::Display for Status {
             Status::Down => "down",
             Status::Unavailable => "unavailable",
             Status::Lagging => "lagging",
+            Status::Slow => "slow",
         })
     }
 }
@@ -134,6 +178,10 @@ pub struct Tracker {
     since: Option<Instant>,
     /// How far behind the primary it was at the last check, in bytes (replicas).
     pub lag: Option<u64>,
+    /// Its answer time, smoothed over the latest checks (each weighs half).
+    pub answer: Option<Duration>,
+    /// The latest answer.
+    pub last: Option<Report>,
 }
 
 impl Default for Tracker {
@@ -144,6 +192,8 @@ impl Default for Tracker {
             successes: 0,
             since: None,
             lag: None,
+            answer: None,
+            last: None,
         }
     }
 }
@@ -198,6 +248,22 @@ impl Tracker {
                     (true, Some(p), Some(r)) => Some(p.saturating_sub(r)),
                     _ => None,
                 };
+                let answer = match self.answer {
+                    Some(before) => (before + report.took) / 2,
+                    None => report.took,
+                };
+                self.answer = Some(answer);
+                self.last = Some(report.clone());
+                // Hysteresis: slow past a quarter of the timeout, fast again below an eighth.
+                let slow = answer > rules.timeout / 4;
+                let fast = answer < rules.timeout / 8;
+                let slow_text = || {
+                    format!(
+                        "answers take {} ms (smoothed; timeout_ms = {})",
+                        answer.as_millis(),
+                        rules.timeout.as_millis()
+                    )
+                };
                 let over = |lag: u64| rules.max_lag_bytes > 0 && lag > rules.max_lag_bytes;
                 let lagging = self.lag.is_some_and(over);
                 let lag_text = || {
@@ -220,8 +286,10 @@ impl Tracker {
                         format!("{} consecutive good check(s)", self.successes),
                     ),
                     Status::Unavailable => (Status::Up, "answering again".into()),
-                    Status::Up if lagging => (Status::Lagging, lag_text()),
+                    Status::Up | Status::Slow if lagging => (Status::Lagging, lag_text()),
                     Status::Lagging if !lagging => (Status::Up, lag_text()),
+                    Status::Up if slow => (Status::Slow, slow_text()),
+                    Status::Slow if fast => (Status::Up, slow_text()),
                     _ => (from, String::new()),
                 }
             }
@@ -239,7 +307,7 @@ impl Tracker {
     /// The share of reads it takes now, out of `weight * 1000`: all of it, except while a
     /// returning replica ramps up over `slow_start`.
     /// A replica behind the primary takes less in proportion: half its share at half of
-    /// `max_lag_bytes`, none past it (it is `lagging` then).
+    /// `max_lag_bytes`, none past it (it is `lagging` then); a slow one takes less too.
     pub fn share(&self, weight: u32, rules: &Rules, now: Instant) -> u32 {
         let full = f64::from(weight.saturating_mul(1000));
         let ramp = match self.since {
@@ -256,7 +324,17 @@ impl Tracker {
             }
             _ => 0.0,
         };
-        let share = full * ramp * (1.0 - behind);
+        // A slow replica takes less as its answers near the timeout: all of its share up to a
+        // quarter of it, a tenth at the timeout (past it, a check is a failure).
+        let speed = match self.answer {
+            Some(answer) if !rules.timeout.is_zero() => {
+                let over = answer.saturating_sub(rules.timeout / 4).as_secs_f64()
+                    / (rules.timeout.as_secs_f64() * 0.75);
+                (1.0 - over).max(0.1)
+            }
+            _ => 1.0,
+        };
+        let share = full * ramp * (1.0 - behind) * speed;
         if share >= full {
             return full as u32;
         }

@@ -73,6 +73,7 @@ impl Proxy {
         let state = Arc::new(ClusterState::resolve(&config, 1));
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| control::core_channel()).unzip();
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
@@ -82,18 +83,18 @@ impl Proxy {
                 Some(&cpu) if pin => Placement::Fixed(cpu),
                 _ => Placement::Unbound,
             };
-            let (config, state, clients, peers) = (
+            let (config, state, clients, peers, control) = (
                 config.clone(),
                 state.clone(),
                 clients.clone(),
                 senders.clone(),
+                control_tx.clone(),
             );
-            let make = move || Core::new(id, workers, config, state, clients, peers);
+            let make = move || Core::new(id, workers, config, state, clients, peers, control);
             let (handle, got) = spawn_worker(id, make, placement, listener, rx)?;
             handles.push(handle);
             driver = got;
         }
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let control_state = (*state).clone();
         let control_config = config.clone();
         let checks = control_tx.clone();

@@ -4,7 +4,7 @@
 use pgpilot_protocol::classify::Target;
 
 use crate::config::Role;
-use crate::control::{BackendState, ClusterState, Status};
+use crate::control::{BackendState, ClusterState};
 
 /// The backend id for `target`; `roll` is a uniformly random number for the weighted pick;
 /// `benched` says which backends this core saw fail a moment ago. Reads go to the primary when
@@ -16,7 +16,7 @@ pub fn pick(
     benched: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let reachable = |b: &&BackendState| b.addr.is_some() && !benched(b.id);
-    let usable = |b: &&BackendState| b.status == Status::Up && reachable(b);
+    let usable = |b: &&BackendState| b.status.takes_reads() && reachable(b);
     if target == Target::Replica {
         let total: u64 = state
             .backends
@@ -48,6 +48,7 @@ pub fn pick(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Status;
 
     fn state(weights: &[(Role, u32, Status)]) -> ClusterState {
         let backends = weights

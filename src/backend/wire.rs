@@ -25,6 +25,9 @@ pub struct Wire {
     pub applied: u64,
     /// Shared prepared statements this connection has (transaction pooling).
     pub prepared: Prepared,
+    /// A primary connection that answered a write with 25006 (read-only) and never said it is
+    /// no standby: it runs no more work once the statement in hand is done, and is closed.
+    pub fenced: bool,
 }
 
 impl Wire {
@@ -38,6 +41,7 @@ impl Wire {
             params: ServerParams::default(),
             applied: 0,
             prepared: Prepared::default(),
+            fenced: false,
         }
     }
 }
@@ -68,6 +72,16 @@ impl ServerParams {
         self.list
             .iter()
             .any(|(n, v)| n == "in_hot_standby" && v == "on")
+    }
+
+    /// The server said it is no standby (`in_hot_standby = off`). A server never goes from
+    /// primary back to standby without a restart, which ends its connections: such a
+    /// connection reaches a primary for as long as it lives, and a 25006 on it comes from a
+    /// read-only transaction, not from a demoted server.
+    pub fn proven_primary(&self) -> bool {
+        self.list
+            .iter()
+            .any(|(n, v)| n == "in_hot_standby" && v == "off")
     }
 }
 

@@ -30,6 +30,8 @@ pub fn run(
         log::error!("cannot start the health checks: {e}; backends are taken as healthy");
     }
     let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
+    let mut last_resolve = Instant::now();
+    let mut last_fenced: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let wake = if plane.ramping(now) {
@@ -52,11 +54,31 @@ pub fn run(
                 }
                 plane.checked(id, &check, started, Instant::now());
             }
+            Ok(ControlMsg::Fenced { id }) => {
+                // Many sessions may say so at once: one event and one lookup a second at most.
+                let now = Instant::now();
+                if last_fenced.is_none_or(|at| now.duration_since(at) >= FENCE_QUIET) {
+                    last_fenced = Some(now);
+                    let name = plane
+                        .state
+                        .backends
+                        .get(id)
+                        .map_or("?", |b| b.name.as_str());
+                    let status = plane.health.get(id).map_or(Status::Up, Tracker::status);
+                    log::warn!(
+                        "event=fenced backend={name} from={status} to={status} cause=\"a \
+                         connection meant for the primary refused a write as read-only (25006); \
+                         its name is looked up again\""
+                    );
+                }
+                next_resolve = next_resolve.min(now.max(last_resolve + FENCE_QUIET));
+            }
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
         if now >= next_resolve {
             next_resolve = now + RESOLVE_INTERVAL;
+            last_resolve = now;
             plane.resolve();
         }
         plane.publish(now);
@@ -66,6 +88,9 @@ pub fn run(
 /// The latest snapshot the control plane published, for readers off the data path (tests,
 /// the admin console). Cores get theirs through their channels.
 pub type Latest = Arc<Mutex<Arc<ClusterState>>>;
+
+/// At most one fencing event, and one lookup for it, this often.
+const FENCE_QUIET: Duration = Duration::from_secs(1);
 
 /// How often a ramping replica's share is raised.
 const RAMP_STEP: Duration = Duration::from_millis(250);

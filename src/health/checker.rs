@@ -109,9 +109,13 @@ async fn check_once(
             conn.insert(Backend::connect(addr, id, &login, &config.server.tcp).await?)
         }
     };
+    // Only the query's round trip counts as its answer time, not a login before it.
+    let asked = Instant::now();
     let rows = backend.simple_query(CHECK_SQL).await?;
+    let took = asked.elapsed();
     rows.first()
         .and_then(|row| Report::parse(row))
+        .map(|report| Report { took, ..report })
         .ok_or_else(|| Error::Backend {
             addr,
             source: io::Error::new(

@@ -8,15 +8,31 @@ fn rules(failover: bool) -> Rules {
         successes_to_attach: 3,
         max_lag_bytes: 1000,
         slow_start: Duration::from_secs(10),
+        timeout: Duration::from_millis(2000),
         failover,
         replica: true,
     }
 }
 
+fn report(in_recovery: bool, lsn: Option<u64>) -> Report {
+    Report {
+        in_recovery,
+        lsn,
+        received: None,
+        replay_delay_ms: None,
+        took: Duration::ZERO,
+    }
+}
+
 fn ok(lsn: u64) -> Check {
+    Check::Answered(report(true, Some(lsn)))
+}
+
+/// A good answer that took `ms`.
+fn ok_in(ms: u64) -> Check {
     Check::Answered(Report {
-        in_recovery: true,
-        lsn: Some(lsn),
+        took: Duration::from_millis(ms),
+        ..report(true, Some(0))
     })
 }
 
@@ -33,18 +49,29 @@ fn the_check_answer_and_wal_positions_parse() {
     assert_eq!(parse_lsn("1/100000000"), None, "the low half is 32 bits");
     assert_eq!(
         Report::parse(b"p 0/3000148"),
+        Some(report(false, Some(0x300_0148)))
+    );
+    assert_eq!(Report::parse(b"r - - -"), Some(report(true, None)));
+    assert_eq!(
+        Report::parse(b"r 0/3000060 0/3000148 1250"),
         Some(Report {
-            in_recovery: false,
-            lsn: Some(0x300_0148)
+            received: Some(0x300_0148),
+            replay_delay_ms: Some(1250),
+            ..report(true, Some(0x300_0060))
         })
     );
     assert_eq!(
-        Report::parse(b"r -"),
-        Some(Report {
-            in_recovery: true,
-            lsn: None
-        })
+        Report::parse(b"r 0/1 0/1 -5").and_then(|r| r.replay_delay_ms),
+        Some(0),
+        "a replay stamped ahead of the replica's clock is no delay"
     );
+    assert_eq!(
+        Report::parse(b"r 0/1"),
+        None,
+        "a replica answers three fields"
+    );
+    assert_eq!(Report::parse(b"p 0/1 0/1"), None, "a primary answers one");
+    assert_eq!(Report::parse(b"r 0/1 0/1 soon"), None);
     assert_eq!(Report::parse(b"x 0/1"), None);
     assert_eq!(Report::parse(b""), None);
     assert_eq!(Report::parse(&[0xff, b' ']), None);
@@ -156,20 +183,14 @@ fn a_primary_answering_from_recovery_is_unavailable_until_it_is_a_primary_again(
         replica: false,
         ..rules(false)
     };
-    let standby = Check::Answered(Report {
-        in_recovery: true,
-        lsn: Some(0),
-    });
+    let standby = Check::Answered(report(true, Some(0)));
     let mut t = Tracker::default();
     assert_eq!(t.observe(&standby, None, &r, now), None);
     assert_eq!(t.observe(&standby, None, &r, now), None);
     let change = t.observe(&standby, None, &r, now).expect("unavailable");
     assert_eq!(change.to, Status::Unavailable);
     assert!(change.cause.contains("in recovery"), "{}", change.cause);
-    let primary = Check::Answered(Report {
-        in_recovery: false,
-        lsn: Some(0),
-    });
+    let primary = Check::Answered(report(false, Some(0)));
     let change = t.observe(&primary, None, &r, now).expect("available");
     assert_eq!(change.to, Status::Up);
 }
@@ -212,4 +233,55 @@ fn lag_excludes_a_replica_and_lets_it_back_once_it_catches_up() {
     let mut unknown = Tracker::default();
     assert_eq!(unknown.observe(&ok(0), None, &r, now), None);
     assert_eq!(unknown.lag, None);
+}
+
+#[test]
+fn slow_answers_lower_a_replicas_share_and_never_detach_it() {
+    let now = Instant::now();
+    let r = rules(true);
+    let mut t = Tracker::default();
+    assert_eq!(t.observe(&ok_in(20), Some(0), &r, now), None);
+    assert_eq!(t.share(1, &r, now), 1000, "fast: all of its share");
+    // Answers near the 2 s timeout, many of them: slow, in the rotation, a smaller share.
+    let change = t.observe(&ok_in(1900), Some(0), &r, now).expect("slow");
+    assert_eq!((change.to, change.event()), (Status::Slow, "slow"));
+    assert!(
+        change.cause.contains("960 ms"),
+        "smoothed: {}",
+        change.cause
+    );
+    for _ in 0..10 {
+        assert_eq!(t.observe(&ok_in(1900), Some(0), &r, now), None);
+    }
+    assert!(t.status().takes_reads());
+    let slow_share = t.share(1, &r, now);
+    assert!(
+        (100..=200).contains(&slow_share),
+        "answers at 95% of the timeout leave a little: {slow_share}"
+    );
+    // Between an eighth and a quarter of the timeout: still slow (no flapping), full share.
+    for _ in 0..10 {
+        t.observe(&ok_in(400), Some(0), &r, now);
+    }
+    assert_eq!(t.status(), Status::Slow);
+    assert_eq!(t.share(1, &r, now), 1000);
+    let change = (0..10)
+        .find_map(|_| t.observe(&ok_in(10), Some(0), &r, now))
+        .expect("fast again");
+    assert_eq!((change.from, change.to), (Status::Slow, Status::Up));
+    assert_eq!(change.event(), "slow_back");
+    // Lag wins over slowness, and failures still detach a slow replica.
+    let mut t = Tracker::default();
+    t.observe(&ok_in(1900), Some(0), &r, now);
+    assert_eq!(t.status(), Status::Slow);
+    let change = t
+        .observe(&ok_in(1900), Some(5000), &r, now)
+        .expect("lagging");
+    assert_eq!(change.to, Status::Lagging);
+    let mut t = Tracker::default();
+    t.observe(&ok_in(1900), Some(0), &r, now);
+    for _ in 0..3 {
+        t.observe(&failed(), Some(0), &r, now);
+    }
+    assert_eq!(t.status(), Status::Down);
 }

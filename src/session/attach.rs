@@ -120,6 +120,7 @@ impl<L> Session<L> {
             outbox: Default::default(),
             streaming: 0,
             retry: None,
+            fatal: false,
         }));
         self.sync_view();
     }
@@ -133,6 +134,12 @@ impl<L> Session<L> {
             return;
         }
         for (name, value) in &b.params.list {
+            let value = match name.as_str() {
+                // The proxy takes writes whichever server answers: a replica's `on` is never
+                // shown (libpq's `target_session_attrs = read-write` would refuse it).
+                "in_hot_standby" if att.on_replica => "off",
+                _ => value.as_str(),
+            };
             if self.view.iter().any(|(n, v)| n == name && v == value) {
                 continue;
             }
@@ -164,6 +171,10 @@ impl<L> Session<L> {
             return;
         };
         self.cancel.set(None);
+        if att.backend.fenced {
+            // Closed (dropped here), never pooled: it may be a demoted server.
+            return;
+        }
         if !att.slots.is_empty() {
             log::warn!(
                 "session={} released a backend still owing {:?}",
@@ -185,7 +196,7 @@ impl<L> Session<L> {
     /// Session mode resets with `reset_query`; a pinned transaction-mode client leaves temp
     /// tables, LISTEN or locks behind, which DISCARD ALL removes.
     pub(super) fn give_back(&mut self, att: Attached<L>) {
-        if !att.is_idle() || !att.backend.rbuf.is_empty() {
+        if !att.is_idle() || !att.backend.rbuf.is_empty() || att.backend.fenced {
             return;
         }
         let reset = match self.mode {

@@ -19,7 +19,7 @@ use super::shell::Client;
 use super::{Attached, Checkout, Gucs};
 use crate::backend::{Backend, Conn, Wire};
 use crate::config::Role;
-use crate::control::Status;
+use crate::control::{ClusterState, Status};
 use crate::error::Error;
 use crate::pool::{Pool, PoolKey};
 use crate::router;
@@ -120,11 +120,13 @@ impl Held {
 impl Client {
     /// A backend that may run statements for `target`: `reuse` (the session's own) if it can
     /// be set up, otherwise one from the pools. A replica that cannot be reached gives way to
-    /// the primary; a pooled connection that turns out dead is replaced once.
+    /// the primary; a pooled connection that turns out dead is replaced once. With
+    /// `replica_will_do` (a login), a primary found away gives way to a replica, once.
     pub(super) async fn connect(
         &self,
         target: Target,
         reuse: Option<Box<Attached<Held>>>,
+        replica_will_do: bool,
     ) -> Result<Checkout<Held>, Error> {
         if let Some(att) = reuse {
             let att = *att;
@@ -145,11 +147,22 @@ impl Client {
         let mut fresh = false;
         let mut held: Option<Instant> = None;
         let mut last = String::new();
+        let mut replica_will_do = replica_will_do;
         loop {
             let core = &s.core;
             let unavailable = state
                 .primary()
                 .is_some_and(|p| p.status == Status::Unavailable);
+            let no_address = state.primary().is_none_or(|p| p.addr.is_none());
+            if target == Target::Primary
+                && replica_will_do
+                && (unavailable || no_address || held.is_some())
+                && takes_reads(&state)
+            {
+                replica_will_do = false;
+                target = Target::Replica;
+                continue;
+            }
             if target == Target::Primary && held.is_some() && unavailable {
                 // The checks say it still fails: wait for news rather than log in again.
                 if last.is_empty() {
@@ -255,6 +268,13 @@ impl Client {
         }
         apply_gucs(gucs, backend).await
     }
+}
+
+/// Whether some replica takes reads now.
+fn takes_reads(state: &ClusterState) -> bool {
+    state.backends.iter().any(|b| {
+        b.role == Role::Replica && b.status.takes_reads() && b.addr.is_some() && b.weight > 0
+    })
 }
 
 /// How long a held unit waits between tries of the primary.

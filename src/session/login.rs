@@ -32,8 +32,11 @@ impl Client {
     }
 
     async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {
+        // While the primary is away (a failover), transaction mode logs in on a replica, so
+        // that new clients' reads flow; their writes wait for the primary as everyone's do.
+        let replica_will_do = self.session.mode == PoolMode::Transaction;
         let checkout = self
-            .connect(Target::Primary, None)
+            .connect(Target::Primary, None, replica_will_do)
             .await
             .map_err(|e| match e {
                 Error::BackendRejected { code, message, .. } => {

@@ -42,7 +42,9 @@ impl<L> Session<L> {
             // The client has part of a message: nothing more can be said on this connection.
             return Err(Error::Backend { addr, source });
         }
-        if self.mode == PoolMode::Session {
+        if self.mode == PoolMode::Session || self.pinned {
+            // Its session state (a SET ROLE, temporary tables, LISTEN) is gone with it: going
+            // on as if it were not would be going on as someone else.
             self.queue_error(&ErrorFields::fatal(
                 "08006",
                 format!("lost the connection to the server {addr}"),
@@ -68,6 +70,40 @@ impl<L> Session<L> {
             }
         }
         Ok(())
+    }
+}
+
+impl<L> Session<L> {
+    /// The attached backend sent FATAL (in `batch`, with what came before it) and closes the
+    /// connection. While it served the client, or held its session state, the client gets the
+    /// server's error and its connection ends, as it would with PostgreSQL itself. Between
+    /// transactions in transaction mode the client need not notice: the backend is dropped.
+    pub(super) fn server_ended(&mut self, batch: bytes::Bytes) -> Result<(), Error> {
+        let Some(att) = self.attached.as_ref() else {
+            return Ok(());
+        };
+        let quiet = self.mode == PoolMode::Transaction
+            && !self.pinned
+            && att.pending == 0
+            && !att.unsynced
+            && att.status == TransactionStatus::Idle;
+        if quiet {
+            return self.backend_lost(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server ended the connection between transactions",
+            ));
+        }
+        let addr = att.backend.addr;
+        self.pass_on(batch);
+        self.attached = None;
+        self.cancel.set(None);
+        Err(Error::Backend {
+            addr,
+            source: io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server ended the connection (FATAL), and the client's with it",
+            ),
+        })
     }
 }
 

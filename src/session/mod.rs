@@ -88,6 +88,8 @@ pub struct Attached<L> {
     /// its answer has reached the client: if the replica fails meanwhile, the read is sent
     /// elsewhere and the client never sees the failure.
     retry: Option<Bytes>,
+    /// The backend sent FATAL: it is closing the connection.
+    fatal: bool,
 }
 
 impl<L> Attached<L> {

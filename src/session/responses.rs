@@ -128,7 +128,18 @@ impl<L> Attached<L> {
                         self.changes_settled = Some(self.status);
                     }
                 }
-                Some(B::ErrorResponse) if self.changes.is_some() => self.changes_failed = true,
+                Some(B::ErrorResponse) => {
+                    self.changes_failed |= self.changes.is_some();
+                    if let Ok(BackendMessage::ErrorResponse(f)) = BackendMessage::parse(frame) {
+                        let severity = f.get(b'V').or_else(|| f.get(b'S'));
+                        self.fatal |= matches!(severity, Some(b"FATAL" | b"PANIC"));
+                        // What a standby answers a write with, on a connection meant for the
+                        // primary that never said it is no standby.
+                        self.backend.fenced |= f.code() == "25006"
+                            && !self.on_replica
+                            && !self.backend.params.proven_primary();
+                    }
+                }
                 Some(B::ParameterStatus) => {
                     if let Ok(BackendMessage::ParameterStatus { name, value }) =
                         BackendMessage::parse(frame)
@@ -251,10 +262,14 @@ impl<L> Session<L> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
+        let was_fenced = att.backend.fenced;
         let batch = match att.take_responses(tracked, &mut self.view) {
             Ok(batch) => batch,
             Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
+        if att.backend.fenced && !was_fenced {
+            self.core.fence(att.backend.id, self.pid);
+        }
         self.settle_changes();
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
@@ -269,6 +284,9 @@ impl<L> Session<L> {
         }
         if !batch.is_empty() {
             att.retry = None;
+        }
+        if att.fatal {
+            return self.server_ended(batch);
         }
         let idle = att.is_idle() && att.backend.rbuf.is_empty();
         let settled = att.pending == 0 && att.hidden == 0;

@@ -160,7 +160,7 @@ impl Client {
                     Pump::Terminate => return Ok(()),
                     Pump::Attach { target, reuse } => {
                         self.perform_boxed().await?;
-                        let got = Box::pin(self.connect(target, reuse)).await;
+                        let got = Box::pin(self.connect(target, reuse, false)).await;
                         self.session.attached(got);
                     }
                 }

@@ -414,3 +414,57 @@ fn input_arriving_a_byte_at_a_time_is_answered_as_a_whole() {
     }
     assert_eq!(seen(&mut s).0, "S12DCIDCI");
 }
+
+#[test]
+fn a_primary_connection_that_refuses_a_write_as_read_only_is_closed_unless_it_proved_its_role() {
+    // No `in_hot_standby` at login (servers before 14): it may be a demoted node.
+    let mut s = transaction();
+    s.send(&query("insert read_only_refusal")).unwrap();
+    assert_eq!(seen(&mut s), ("SEI".into(), vec!["25006".into()]));
+    assert_eq!(s.pooled(), 0, "closed, never pooled");
+    s.send(&query("insert into t values (1)")).unwrap();
+    assert_eq!(seen(&mut s).0, "DCI", "the session goes on");
+    assert_eq!(s.backends(), [false, false], "on a new connection");
+    assert_eq!(s.pooled(), 1);
+
+    // `in_hot_standby = off`: a primary for life; the 25006 came from a read-only transaction.
+    let mut s = transaction();
+    s.hot_standby = Some("off");
+    s.send(&query("insert read_only_refusal")).unwrap();
+    assert_eq!(seen(&mut s).1, ["25006"]);
+    assert_eq!(s.pooled(), 1, "kept");
+    // A replica's 25006 is what a replica says: nothing to fence.
+    let mut s = transaction();
+    s.send(&query("select read_only_refusal")).unwrap();
+    assert_eq!(seen(&mut s).1, ["25006"]);
+    assert_eq!((s.backends(), s.pooled()), (vec![true], 1));
+}
+
+#[test]
+fn a_fatal_while_serving_the_client_is_passed_on_alone_and_ends_its_connection() {
+    for mut s in [transaction(), session_mode()] {
+        s.send(&query("insert into t values (1)")).unwrap();
+        let _ = seen(&mut s);
+        let ended = s.send(&query("insert terminate_me"));
+        assert!(matches!(ended, Err(Error::Backend { .. })), "{ended:?}");
+        s.finish();
+        assert_eq!(
+            seen(&mut s),
+            ("E".into(), vec!["57P01".into()]),
+            "the server's own FATAL, and nothing invented after it"
+        );
+    }
+}
+
+#[test]
+fn a_pinned_client_whose_backend_is_lost_is_not_carried_on_as_someone_else() {
+    let mut s = transaction();
+    s.send(&query("set role app_md5")).unwrap();
+    s.send(&query("listen jobs")).unwrap();
+    let _ = seen(&mut s);
+    assert!(s.pinned());
+    let lost = s.lose_backend();
+    assert!(matches!(lost, Err(Error::Backend { .. })), "{lost:?}");
+    s.finish();
+    assert_eq!(seen(&mut s).1, ["08006"]);
+}

@@ -16,7 +16,6 @@ use pgpilot_protocol::ProtocolError;
 use super::statements::Stmt;
 use super::{Seen, Session};
 use crate::config::{ReadYourWrites, Role};
-use crate::control::Status;
 use crate::core::Core;
 use crate::error::Error;
 
@@ -213,7 +212,7 @@ impl<L> Session<L> {
                 let mut serving = state
                     .backends
                     .iter()
-                    .filter(|b| b.role == Role::Replica && b.status == Status::Up && b.weight > 0)
+                    .filter(|b| b.role == Role::Replica && b.status.takes_reads() && b.weight > 0)
                     .peekable();
                 if serving.peek().is_none() {
                     return true;

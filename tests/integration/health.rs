@@ -48,12 +48,19 @@ impl Drop for Own {
 
 /// `None` only where the shared cluster's tests are skipped too (see `common::cluster`).
 pub fn own_cluster(name: &str) -> Option<Own> {
+    own_cluster_with(name, |dir| LocalCluster::create(dir, 1))
+}
+
+/// [`own_cluster`], made by `make`.
+pub fn own_cluster_with(
+    name: &str,
+    make: impl FnOnce(&std::path::Path) -> Result<LocalCluster, pgpilot::cluster::ClusterError>,
+) -> Option<Own> {
     let heavy = crate::hostile::heavy();
     common::cluster()?;
     let dir = std::env::temp_dir().join(format!("pgpilot-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cluster =
-        LocalCluster::create(&dir, 1).expect("a primary and a replica of this test's own");
+    let cluster = make(&dir).expect("a primary and a replica of this test's own");
     Some(Own {
         cluster: Some(cluster),
         dir,
@@ -62,6 +69,11 @@ pub fn own_cluster(name: &str) -> Option<Own> {
 }
 
 pub fn start(c: &Cluster, health: &str) -> Proxy {
+    start_with(c, health, |text| text)
+}
+
+/// [`start`] with the config text changed by `edit` first.
+pub fn start_with(c: &Cluster, health: &str, edit: impl FnOnce(String) -> String) -> Proxy {
     let _ = env_logger::builder().is_test(true).try_init();
     let extra: &'static str = Box::leak(format!("\n[health]\n{health}\n").into_boxed_str());
     let o = Opts {
@@ -69,8 +81,11 @@ pub fn start(c: &Cluster, health: &str) -> Proxy {
         extra,
         ..Opts::default()
     };
-    let config = Config::parse(&config_text(c, &o), std::path::Path::new("health.toml"))
-        .expect("test config is valid");
+    let config = Config::parse(
+        &edit(config_text(c, &o)),
+        std::path::Path::new("health.toml"),
+    )
+    .expect("test config is valid");
     Proxy::start(config).expect("proxy starts")
 }
 
@@ -80,7 +95,7 @@ pub fn status(p: &Proxy, id: usize) -> Status {
 
 /// Clients reading through the proxy until stopped: reads done, reads failed (with the last
 /// error), and the port of the server that answered the latest read.
-struct Readers {
+pub struct Readers {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -90,7 +105,7 @@ struct Readers {
 }
 
 impl Readers {
-    fn start(port: u16, n: usize) -> Readers {
+    pub fn start(port: u16, n: usize) -> Readers {
         let r = Readers {
             stop: Arc::default(),
             done: Arc::default(),
@@ -144,7 +159,7 @@ impl Readers {
         Readers { threads, ..r }
     }
 
-    fn counts(&self) -> (u64, u64) {
+    pub fn counts(&self) -> (u64, u64) {
         (
             self.done.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
@@ -152,7 +167,7 @@ impl Readers {
     }
 
     /// Stops the readers: reads done, reads failed, the last failure's error.
-    fn finish(mut self) -> (u64, u64, String) {
+    pub fn finish(mut self) -> (u64, u64, String) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             t.join().unwrap();
@@ -208,17 +223,21 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
     let pids = server_pids(lc, 1);
     signal(&pids, "STOP");
     let frozen = Instant::now();
-    let mut left = false;
-    while frozen.elapsed() < Duration::from_secs(2) {
-        left |= status(&patient, 1) != Status::Up;
+    let (mut left, mut slow) = (false, false);
+    let mut watch = || {
+        let now = status(&patient, 1);
+        left |= !now.takes_reads();
+        slow |= now == Status::Slow;
         std::thread::sleep(Duration::from_millis(20));
+    };
+    while frozen.elapsed() < Duration::from_secs(2) {
+        watch();
     }
     signal(&pids, "CONT");
     // The checks that were waiting on the frozen server complete or time out now.
     let after = Instant::now();
     while after.elapsed() < Duration::from_secs(3) {
-        left |= status(&patient, 1) != Status::Up;
-        std::thread::sleep(Duration::from_millis(20));
+        watch();
     }
     let (done, failed, error) = readers.finish();
     assert!(
@@ -229,7 +248,7 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
         failed, 0,
         "reads failed while the replica was frozen: {error}"
     );
-    eprintln!("frozen 2 s: {done} reads, {failed} failed, never detached");
+    eprintln!("frozen 2 s: {done} reads, {failed} failed, never detached; marked slow: {slow}");
     drop(patient);
 
     // 2. Dead is dead: crashed, detached, restarted, attached by itself.
@@ -237,6 +256,8 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
         &c,
         "interval_ms = 200\ntimeout_ms = 500\nfailures_to_detach = 3\nsuccesses_to_attach = 2\nslow_start_ms = 1000",
     );
+    // And one under the default settings, for the timeline the README gives.
+    let defaults = start(&c, "");
     let readers = Readers::start(quick.addr().port(), 4);
     assert!(
         eventually(Duration::from_secs(10), || readers
@@ -260,6 +281,17 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
         "reads go on from the primary"
     );
     assert_ne!(readers.last_port.load(Ordering::Relaxed), replica_port);
+    assert!(
+        eventually(Duration::from_secs(6), || status(&defaults, 1)
+            == Status::Down),
+        "the defaults never detached the crashed replica"
+    );
+    let default_detach = crashed.elapsed();
+    // 3 failures 1 s apart, the first within 1 s of the crash.
+    assert!(
+        default_detach < Duration::from_secs(4),
+        "detached after {default_detach:?} under the defaults"
+    );
 
     lc.restart(1).unwrap();
     let restarted = Instant::now();
@@ -276,11 +308,22 @@ fn a_frozen_replica_stays_and_a_crashed_one_leaves_and_comes_back_by_itself() {
         "reads never went back to the replica"
     );
     let back = restarted.elapsed();
+    assert!(
+        eventually(Duration::from_secs(6), || status(&defaults, 1)
+            == Status::Up),
+        "the defaults never attached the replica again"
+    );
+    let default_attach = restarted.elapsed();
+    assert!(
+        default_attach < Duration::from_secs(4),
+        "attached after {default_attach:?} under the defaults"
+    );
     let (done, failed, error) = readers.finish();
     assert_eq!(failed, 0, "reads failed around the crash: {error}");
     eprintln!(
         "crash: detached after {detach:?}; restart: attached after {attach:?}, reads on it \
-         after {back:?}; {done} reads, {failed} failed (last: {error:?})"
+         after {back:?}; {done} reads, {failed} failed (last: {error:?}); under the defaults: \
+         detached after {default_detach:?}, attached after {default_attach:?}"
     );
 }
 
@@ -290,7 +333,7 @@ pub fn one(c: &mut postgres::Client, sql: &str) -> String {
 }
 
 /// The first column of the first row in a simple query's answer ("" if none).
-fn first_value(messages: &[postgres::SimpleQueryMessage]) -> String {
+pub fn first_value(messages: &[postgres::SimpleQueryMessage]) -> String {
     messages
         .iter()
         .find_map(|m| match m {

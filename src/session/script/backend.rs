@@ -129,6 +129,19 @@ impl Scripted {
         let starts = |w: &[u8]| lower.starts_with(w);
         if lower.is_empty() {
             put(out, b'I', &[]);
+        } else if contains(&lower, b"terminate_me") {
+            // As pg_terminate_backend would: FATAL, no ReadyForQuery, the connection closes.
+            encode::error_response(
+                out,
+                &ErrorFields::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+            );
+            return;
+        } else if contains(&lower, b"read_only_refusal") {
+            self.fail("25006", out);
+            self.skipping = false;
         } else if contains(&lower, b"fail") {
             self.fail("42601", out);
             self.skipping = false;

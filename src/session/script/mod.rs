@@ -45,6 +45,8 @@ pub struct Script {
     pub resets: usize,
     /// The backends say nothing until this is cleared (to hold the core in its waiting states).
     pub mute: bool,
+    /// What new backends report as `in_hot_standby` at login (`None`: nothing, as before 14).
+    pub hot_standby: Option<&'static str>,
 }
 
 impl Script {
@@ -63,6 +65,7 @@ impl Script {
             state,
             Arc::new(AtomicUsize::new(0)),
             Vec::new(),
+            crossbeam_channel::unbounded().0,
         ));
         let database: Rc<str> = "app".into();
         // The catalog is never loaded here: the configured functions are all it knows.
@@ -83,6 +86,7 @@ impl Script {
             terminated: false,
             resets: 0,
             mute: false,
+            hot_standby: None,
         }
     }
 
@@ -248,6 +252,9 @@ impl Script {
         let mut backend = Wire::new(usize::from(on_replica), ([127, 0, 0, 1], port).into());
         backend.key = (u32::try_from(id).unwrap_or(0).saturating_add(100), 7);
         backend.params.set("server_version", "15.0");
+        if let Some(value) = self.hot_standby {
+            backend.params.set("in_hot_standby", value);
+        }
         backend.applied = self.session.gucs.hash;
         Checkout {
             link: id,
