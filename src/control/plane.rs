@@ -26,9 +26,13 @@ pub fn run(
     latest: Latest,
 ) {
     let mut plane = Plane::new(config.clone(), state, cores, latest);
-    if let Err(e) = checker::spawn(config, plane.addrs.clone(), tx) {
-        log::error!("cannot start the health checks: {e}; backends are taken as healthy");
-    }
+    let checks = match checker::spawn(config, plane.addrs.clone(), tx) {
+        Ok(checks) => Some(checks),
+        Err(e) => {
+            log::error!("cannot start the health checks: {e}; backends are taken as healthy");
+            None
+        }
+    };
     let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
     let mut last_resolve = Instant::now();
     let mut last_fenced: Option<Instant> = None;
@@ -43,6 +47,9 @@ pub fn run(
             Ok(ControlMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                 log::info!("shutting down: workers stop accepting");
                 plane.broadcast(CoreMsg::Shutdown);
+                if let Some(checks) = checks {
+                    checks.stop();
+                }
                 return;
             }
             Ok(ControlMsg::Checked { id, check, started }) => {

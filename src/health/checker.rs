@@ -4,9 +4,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -19,32 +20,59 @@ use crate::error::Error;
 /// The address of every backend as the control plane resolved it, by id; the checks follow it.
 pub type Addresses = Arc<Mutex<Vec<Option<SocketAddr>>>>;
 
-/// Starts the checks. They stop once the control plane is gone (its receiver dropped).
+/// The running checks; [`Checks::stop`] ends them.
+pub struct Checks {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Checks {
+    /// Stops the checks and waits for their thread: at most a step, or a check in flight
+    /// (bounded by `timeout_ms`).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// How often a waiting check looks whether it should stop.
+const STOP_STEP: Duration = Duration::from_millis(50);
+
+/// Starts the checks. They stop when told, or once the control plane is gone.
 pub fn spawn(
     config: Arc<Config>,
     addrs: Addresses,
     control: Sender<ControlMsg>,
-) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> io::Result<Checks> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("pgpilot-health".into())
         .spawn(move || {
             crate::worker::block_on(async move {
                 let tasks: Vec<_> = (0..config.backends.len())
                     .map(|id| {
-                        let (config, addrs, control) =
-                            (config.clone(), addrs.clone(), control.clone());
-                        monoio::spawn(watch(id, config, addrs, control))
+                        let (config, addrs, control, stop) =
+                            (config.clone(), addrs.clone(), control.clone(), flag.clone());
+                        monoio::spawn(watch(id, config, addrs, control, stop))
                     })
                     .collect();
                 for t in tasks {
                     t.await;
                 }
             })
-        })
+        })?;
+    Ok(Checks { stop, thread })
 }
 
-/// Checks one backend every `interval` until the control plane goes away.
-async fn watch(id: usize, config: Arc<Config>, addrs: Addresses, control: Sender<ControlMsg>) {
+/// Checks one backend every `interval` until told to stop or the control plane goes away.
+async fn watch(
+    id: usize,
+    config: Arc<Config>,
+    addrs: Addresses,
+    control: Sender<ControlMsg>,
+    stop: Arc<AtomicBool>,
+) {
     let health = &config.health;
     let mut conn: Option<Backend> = None;
     let mut next = Instant::now();
@@ -81,11 +109,20 @@ async fn watch(id: usize, config: Arc<Config>, addrs: Addresses, control: Sender
             return;
         }
         next += health.interval;
-        let now = Instant::now();
+        let mut now = Instant::now();
         if next < now {
             next = now;
         }
-        monoio::time::sleep(next - now).await;
+        while now < next {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            monoio::time::sleep(STOP_STEP.min(next - now)).await;
+            now = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
     }
 }
 

@@ -48,7 +48,11 @@ impl Writers {
                                     .lock()
                                     .unwrap()
                                     .push(format!("({w},{n}) {}: {e}", common::sqlstate(&e)));
-                                if conn.is_closed() {
+                                // A FATAL ends the connection, as PostgreSQL's own does; the
+                                // client library may not have seen the close yet.
+                                let fatal =
+                                    e.as_db_error().is_some_and(|d| d.severity() == "FATAL");
+                                if fatal || conn.is_closed() {
                                     conn = connect().unwrap();
                                 }
                             }
