@@ -71,9 +71,7 @@ impl<L> Session<L> {
         }
         Ok(())
     }
-}
 
-impl<L> Session<L> {
     /// The attached backend sent FATAL (in `batch`, with what came before it) and closes the
     /// connection. While it served the client, or held its session state, the client gets the
     /// server's error and its connection ends, as it would with PostgreSQL itself. Between
