@@ -70,7 +70,11 @@ wait_port() {
 
 # 1. The servers and pgpilot (2 workers), from the demo.
 PILOT_PORT=$(free_port)
-"$PGPILOT" demo --dir "$WORK/demo" --port "$PILOT_PORT" >"$WORK/demo.log" 2>&1 &
+# Every proxy runs in a session of its own, as PgBouncer (-d) and PostgreSQL (pg_ctl) do: with
+# the kernel's autogroup scheduling (kernel.sched_autogroup_enabled = 1, Debian's default), a
+# proxy left in the load generator's session shares one CPU share with it, and PostgreSQL's
+# backends then wait for a CPU for hundreds of milliseconds at a time.
+setsid "$PGPILOT" demo --dir "$WORK/demo" --port "$PILOT_PORT" >"$WORK/demo.log" 2>&1 &
 PIDS+=($!)
 PILOT_PID=$!
 for _ in $(seq 1 300); do grep -q '^config:' "$WORK/demo.log" && break; sleep 0.2; done
@@ -82,7 +86,7 @@ echo "primary :$PRIMARY, replicas :$R1 :$R2, pgpilot :$PILOT_PORT" >&2
 # config. Sets STARTED_PID.
 another_pgpilot() {
   sed -e "s/^listen = .*/listen = \"127.0.0.1:$2\"/" -e "$3" "$WORK/demo/pgpilot.toml" >"$WORK/$1.toml"
-  "$PGPILOT" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+  setsid "$PGPILOT" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
   STARTED_PID=$!
 }
@@ -104,7 +108,7 @@ head, *backends = text.split("[[backends]]")
 kept = [b.replace("weight = 0", "weight = 1") for b in backends if 'role = "primary"' in b]
 print("[[backends]]".join([head] + kept))
 PY
-"$PGPILOT" --config "$WORK/pgpilot-primary.toml" >"$WORK/pgpilot-primary.log" 2>&1 &
+setsid "$PGPILOT" --config "$WORK/pgpilot-primary.toml" >"$WORK/pgpilot-primary.log" 2>&1 &
 PIDS+=($!)
 PILOTP_PID=$!
 
@@ -168,7 +172,7 @@ printf 'host all all 127.0.0.1/32 scram-sha-256\n' >"$WORK/pgpool/pool_hba.conf"
 echo 'app:TEXTapp' >"$WORK/pgpool/pool_passwd"
 : >"$WORK/pgpool/pcp.conf"
 chown -R postgres "$WORK/pgpool"
-su postgres -s /bin/sh -c "pgpool -n -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool/pcp.conf -a $WORK/pgpool/pool_hba.conf" \
+setsid su postgres -s /bin/sh -c "pgpool -n -f $WORK/pgpool/pgpool.conf -F $WORK/pgpool/pcp.conf -a $WORK/pgpool/pool_hba.conf" \
   >"$WORK/pgpool/pgpool.out" 2>&1 &
 PIDS+=($!)
 
