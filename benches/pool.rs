@@ -59,7 +59,18 @@ fn main() {
             database: Rc::from("app"),
         };
         let hour = Duration::from_secs(3600);
-        let pool = Pool::new(key, None, Some(addr), 4, hour, hour, Default::default());
+        let pool = Pool::new(
+            key,
+            None,
+            Some(addr),
+            4,
+            hour,
+            hour,
+            pgpilot::pool::Dial {
+                tcp: Default::default(),
+                tls: pgpilot::tls::BackendTls::disabled(),
+            },
+        );
         // Connect once; every later checkout finds the connection idle.
         let first = pool.checkout(hour).await.expect("first checkout connects");
         pool.checkin(first);

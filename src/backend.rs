@@ -16,6 +16,7 @@ use pgpilot_protocol::{encode, Frame};
 use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permit;
+use crate::tls::{self, BackendTls, SslMode};
 
 mod wire;
 pub use wire::{Prepared, ServerParams, Wire};
@@ -44,6 +45,8 @@ pub struct Login<'a> {
 pub struct Backend {
     /// The socket.
     pub stream: TcpStream,
+    /// The TLS session over it, when the server speaks TLS.
+    pub tls: Option<Box<rustls::ClientConnection>>,
     /// What the pool keeps of it.
     pub conn: Conn,
     /// What pgpilot knows of the backend's protocol state.
@@ -63,12 +66,14 @@ pub struct Conn {
 }
 
 impl Backend {
-    /// Connects and authenticates; returns once the server is ready for queries.
+    /// Connects (over TLS as `tls` says) and authenticates; returns once the server is ready
+    /// for queries.
     pub async fn connect(
         addr: SocketAddr,
         backend_id: usize,
         login: &Login<'_>,
         tcp: &TcpOptions,
+        tls: &BackendTls,
     ) -> Result<Backend, Error> {
         let io = |source| Error::Backend { addr, source };
         let stream = TcpStream::connect_addr(addr).await.map_err(io)?;
@@ -77,6 +82,7 @@ impl Backend {
         let now = Instant::now();
         let mut b = Backend {
             stream,
+            tls: None,
             conn: Conn {
                 backend_id,
                 created: now,
@@ -85,6 +91,9 @@ impl Backend {
             },
             state: Wire::new(backend_id, addr),
         };
+        if tls.mode != SslMode::Disable {
+            b.tls = b.negotiate(tls).await?.map(Box::new);
+        }
         let mut out = BytesMut::new();
         let mut params = vec![("user", login.user), ("database", login.database)];
         if let Some(name) = login.application_name {
@@ -102,6 +111,81 @@ impl Backend {
                 BackendMessage::ErrorResponse(_) => return Err(b.rejected(frame)),
                 _ => {}
             }
+        }
+    }
+
+    /// SSLRequest, and the TLS handshake if the server says yes. `None`: it said no, and the
+    /// mode allows plaintext.
+    async fn negotiate(
+        &mut self,
+        tls: &BackendTls,
+    ) -> Result<Option<rustls::ClientConnection>, Error> {
+        let addr = self.state.addr;
+        let failed = |reason: String| Error::BackendTls { addr, reason };
+        let mut request = BytesMut::new();
+        encode::ssl_request(&mut request);
+        self.send(request).await?;
+        // One byte, no more: anything the server sent after it before the handshake would
+        // not be protected (CVE-2021-23222).
+        let (res, answer) = self.stream.read(Vec::with_capacity(1)).await;
+        match res {
+            Ok(0) => return Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(self.io(e)),
+        }
+        match answer.first() {
+            Some(b'S') => {}
+            Some(b'N') if tls.mode.allows_plaintext() => return Ok(None),
+            Some(b'N') => {
+                return Err(failed(format!(
+                    "the server does not accept TLS, and sslmode = {} needs it",
+                    tls.mode
+                )))
+            }
+            _ => return Err(failed("unexpected answer to SSLRequest".into())),
+        }
+        let mut conn = match tls.start() {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let refused = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::InvalidData => failed(format!("TLS handshake: {e}")),
+            _ => Error::Backend { addr, source: e },
+        };
+        loop {
+            let out = tls::pending(&mut conn).map_err(refused)?;
+            if !out.is_empty() {
+                let (res, _) = self.stream.write_all(out).await;
+                res.map_err(|e| self.io(e))?;
+            }
+            if !conn.is_handshaking() {
+                return Ok(Some(conn));
+            }
+            let cipher = self.read_raw().await?;
+            let closed = tls::open(&mut conn, &cipher, &mut self.state.rbuf).map_err(refused)?;
+            if closed {
+                return Err(failed(
+                    "the server closed the TLS session in the handshake".into(),
+                ));
+            }
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> Error {
+        Error::Backend {
+            addr: self.state.addr,
+            source,
+        }
+    }
+
+    /// One read of whatever the socket has (EOF is an error).
+    async fn read_raw(&mut self) -> Result<BytesMut, Error> {
+        let (res, buf) = self.stream.read(BytesMut::with_capacity(READ_CHUNK)).await;
+        match res {
+            Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => Ok(buf),
+            Err(e) => Err(self.io(e)),
         }
     }
 
@@ -236,10 +320,16 @@ impl Backend {
         }
     }
 
-    /// Writes all of `bytes`.
+    /// Writes all of `bytes` (encrypted over TLS).
     pub async fn send(&mut self, bytes: BytesMut) -> Result<(), Error> {
         let addr = self.state.addr;
-        let (res, _) = self.stream.write_all(bytes).await;
+        let res = match self.tls.as_mut() {
+            None => self.stream.write_all(bytes).await.0,
+            Some(conn) => match tls::seal(conn, &bytes) {
+                Ok(sealed) => self.stream.write_all(sealed).await.0,
+                Err(e) => Err(e),
+            },
+        };
         res.map(|_| ())
             .map_err(|source| Error::Backend { addr, source })
     }
@@ -261,8 +351,27 @@ impl Backend {
         }
     }
 
-    /// Reads once from the socket into `rbuf`; EOF is an error.
+    /// Reads once from the socket into `rbuf` (over TLS: until some plaintext came); EOF is
+    /// an error.
     pub async fn fill(&mut self) -> Result<usize, Error> {
+        if self.tls.is_some() {
+            let before = self.state.rbuf.len();
+            loop {
+                let cipher = self.read_raw().await?;
+                let Some(conn) = self.tls.as_mut() else {
+                    return Ok(0);
+                };
+                let closed =
+                    tls::open(conn, &cipher, &mut self.state.rbuf).map_err(|e| self.io(e))?;
+                let got = self.state.rbuf.len().saturating_sub(before);
+                if got > 0 {
+                    return Ok(got);
+                }
+                if closed {
+                    return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        }
         // The read fills the buffer's spare room (no zero-fill) and owns it meanwhile.
         self.state.rbuf.reserve(READ_CHUNK);
         let buf = std::mem::take(&mut self.state.rbuf);

@@ -272,6 +272,36 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Turns TLS on for server `i` with this certificate chain and key (PEM), and waits until
+    /// it has reloaded its configuration.
+    #[allow(clippy::disallowed_methods)] // the caller's own thread (tests, demo), never a core
+    pub fn enable_tls(&self, i: usize, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        let data = self.data(i);
+        for (file, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(file);
+            fs::write(&path, text)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        append(
+            &data.join("postgresql.conf"),
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        self.run("pg_ctl", &["-D", &data.to_string_lossy(), "reload"])?;
+        // The reload is asynchronous: wait for the server to offer TLS.
+        for _ in 0..100 {
+            if offers_tls(self.hosts[i], self.ports[i]) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(ClusterError(format!(
+            "server {i} does not offer TLS after its reload"
+        )))
+    }
+
     /// Promotes replica `i` to a primary (`pg_ctl promote`, waiting until it accepts writes).
     pub fn promote(&self, i: usize) -> Result<(), ClusterError> {
         let data = self.data(i);
@@ -421,6 +451,18 @@ fn give_to(dir: &Path, ids: Option<(u32, u32)>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the server answers SSLRequest with `S`.
+fn offers_tls(host: &str, port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect((host, port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut answer = [0u8; 1];
+    s.write_all(&request).is_ok() && s.read_exact(&mut answer).is_ok() && answer == *b"S"
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

@@ -186,7 +186,14 @@ impl Core {
             size,
             cfg.idle_timeout,
             cfg.max_lifetime,
-            self.config.server.tcp,
+            crate::pool::Dial {
+                tcp: self.config.server.tcp,
+                tls: self
+                    .config
+                    .backends
+                    .get(key.backend_id)
+                    .map_or_else(crate::tls::BackendTls::disabled, |b| b.tls.clone()),
+            },
         ));
         self.pools.borrow_mut().insert(key, pool.clone());
         pool

@@ -23,6 +23,9 @@ pub enum Error {
     },
     /// Logging in to a backend failed on our side (no password, unsupported method, bad proof).
     BackendAuth { addr: SocketAddr, reason: String },
+    /// TLS towards a backend failed as its `sslmode` requires (no TLS offered, a certificate
+    /// that does not verify): the backend is not used, and never in plaintext instead.
+    BackendTls { addr: SocketAddr, reason: String },
     /// A backend refused us with an ErrorResponse (bad database, auth, too many connections):
     /// the frame is forwarded to the client as it came.
     BackendRejected {
@@ -48,6 +51,7 @@ impl Error {
             Error::ClientIo(_) => "08006",
             Error::Backend { .. } | Error::BackendProtocol { .. } | Error::NoBackend => "08006",
             Error::BackendRejected { .. } | Error::BackendAuth { .. } => "08006",
+            Error::BackendTls { .. } => "08006",
             Error::PoolTimeout => "53300",
             Error::NoPrimary { .. } => "57P03",
         }
@@ -81,6 +85,7 @@ impl fmt::Display for Error {
             Error::BackendAuth { addr, reason } => {
                 write!(f, "cannot log in to backend {addr}: {reason}")
             }
+            Error::BackendTls { addr, reason } => write!(f, "backend {addr}: TLS: {reason}"),
             Error::BackendRejected {
                 addr,
                 code,

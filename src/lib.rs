@@ -50,6 +50,7 @@ pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod tcp;
+pub mod tls;
 pub mod worker;
 
 pub use config::Config;

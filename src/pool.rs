@@ -11,6 +11,14 @@ use crate::backend::{Backend, Login};
 use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permits;
+use crate::tls::BackendTls;
+
+/// How a pool's new connections are made: socket options and TLS.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub tcp: TcpOptions,
+    pub tls: BackendTls,
+}
 
 /// Identifies a pool on one core.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,7 +51,7 @@ pub struct Pool {
     idle_timeout: Duration,
     max_lifetime: Duration,
     /// Socket options for new connections.
-    tcp: TcpOptions,
+    dial: Dial,
     /// The ParameterStatus set a backend reported after a client parameter set was applied,
     /// by the set's hash: lets later logins with the same set skip the backend.
     logins: RefCell<HashMap<u64, ParamSet>>,
@@ -64,7 +72,7 @@ impl Pool {
         size: usize,
         idle_timeout: Duration,
         max_lifetime: Duration,
-        tcp: TcpOptions,
+        dial: Dial,
     ) -> Pool {
         Pool {
             key,
@@ -74,7 +82,7 @@ impl Pool {
             permits: Permits::new(size),
             idle_timeout,
             max_lifetime,
-            tcp,
+            dial,
             logins: RefCell::new(HashMap::new()),
         }
     }
@@ -133,7 +141,13 @@ impl Pool {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let connect = Backend::connect(addr, self.key.backend_id, &login, &self.tcp);
+        let connect = Backend::connect(
+            addr,
+            self.key.backend_id,
+            &login,
+            &self.dial.tcp,
+            &self.dial.tls,
+        );
         let mut b = match monoio::time::timeout(left, connect).await {
             Ok(result) => result?,
             Err(_) => {

@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     routing: RawRouting,
     #[serde(default)]
     health: super::health::RawHealth,
+    #[serde(default)]
+    tls: super::tls::RawTls,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +165,8 @@ struct RawBackend {
     weight: u32,
     #[serde(default)]
     failover: Option<bool>,
+    #[serde(default)]
+    sslmode: Option<crate::tls::SslMode>,
 }
 
 fn default_port() -> u16 {
@@ -180,6 +184,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         problem,
     };
     let names: Vec<String> = raw.users.iter().map(|u| u.name.clone()).collect();
+    let sslmodes: Vec<_> = raw.backends.iter().map(|b| b.sslmode).collect();
+    let mut backends = validate_backends(raw.backends, &err)?;
+    super::tls::apply(raw.tls, path, &mut backends, &sslmodes, &err)?;
     Ok(Config {
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
@@ -188,7 +195,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,
-        backends: validate_backends(raw.backends, &err)?,
+        backends,
         routing: validate_routing(raw.routing, &err)?,
     })
 }
@@ -406,6 +413,7 @@ fn validate_backends(
             role: b.role,
             weight: b.weight,
             failover,
+            tls: crate::tls::BackendTls::disabled(),
         });
     }
     Ok(out)

@@ -91,7 +91,7 @@ fn is_var_name(name: &str) -> bool {
 }
 
 /// A relative `file` starts at the config file's directory, not at wherever pgpilot was started.
-fn relative_to(config_path: &Path, file: &str) -> PathBuf {
+pub(super) fn relative_to(config_path: &Path, file: &str) -> PathBuf {
     let file = Path::new(file);
     match config_path.parent() {
         Some(dir) if file.is_relative() => dir.join(file),

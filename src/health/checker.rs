@@ -134,6 +134,10 @@ async fn check_once(
     config: &Config,
 ) -> Result<Report, Error> {
     let health = &config.health;
+    let tls = &config
+        .backends
+        .get(id)
+        .map_or_else(crate::tls::BackendTls::disabled, |b| b.tls.clone());
     let backend = match conn {
         Some(b) => b,
         None => {
@@ -143,7 +147,7 @@ async fn check_once(
                 database: &health.database,
                 application_name: Some("pgpilot health check"),
             };
-            conn.insert(Backend::connect(addr, id, &login, &config.server.tcp).await?)
+            conn.insert(Backend::connect(addr, id, &login, &config.server.tcp, tls).await?)
         }
     };
     // Only the query's round trip counts as its answer time, not a login before it.

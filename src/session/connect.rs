@@ -36,6 +36,21 @@ pub(super) struct Held {
     writer: Writer,
     /// Calls off the read in flight when the backend is given back.
     cancel: Canceller,
+    /// Over TLS: the reads bring ciphertext, decrypted into the session's buffer.
+    tls: Option<Box<Sealed>>,
+}
+
+/// A backend's TLS session while the shell holds it.
+struct Sealed {
+    conn: Box<rustls::ClientConnection>,
+    /// The session's read buffer, while a read of ciphertext is in flight.
+    plain: Option<BytesMut>,
+    /// The ciphertext buffer, between reads.
+    cipher: Option<BytesMut>,
+    /// The plaintext length of the chunk being written.
+    sealed: usize,
+    /// Why the last chunk could not be encrypted (reported as the write's outcome).
+    failed: Option<io::Error>,
 }
 
 impl Held {
@@ -47,13 +62,22 @@ impl Held {
             reader: Reader::new(read),
             writer: Writer::new(write),
             cancel: Canceller::new(),
+            tls: backend.tls.map(|conn| {
+                Box::new(Sealed {
+                    conn,
+                    plain: None,
+                    cipher: None,
+                    sealed: 0,
+                    failed: None,
+                })
+            }),
         };
         (held, backend.state)
     }
 
     /// Whether a write to the backend is in flight.
     pub(super) fn writing(&self) -> bool {
-        self.writer.is_busy()
+        self.writer.is_busy() || self.tls.as_ref().is_some_and(|t| t.failed.is_some())
     }
 
     /// Whether a read of the backend is in flight.
@@ -63,22 +87,87 @@ impl Held {
 
     /// Starts writing `chunk` (nothing else may be in flight on the write side).
     pub(super) fn start_write(&mut self, chunk: Bytes) {
-        self.writer.start_write(chunk);
+        let Some(t) = self.tls.as_mut() else {
+            return self.writer.start_write(chunk);
+        };
+        match crate::tls::seal(&mut t.conn, &chunk) {
+            Ok(sealed) => {
+                t.sealed = chunk.len();
+                self.writer.start_write(Bytes::from(sealed));
+            }
+            Err(e) => t.failed = Some(e),
+        }
     }
 
     /// Starts a read into the spare room of `buf`, one that giving the backend back can call off.
     pub(super) fn start_read(&mut self, buf: BytesMut) {
-        self.reader.start_cancelable_read(buf, self.cancel.handle());
+        let Some(t) = self.tls.as_mut() else {
+            return self.reader.start_cancelable_read(buf, self.cancel.handle());
+        };
+        t.plain = Some(buf);
+        let cipher = t
+            .cipher
+            .take()
+            .unwrap_or_else(|| BytesMut::with_capacity(crate::backend::READ_CHUNK));
+        self.reader
+            .start_cancelable_read(cipher, self.cancel.handle());
     }
 
-    /// The outcome of the write in flight, once it is done.
+    /// The outcome of the write in flight, once it is done (over TLS: the plaintext length).
     pub(super) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.writer.poll(cx)
+        let Some(t) = self.tls.as_mut() else {
+            return self.writer.poll(cx);
+        };
+        if let Some(e) = t.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        match self.writer.poll(cx) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(t.sealed)),
+            other => other,
+        }
     }
 
-    /// The outcome of the read in flight, once it is done.
+    /// The outcome of the read in flight, once it is done. Over TLS the ciphertext is
+    /// decrypted into the session's buffer, and a read that brought only part of a record
+    /// goes on.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
-        self.reader.poll(cx)
+        let Held {
+            reader,
+            cancel,
+            tls,
+            ..
+        } = self;
+        let Some(t) = tls.as_mut() else {
+            return reader.poll(cx);
+        };
+        loop {
+            let Poll::Ready((res, mut cipher)) = reader.poll(cx) else {
+                return Poll::Pending;
+            };
+            let mut plain = t.plain.take().unwrap_or_default();
+            match res {
+                Ok(0) => return Poll::Ready((Ok(0), plain)),
+                Err(e) => return Poll::Ready((Err(e), plain)),
+                Ok(_) => {}
+            }
+            let before = plain.len();
+            let opened = crate::tls::open(&mut t.conn, &cipher, &mut plain);
+            cipher.clear();
+            let got = plain.len().saturating_sub(before);
+            match opened {
+                Err(e) => return Poll::Ready((Err(e), plain)),
+                Ok(_) if got > 0 => {
+                    t.cipher = Some(cipher);
+                    return Poll::Ready((Ok(got), plain));
+                }
+                // close_notify: as good as the end of the connection.
+                Ok(true) => return Poll::Ready((Ok(0), plain)),
+                Ok(false) => {
+                    t.plain = Some(plain);
+                    reader.start_cancelable_read(cipher, cancel.handle());
+                }
+            }
+        }
     }
 
     /// Calls off the read in flight and joins the socket again. `None` when the backend is not
@@ -91,13 +180,25 @@ impl Held {
             mut reader,
             mut writer,
             cancel,
+            mut tls,
         } = self;
         if reader.is_busy() {
             let _ = cancel.cancel();
-            match reader.settle().await {
-                Some((Err(e), buf)) if e.raw_os_error() == Some(ECANCELED) => state.rbuf = buf,
+            match (reader.settle().await, tls.as_mut()) {
+                (Some((Err(e), buf)), None) if e.raw_os_error() == Some(ECANCELED) => {
+                    state.rbuf = buf
+                }
+                // Over TLS the read owned the ciphertext buffer; the session's is kept here.
+                (Some((Err(e), cipher)), Some(t))
+                    if e.raw_os_error() == Some(ECANCELED) && cipher.is_empty() =>
+                {
+                    state.rbuf = t.plain.take().unwrap_or_default();
+                }
                 _ => return None,
             }
+        }
+        if tls.as_ref().is_some_and(|t| t.failed.is_some()) {
+            return None;
         }
         if let Some(Err(_)) = writer.settle().await {
             return None;
@@ -109,6 +210,7 @@ impl Held {
         Some((
             Backend {
                 stream,
+                tls: tls.map(|t| t.conn),
                 conn,
                 state,
             },

@@ -19,3 +19,4 @@ mod primary;
 mod routing;
 mod runtime;
 mod tcp;
+mod tls;

@@ -1,0 +1,377 @@
+//! TLS towards backends, with rustls and libpq's `sslmode` semantics: what each backend's
+//! connections ask for, what they accept, and the sans-IO glue between a rustls connection and
+//! the sockets (ciphertext in and out of buffers the caller owns).
+//!
+//! - `disable`: plaintext, no SSLRequest.
+//! - `prefer`: TLS if the server offers it, plaintext if it answers `N`; the certificate is not
+//!   checked.
+//! - `require`: TLS or nothing; the certificate is not checked, unless `backend_ca_file` is set
+//!   (then as `verify-ca`, as libpq does when a root certificate file exists).
+//! - `verify-ca`: TLS, the chain must lead to a root of the CA bundle (or the system's).
+//! - `verify-full`: `verify-ca`, and the certificate must name the host as configured (the
+//!   name, not the address it resolved to).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
+    SignatureScheme,
+};
+use serde::Deserialize;
+
+/// libpq's `sslmode`, towards one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Whether a server that answers `N` to SSLRequest may still be used, in plaintext.
+    pub fn allows_plaintext(self) -> bool {
+        matches!(self, SslMode::Disable | SslMode::Prefer)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// How one backend's connections use TLS: its mode, and (unless `disable`) the rustls
+/// configuration and the name its certificate is checked against.
+#[derive(Clone)]
+pub struct BackendTls {
+    pub mode: SslMode,
+    config: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+impl fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendTls {
+    /// Plaintext only.
+    pub fn disabled() -> BackendTls {
+        BackendTls {
+            mode: SslMode::Disable,
+            config: None,
+        }
+    }
+
+    /// A new rustls connection to the server, once it said yes to SSLRequest.
+    pub fn start(&self) -> Result<Option<ClientConnection>, rustls::Error> {
+        match &self.config {
+            None => Ok(None),
+            Some((config, name)) => ClientConnection::new(config.clone(), name.clone()).map(Some),
+        }
+    }
+}
+
+/// Builds every backend's TLS settings once, at config load. `roots` is loaded only if a
+/// backend needs it. Errors are `(key, problem)`.
+pub struct Builder {
+    provider: Arc<CryptoProvider>,
+    ca_file: Option<std::path::PathBuf>,
+    unverified: Option<Arc<ClientConfig>>,
+    chain_only: Option<Arc<ClientConfig>>,
+    full: Option<Arc<ClientConfig>>,
+}
+
+impl Builder {
+    pub fn new(ca_file: Option<std::path::PathBuf>) -> Builder {
+        Builder {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            ca_file,
+            unverified: None,
+            chain_only: None,
+            full: None,
+        }
+    }
+
+    /// The settings of a backend at `host` in `mode`.
+    pub fn backend(&mut self, mode: SslMode, host: &str) -> Result<BackendTls, String> {
+        // libpq: with a root certificate file, `require` checks the chain as `verify-ca`.
+        let checks = match mode {
+            SslMode::Disable => return Ok(BackendTls::disabled()),
+            SslMode::Require if self.ca_file.is_some() => SslMode::VerifyCa,
+            other => other,
+        };
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| format!("{host:?} is not a host name or address TLS can check"))?;
+        let config = match checks {
+            SslMode::VerifyFull => self.full()?,
+            SslMode::VerifyCa => self.chain_only()?,
+            _ => self.unverified()?,
+        };
+        Ok(BackendTls {
+            mode,
+            config: Some((config, name)),
+        })
+    }
+
+    fn client_config(
+        &self,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<ClientConfig>, String> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        // PostgreSQL 17 checks it when present; older servers ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn webpki(&self) -> Result<Arc<WebPkiServerVerifier>, String> {
+        let roots = self.roots()?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    fn full(&mut self) -> Result<Arc<ClientConfig>, String> {
+        if let Some(config) = &self.full {
+            return Ok(config.clone());
+        }
+        let config = self.client_config(self.webpki()?)?;
+        self.full = Some(config.clone());
+        Ok(config)
+    }
+
+    fn chain_only(&mut self) -> Result<Arc<ClientConfig>, String> {
+        if let Some(config) = &self.chain_only {
+            return Ok(config.clone());
+        }
+        let config = self.client_config(Arc::new(ChainOnly(self.webpki()?)))?;
+        self.chain_only = Some(config.clone());
+        Ok(config)
+    }
+
+    fn unverified(&mut self) -> Result<Arc<ClientConfig>, String> {
+        if let Some(config) = &self.unverified {
+            return Ok(config.clone());
+        }
+        let config = self.client_config(Arc::new(Unverified(self.provider.clone())))?;
+        self.unverified = Some(config.clone());
+        Ok(config)
+    }
+
+    /// The CA bundle, or the system's roots.
+    fn roots(&self) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                for cert in read_certs(path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // A system bundle may hold certificates webpki cannot use: skip those.
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(
+                        "no system root certificates found; set backend_ca_file (for RDS, \
+                         AWS's global bundle)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(roots)
+    }
+}
+
+/// Every certificate of a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            // The chain was good: only the name did not match.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require`: encryption without checking who answers (libpq's behaviour). The
+/// handshake's signatures are still checked, so the session is at least bound to the
+/// certificate the server showed.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Encrypts `plain` and returns the records to send (with anything else rustls has to say).
+pub fn seal(conn: &mut ClientConnection, plain: &[u8]) -> io::Result<Vec<u8>> {
+    conn.writer().write_all(plain)?;
+    pending(conn)
+}
+
+/// What rustls has to send now (handshake messages, records, alerts).
+pub fn pending(conn: &mut ClientConnection) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Takes in ciphertext (all of it) and appends the plaintext it held to `plain`. Returns
+/// whether the server closed the TLS session (close_notify).
+pub fn open(
+    conn: &mut ClientConnection,
+    mut cipher: &[u8],
+    plain: &mut BytesMut,
+) -> io::Result<bool> {
+    while !cipher.is_empty() {
+        let took = conn.read_tls(&mut cipher)?;
+        let state = conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        drain(conn, plain)?;
+        // Nothing taken: the session is over (rustls reads nothing after close_notify).
+        if state.peer_has_closed() || took == 0 {
+            return Ok(state.peer_has_closed());
+        }
+    }
+    Ok(false)
+}
+
+/// Moves the decrypted bytes rustls holds into `plain`.
+fn drain(conn: &mut ClientConnection, plain: &mut BytesMut) -> io::Result<()> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.reader().read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => plain.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! TLS towards backends against PostgreSQL servers that speak it (a cluster of this test's
+//! own, with a CA and a certificate for `localhost` made here), in each `sslmode`, and against
+//! the shared plaintext cluster.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+use crate::common::{self, dsn};
+use crate::health::{first_value, one, own_cluster, start, start_with};
+
+/// A CA (PEM) and a server certificate and key it issued for `localhost` only.
+fn localhost_pki() -> (String, String, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pgpilot test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn connect(port: u16) -> Result<postgres::Client, postgres::Error> {
+    postgres::Client::connect(&dsn(port, "app", "app"), postgres::NoTls)
+}
+
+/// Whether the backend serving this read reached it over TLS, by the server's own account.
+fn over_tls(client: &mut postgres::Client) -> String {
+    one(
+        client,
+        "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+}
+
+#[test]
+fn backends_are_reached_over_tls_as_each_sslmode_says() {
+    let Some(own) = own_cluster("tls") else {
+        return;
+    };
+    let (lc, c) = (own.servers(), own.view());
+    let (ca, cert, key) = localhost_pki();
+    for i in 0..c.ports.len() {
+        lc.enable_tls(i, &cert, &key).unwrap();
+    }
+    let ca_file = lc.dir.join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let with_tls = |mode: &'static str, by_name: bool, pool_mode: &'static str| {
+        let section = format!(
+            "\n[tls]\nbackend_mode = \"{mode}\"\nbackend_ca_file = \"{}\"\n",
+            ca_file.display()
+        );
+        start_with(&c, "", move |text| {
+            let text = text.replacen(
+                "pool_mode = \"transaction\"",
+                &format!("pool_mode = \"{pool_mode}\""),
+                1,
+            );
+            let text = if by_name {
+                text.replace("host = \"127.0.0.1\"", "host = \"localhost\"")
+            } else {
+                text
+            };
+            text + &section
+        })
+    };
+
+    // verify-full, the hosts named as the certificate names them: both pool modes, reads and
+    // writes, all over TLS.
+    for pool_mode in ["transaction", "session"] {
+        let proxy = with_tls("verify-full", true, pool_mode);
+        let mut client = connect(proxy.addr().port()).expect("logged in over verify-full");
+        assert_eq!(over_tls(&mut client), "true", "{pool_mode}: the read");
+        client
+            .simple_query("CREATE TABLE IF NOT EXISTS over_tls (n int)")
+            .unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.simple_query("INSERT INTO over_tls VALUES (1)").unwrap();
+        let on_primary = first_value(
+            &tx.simple_query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .unwrap(),
+        );
+        tx.commit().unwrap();
+        assert_eq!(on_primary, "true", "{pool_mode}: the write transaction");
+        // Many statements, and an answer of several records.
+        for _ in 0..200 {
+            one(&mut client, "SELECT 1");
+        }
+        let long = one(&mut client, "SELECT repeat('x', 100000)");
+        assert_eq!(long.len(), 100_000);
+    }
+
+    // verify-full by address: the certificate names localhost only. Refused, never plaintext.
+    let by_address = with_tls("verify-full", false, "transaction");
+    let refused = connect(by_address.addr().port())
+        .err()
+        .expect("a certificate that does not name the host is refused");
+    let text = format!("{refused:?}");
+    assert!(text.contains("TLS") && text.contains("name"), "{text}");
+    // verify-ca checks the chain, not the name.
+    let chain_only = with_tls("verify-ca", false, "transaction");
+    let mut client = connect(chain_only.addr().port()).expect("verify-ca by address");
+    assert_eq!(over_tls(&mut client), "true");
+    // prefer (the default) uses TLS where it is offered.
+    let preferred = with_tls("prefer", false, "transaction");
+    let mut client = connect(preferred.addr().port()).unwrap();
+    assert_eq!(over_tls(&mut client), "true");
+    let said = refused
+        .as_db_error()
+        .map(|d| (d.code().code().to_owned(), d.message().to_owned()));
+    eprintln!("tls: verify-full by address refused: {said:?}");
+}
+
+#[test]
+fn a_plaintext_server_is_refused_under_require_and_used_under_prefer() {
+    let Some(c) = common::cluster() else {
+        return;
+    };
+    let required = start_with(c, "", |text| text + "\n[tls]\nbackend_mode = \"require\"\n");
+    let refused = connect(required.addr().port())
+        .err()
+        .expect("no plaintext fallback under require");
+    let text = format!("{refused:?}");
+    assert!(text.contains("does not accept TLS"), "{text}");
+    let preferred = start(c, "");
+    let mut client = connect(preferred.addr().port()).unwrap();
+    assert_eq!(over_tls(&mut client), "false");
+}
