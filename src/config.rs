@@ -251,6 +251,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[health]`.
     pub health: HealthConfig,
+    /// `[tls] client_mode` with its certificate: `None` = no TLS towards clients.
+    pub client_tls: Option<crate::tls::ClientTls>,
 }
 
 impl Config {
@@ -344,6 +346,35 @@ role = "primary"
         assert_eq!(c.auth_method, AuthMethod::ScramSha256);
         assert!(!c.backends[0].failover);
         assert!(!format!("{:?}", c.users["app"]).contains("\"app\", password: \"app\""));
+    }
+
+    #[test]
+    fn tls_keys_are_checked_with_the_file_and_key_named() {
+        let bad = |tls: &str| {
+            parse(&format!("{MINIMAL}\n[tls]\n{tls}\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = bad("client_mode = \"require\"");
+        assert!(e.contains("tls.cert_file") && e.contains("require"), "{e}");
+        let e = bad(
+            "client_mode = \"allow\"\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"k.pem\"",
+        );
+        assert!(
+            e.contains("tls.cert_file") && e.contains("/nonexistent/c.pem"),
+            "{e}"
+        );
+        let e = bad("client_mode = \"sometimes\"");
+        assert!(e.contains("client_mode") || e.contains("sometimes"), "{e}");
+        let e = bad("backend_mode = \"verify-full\"\nbackend_ca_file = \"/nonexistent/ca.pem\"");
+        assert!(
+            e.contains("tls.backend_ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = bad("backend_mode = \"verify\"");
+        assert!(e.contains("verify-full"), "the choices are listed: {e}");
+        assert!(parse(&format!("{MINIMAL}\n[tls]\nbackend_mode = \"require\"\n")).is_ok());
     }
 
     #[test]

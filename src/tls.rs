@@ -23,8 +23,8 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct,
+    RootCertStore, SignatureScheme,
 };
 use serde::Deserialize;
 
@@ -213,6 +213,78 @@ impl Builder {
     }
 }
 
+/// `tls.client_mode`: whether clients may, or must, speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMode {
+    /// SSLRequest is answered `N`.
+    Disable,
+    /// SSLRequest is answered `S`; plaintext clients are served too.
+    Allow,
+    /// Plaintext clients are refused (28000).
+    Require,
+}
+
+impl ClientMode {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientMode::Disable => "disable",
+            ClientMode::Allow => "allow",
+            ClientMode::Require => "require",
+        }
+    }
+}
+
+/// TLS towards clients: the mode, and the certificate they are shown.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub mode: ClientMode,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server side of TLS from a PEM certificate chain and its key. Errors are
+/// `(which file, problem)`: 0 the chain, 1 the key.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, (u8, String)> {
+    let certs = read_certs(cert_file).map_err(|p| (0, p))?;
+    let key_pem =
+        std::fs::read(key_file).map_err(|e| (1, format!("{}: {e}", key_file.display())))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            1,
+            format!("{}: no PEM private key: {e}", key_file.display()),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (0, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            (
+                1,
+                format!(
+                    "{} does not go with {}: {e}",
+                    key_file.display(),
+                    cert_file.display()
+                ),
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
 /// Every certificate of a PEM file (at least one).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -325,13 +397,13 @@ impl ServerCertVerifier for Unverified {
 }
 
 /// Encrypts `plain` and returns the records to send (with anything else rustls has to say).
-pub fn seal(conn: &mut ClientConnection, plain: &[u8]) -> io::Result<Vec<u8>> {
+pub fn seal<D>(conn: &mut ConnectionCommon<D>, plain: &[u8]) -> io::Result<Vec<u8>> {
     conn.writer().write_all(plain)?;
     pending(conn)
 }
 
 /// What rustls has to send now (handshake messages, records, alerts).
-pub fn pending(conn: &mut ClientConnection) -> io::Result<Vec<u8>> {
+pub fn pending<D>(conn: &mut ConnectionCommon<D>) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut out)?;
@@ -340,9 +412,9 @@ pub fn pending(conn: &mut ClientConnection) -> io::Result<Vec<u8>> {
 }
 
 /// Takes in ciphertext (all of it) and appends the plaintext it held to `plain`. Returns
-/// whether the server closed the TLS session (close_notify).
-pub fn open(
-    conn: &mut ClientConnection,
+/// whether the peer closed the TLS session (close_notify).
+pub fn open<D>(
+    conn: &mut ConnectionCommon<D>,
     mut cipher: &[u8],
     plain: &mut BytesMut,
 ) -> io::Result<bool> {
@@ -361,7 +433,7 @@ pub fn open(
 }
 
 /// Moves the decrypted bytes rustls holds into `plain`.
-fn drain(conn: &mut ClientConnection, plain: &mut BytesMut) -> io::Result<()> {
+fn drain<D>(conn: &mut ConnectionCommon<D>, plain: &mut BytesMut) -> io::Result<()> {
     let mut chunk = [0u8; 4096];
     loop {
         match conn.reader().read(&mut chunk) {

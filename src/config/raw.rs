@@ -186,7 +186,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
     let names: Vec<String> = raw.users.iter().map(|u| u.name.clone()).collect();
     let sslmodes: Vec<_> = raw.backends.iter().map(|b| b.sslmode).collect();
     let mut backends = validate_backends(raw.backends, &err)?;
-    super::tls::apply(raw.tls, path, &mut backends, &sslmodes, &err)?;
+    let client_tls = super::tls::apply(raw.tls, path, &mut backends, &sslmodes, &err)?;
     Ok(Config {
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
@@ -196,6 +196,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,
         backends,
+        client_tls,
         routing: validate_routing(raw.routing, &err)?,
     })
 }

@@ -7,12 +7,12 @@ use serde::Deserialize;
 use super::raw::Problem;
 use super::secret::relative_to;
 use super::{BackendConfig, ConfigError};
-use crate::tls::{read_certs, Builder, SslMode};
+use crate::tls::{read_certs, server_config, Builder, ClientMode, ClientTls, SslMode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawTls {
-    client_mode: String,
+    client_mode: ClientMode,
     cert_file: String,
     key_file: String,
     backend_mode: SslMode,
@@ -22,7 +22,7 @@ pub(super) struct RawTls {
 impl Default for RawTls {
     fn default() -> Self {
         RawTls {
-            client_mode: "disable".into(),
+            client_mode: ClientMode::Disable,
             cert_file: String::new(),
             key_file: String::new(),
             backend_mode: SslMode::Prefer,
@@ -31,36 +31,47 @@ impl Default for RawTls {
     }
 }
 
-/// Checks `[tls]` and gives every backend its TLS settings; `sslmodes` are the backends'
-/// own `sslmode` keys, in order.
+/// Checks `[tls]`, gives every backend its TLS settings (`sslmodes` are the backends' own
+/// `sslmode` keys, in order) and returns the TLS offered to clients.
 pub(super) fn apply(
     t: RawTls,
     path: &Path,
     backends: &mut [BackendConfig],
     sslmodes: &[Option<SslMode>],
     err: Problem<'_>,
-) -> Result<(), ConfigError> {
-    // TLS towards clients is not built yet: say so rather than run without it.
-    if t.client_mode != "disable" {
-        return Err(err(
-            "tls.client_mode",
-            format!(
-                "{:?}: TLS towards clients is not available in this version; only \"disable\"",
-                t.client_mode
-            ),
-        ));
-    }
-    for (key, value) in [
-        ("tls.cert_file", &t.cert_file),
-        ("tls.key_file", &t.key_file),
-    ] {
-        if !value.is_empty() {
-            return Err(err(
-                key,
-                "is for TLS towards clients, which is not available in this version".into(),
-            ));
+) -> Result<Option<ClientTls>, ConfigError> {
+    let clients = match t.client_mode {
+        ClientMode::Disable => None,
+        mode => {
+            for (key, value) in [
+                ("tls.cert_file", &t.cert_file),
+                ("tls.key_file", &t.key_file),
+            ] {
+                if value.is_empty() {
+                    return Err(err(
+                        key,
+                        format!(
+                            "is needed: tls.client_mode = \"{}\" offers TLS",
+                            mode.as_str()
+                        ),
+                    ));
+                }
+            }
+            let cert = relative_to(path, &t.cert_file);
+            let key = relative_to(path, &t.key_file);
+            let config = server_config(&cert, &key).map_err(|(which, p)| {
+                err(
+                    if which == 0 {
+                        "tls.cert_file"
+                    } else {
+                        "tls.key_file"
+                    },
+                    p,
+                )
+            })?;
+            Some(ClientTls { mode, config })
         }
-    }
+    };
     let ca_file = (!t.backend_ca_file.is_empty()).then(|| relative_to(path, &t.backend_ca_file));
     if let Some(file) = &ca_file {
         read_certs(file).map_err(|p| err("tls.backend_ca_file", p))?;
@@ -76,5 +87,5 @@ pub(super) fn apply(
             err(&key, format!("backend {}: {p}", b.name))
         })?;
     }
-    Ok(())
+    Ok(clients)
 }

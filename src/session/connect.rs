@@ -14,7 +14,7 @@ use pgpilot_protocol::backend::BackendMessage;
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::encode;
 
-use super::io::{ReadResult, Reader, Writer};
+use super::io::{ReadResult, Reader, Sealed, Writer};
 use super::shell::Client;
 use super::{Attached, Checkout, Gucs};
 use crate::backend::{Backend, Conn, Wire};
@@ -36,21 +36,8 @@ pub(super) struct Held {
     writer: Writer,
     /// Calls off the read in flight when the backend is given back.
     cancel: Canceller,
-    /// Over TLS: the reads bring ciphertext, decrypted into the session's buffer.
-    tls: Option<Box<Sealed>>,
-}
-
-/// A backend's TLS session while the shell holds it.
-struct Sealed {
-    conn: Box<rustls::ClientConnection>,
-    /// The session's read buffer, while a read of ciphertext is in flight.
-    plain: Option<BytesMut>,
-    /// The ciphertext buffer, between reads.
-    cipher: Option<BytesMut>,
-    /// The plaintext length of the chunk being written.
-    sealed: usize,
-    /// Why the last chunk could not be encrypted (reported as the write's outcome).
-    failed: Option<io::Error>,
+    /// Over TLS: the reads bring ciphertext, opened into the session's buffer.
+    tls: Option<Box<Sealed<rustls::ClientConnection>>>,
 }
 
 impl Held {
@@ -62,15 +49,7 @@ impl Held {
             reader: Reader::new(read),
             writer: Writer::new(write),
             cancel: Canceller::new(),
-            tls: backend.tls.map(|conn| {
-                Box::new(Sealed {
-                    conn,
-                    plain: None,
-                    cipher: None,
-                    sealed: 0,
-                    failed: None,
-                })
-            }),
+            tls: backend.tls.map(|conn| Box::new(Sealed::new(*conn))),
         };
         (held, backend.state)
     }
@@ -87,30 +66,23 @@ impl Held {
 
     /// Starts writing `chunk` (nothing else may be in flight on the write side).
     pub(super) fn start_write(&mut self, chunk: Bytes) {
-        let Some(t) = self.tls.as_mut() else {
-            return self.writer.start_write(chunk);
-        };
-        match crate::tls::seal(&mut t.conn, &chunk) {
-            Ok(sealed) => {
-                t.sealed = chunk.len();
-                self.writer.start_write(Bytes::from(sealed));
+        match self.tls.as_mut() {
+            None => self.writer.start_write(chunk),
+            Some(t) => {
+                if let Some(sealed) = t.seal(&chunk) {
+                    self.writer.start_write(sealed);
+                }
             }
-            Err(e) => t.failed = Some(e),
         }
     }
 
     /// Starts a read into the spare room of `buf`, one that giving the backend back can call off.
     pub(super) fn start_read(&mut self, buf: BytesMut) {
-        let Some(t) = self.tls.as_mut() else {
-            return self.reader.start_cancelable_read(buf, self.cancel.handle());
+        let buf = match self.tls.as_mut() {
+            None => buf,
+            Some(t) => t.read_into(buf),
         };
-        t.plain = Some(buf);
-        let cipher = t
-            .cipher
-            .take()
-            .unwrap_or_else(|| BytesMut::with_capacity(crate::backend::READ_CHUNK));
-        self.reader
-            .start_cancelable_read(cipher, self.cancel.handle());
+        self.reader.start_cancelable_read(buf, self.cancel.handle());
     }
 
     /// The outcome of the write in flight, once it is done (over TLS: the plaintext length).
@@ -121,52 +93,15 @@ impl Held {
         if let Some(e) = t.failed.take() {
             return Poll::Ready(Err(e));
         }
-        match self.writer.poll(cx) {
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(t.sealed)),
-            other => other,
-        }
+        self.writer.poll(cx).map(|res| t.written(res))
     }
 
-    /// The outcome of the read in flight, once it is done. Over TLS the ciphertext is
-    /// decrypted into the session's buffer, and a read that brought only part of a record
-    /// goes on.
+    /// The outcome of the read in flight, once it is done (over TLS: opened, and a read that
+    /// brought part of a record goes on).
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
-        let Held {
-            reader,
-            cancel,
-            tls,
-            ..
-        } = self;
-        let Some(t) = tls.as_mut() else {
-            return reader.poll(cx);
-        };
-        loop {
-            let Poll::Ready((res, mut cipher)) = reader.poll(cx) else {
-                return Poll::Pending;
-            };
-            let mut plain = t.plain.take().unwrap_or_default();
-            match res {
-                Ok(0) => return Poll::Ready((Ok(0), plain)),
-                Err(e) => return Poll::Ready((Err(e), plain)),
-                Ok(_) => {}
-            }
-            let before = plain.len();
-            let opened = crate::tls::open(&mut t.conn, &cipher, &mut plain);
-            cipher.clear();
-            let got = plain.len().saturating_sub(before);
-            match opened {
-                Err(e) => return Poll::Ready((Err(e), plain)),
-                Ok(_) if got > 0 => {
-                    t.cipher = Some(cipher);
-                    return Poll::Ready((Ok(got), plain));
-                }
-                // close_notify: as good as the end of the connection.
-                Ok(true) => return Poll::Ready((Ok(0), plain)),
-                Ok(false) => {
-                    t.plain = Some(plain);
-                    reader.start_cancelable_read(cipher, cancel.handle());
-                }
-            }
+        match self.tls.as_mut() {
+            None => self.reader.poll(cx),
+            Some(t) => self.reader.poll_sealed(t, Some(&self.cancel), cx),
         }
     }
 
@@ -189,10 +124,11 @@ impl Held {
                     state.rbuf = buf
                 }
                 // Over TLS the read owned the ciphertext buffer; the session's is kept here.
-                (Some((Err(e), cipher)), Some(t))
-                    if e.raw_os_error() == Some(ECANCELED) && cipher.is_empty() =>
-                {
-                    state.rbuf = t.plain.take().unwrap_or_default();
+                (Some((Err(e), cipher)), Some(t)) if e.raw_os_error() == Some(ECANCELED) => {
+                    match t.cancelled(&cipher) {
+                        Some(plain) => state.rbuf = plain,
+                        None => return None,
+                    }
                 }
                 _ => return None,
             }
@@ -210,7 +146,7 @@ impl Held {
         Some((
             Backend {
                 stream,
-                tls: tls.map(|t| t.conn),
+                tls: tls.map(|t| Box::new(t.conn)),
                 conn,
                 state,
             },

@@ -36,6 +36,9 @@ pub enum Action {
     Admit,
     /// A CancelRequest: cancel that session's query, then close without a word.
     Cancel { pid: u32, secret: u32 },
+    /// Write these bytes (the `S` answering SSLRequest) in plaintext, run the TLS handshake,
+    /// call [`Handshake::tls_started`], then step again: from here on everything is encrypted.
+    StartTls(BytesMut),
     /// Write these bytes (maybe none) to the client and close.
     Close(BytesMut),
     /// The client is authenticated (AuthenticationOk has been sent): the session begins.
@@ -79,6 +82,8 @@ pub struct Handshake<'c> {
     /// What the client is to be sent before the next read.
     out: BytesMut,
     state: State<'c>,
+    /// The connection is encrypted (TLS is up).
+    encrypted: bool,
 }
 
 /// Why the handshake ended without a session, as the client is told.
@@ -119,7 +124,13 @@ impl<'c> Handshake<'c> {
                 ssl_asked: false,
                 gss_asked: false,
             },
+            encrypted: false,
         }
+    }
+
+    /// The shell's word that the TLS handshake of [`Action::StartTls`] is done.
+    pub fn tls_started(&mut self) {
+        self.encrypted = true;
     }
 
     /// The shell's answer to [`Action::Admit`].
@@ -195,8 +206,25 @@ impl<'c> Handshake<'c> {
         };
         let packet = self.input.split_to(len).freeze();
         match startup::parse(&packet) {
-            // Both are declined (TLS is not offered yet, GSSAPI never); a repeated request is
-            // what PostgreSQL takes it for, a startup packet of an unknown protocol version.
+            // TLS is accepted when `[tls] client_mode` offers it, GSSAPI never; a repeated
+            // request is what PostgreSQL takes it for, a startup packet of an unknown protocol
+            // version.
+            Ok(StartupPacket::SslRequest) if !ssl_asked && self.config.client_tls.is_some() => {
+                if !self.input.is_empty() {
+                    // Bytes sent before the handshake would pass as if protected
+                    // (CVE-2021-23214): PostgreSQL refuses them too.
+                    return Err(fatal(
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    ));
+                }
+                self.out.extend_from_slice(b"S");
+                self.state = State::Startup {
+                    ssl_asked: true,
+                    gss_asked,
+                };
+                return Ok(Some(Action::StartTls(self.out.split())));
+            }
             Ok(StartupPacket::SslRequest) if !ssl_asked => {
                 ssl_asked = true;
                 self.out.extend_from_slice(b"N");
@@ -211,6 +239,24 @@ impl<'c> Handshake<'c> {
                 return Ok(Some(Action::Cancel { pid, secret }))
             }
             Ok(StartupPacket::Startup(msg)) => {
+                let required = self
+                    .config
+                    .client_tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == crate::tls::ClientMode::Require);
+                if required && !self.encrypted {
+                    return Err(fatal(
+                        "28000",
+                        format!(
+                            "no pgpilot entry for user \"{}\", database \"{}\", no encryption \
+                             (tls.client_mode = \"require\")",
+                            msg.param("user").unwrap_or_default(),
+                            msg.param("database")
+                                .or(msg.param("user"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
                 let st = self.read_startup(&msg)?;
                 self.state = State::Admitting(Box::new(st), false);
                 return Ok(Some(Action::Admit));
@@ -443,6 +489,8 @@ mod tests {
         Cancel(u32, u32),
         Closed(Vec<String>),
         Done(String, String),
+        /// `S` sent, TLS taken as up.
+        StartTls,
     }
 
     fn describe(bytes: &[u8]) -> Vec<String> {
@@ -483,6 +531,11 @@ mod tests {
                 Action::Cancel { pid, secret } => (Seen::Cancel(pid, secret), true),
                 Action::Close(b) => (Seen::Closed(describe(&b)), true),
                 Action::Done(st) => (Seen::Done(st.user, st.database), true),
+                Action::StartTls(b) => {
+                    assert_eq!(b.as_ref(), b"S");
+                    hs.tls_started();
+                    (Seen::StartTls, false)
+                }
             };
             seen.push(s);
             if stop {
@@ -780,5 +833,64 @@ mod tests {
         assert_eq!(seen("nobody"), (shape.clone(), salt.clone()), "stable salt");
         assert_ne!(salt, known_salt);
         assert_ne!(salt, seen("nobody2").1);
+    }
+
+    /// A trust config offering TLS to clients in `mode`, with a certificate made here.
+    fn tls_config(mode: &str) -> std::sync::Arc<Config> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("pgpilot-hs-{mode}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let text = format!(
+            "[auth]\nmethod = \"trust\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+             [[backends]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n\n\
+             [tls]\nclient_mode = \"{mode}\"\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n"
+        );
+        let config = Config::parse(&text, &dir.join("t.toml")).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        config
+    }
+
+    #[test]
+    fn tls_is_offered_when_configured_and_plaintext_refused_when_required() {
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let done = [
+            Seen::Admit,
+            sent(&["ROk"]),
+            Seen::Done("app".into(), "app".into()),
+        ];
+        for mode in ["allow", "require"] {
+            let config = tls_config(mode);
+            let mut hs = Handshake::new(&config);
+            assert_eq!(feed(&mut hs, &ssl), [Seen::StartTls, Seen::Read], "{mode}");
+            assert_eq!(feed(&mut hs, &startup_packet(APP)), done, "{mode}");
+            // Bytes pipelined behind the SSLRequest would pass as if protected.
+            let mut hs = Handshake::new(&config);
+            let mut stuffed = ssl.to_vec();
+            stuffed.extend_from_slice(&startup_packet(APP));
+            assert_eq!(feed(&mut hs, &stuffed), [closed(&["E08P01"])], "{mode}");
+        }
+        // allow serves plaintext clients too; require refuses them as PostgreSQL's hostssl does.
+        let allow = tls_config("allow");
+        assert_eq!(
+            feed(&mut Handshake::new(&allow), &startup_packet(APP)),
+            done
+        );
+        let require = tls_config("require");
+        assert_eq!(
+            feed(&mut Handshake::new(&require), &startup_packet(APP)),
+            [closed(&["E28000"])]
+        );
+        // Not configured: declined as before.
+        let plain = config("trust");
+        assert_eq!(
+            feed(&mut Handshake::new(&plain), &ssl),
+            [sent(&["N"]), Seen::Read]
+        );
     }
 }

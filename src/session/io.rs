@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::ops::DerefMut;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,6 +19,7 @@ use monoio::io::{
     OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
+use rustls::ConnectionCommon;
 
 type Op<H, T> = Pin<Box<dyn Future<Output = (H, T)>>>;
 
@@ -116,5 +118,131 @@ impl Writer {
             let (res, _) = half.write_all(bytes).await;
             (half, res)
         });
+    }
+}
+
+/// A TLS session over a socket's halves, for the shell: a read brings ciphertext, opened into
+/// the caller's buffer (kept here meanwhile); a chunk is sealed before it is written.
+pub(super) struct Sealed<C> {
+    pub(super) conn: C,
+    /// The caller's read buffer, while a read of ciphertext is in flight.
+    plain: Option<BytesMut>,
+    /// The ciphertext buffer, between reads.
+    cipher: Option<BytesMut>,
+    /// The plaintext length of the chunk being written.
+    sealed: usize,
+    /// Why the last chunk could not be sealed (reported as the write's outcome).
+    pub(super) failed: Option<io::Error>,
+}
+
+impl<C, D> Sealed<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+{
+    pub(super) fn new(conn: C) -> Self {
+        Sealed {
+            conn,
+            plain: None,
+            cipher: None,
+            sealed: 0,
+            failed: None,
+        }
+    }
+
+    /// Keeps `plain` and gives the buffer the next read of ciphertext goes into.
+    pub(super) fn read_into(&mut self, plain: BytesMut) -> BytesMut {
+        self.plain = Some(plain);
+        self.cipher
+            .take()
+            .unwrap_or_else(|| BytesMut::with_capacity(crate::backend::READ_CHUNK))
+    }
+
+    /// A read of ciphertext completed: the outcome for the caller (its buffer, with the
+    /// plaintext appended), or the ciphertext buffer back when only part of a record came and
+    /// the read must go on.
+    pub(super) fn opened(
+        &mut self,
+        res: io::Result<usize>,
+        mut cipher: BytesMut,
+    ) -> Result<ReadResult, BytesMut> {
+        let mut plain = self.plain.take().unwrap_or_default();
+        match res {
+            Ok(0) => return Ok((Ok(0), plain)),
+            Err(e) => return Ok((Err(e), plain)),
+            Ok(_) => {}
+        }
+        let before = plain.len();
+        let opened = crate::tls::open(&mut self.conn, &cipher, &mut plain);
+        cipher.clear();
+        let got = plain.len().saturating_sub(before);
+        match opened {
+            Err(e) => Ok((Err(e), plain)),
+            Ok(_) if got > 0 => {
+                self.cipher = Some(cipher);
+                Ok((Ok(got), plain))
+            }
+            // close_notify: as good as the end of the connection.
+            Ok(true) => Ok((Ok(0), plain)),
+            Ok(false) => {
+                self.plain = Some(plain);
+                Err(cipher)
+            }
+        }
+    }
+
+    /// The records to write for `chunk`; `None` if it could not be sealed (the failure is kept
+    /// as the write's outcome).
+    pub(super) fn seal(&mut self, chunk: &[u8]) -> Option<Bytes> {
+        match crate::tls::seal(&mut self.conn, chunk) {
+            Ok(sealed) => {
+                self.sealed = chunk.len();
+                Some(Bytes::from(sealed))
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                None
+            }
+        }
+    }
+
+    /// The outcome of a write of sealed records, in plaintext bytes.
+    pub(super) fn written(&self, res: io::Result<usize>) -> io::Result<usize> {
+        res.map(|_| self.sealed)
+    }
+
+    /// A read that was called off: the caller's buffer back, unless ciphertext had come.
+    pub(super) fn cancelled(&mut self, cipher: &BytesMut) -> Option<BytesMut> {
+        if cipher.is_empty() {
+            Some(self.plain.take().unwrap_or_default())
+        } else {
+            None
+        }
+    }
+}
+
+impl Reader {
+    /// Polls a read over TLS: ciphertext is opened into the caller's buffer, and a read that
+    /// brought only part of a record goes on (cancellable through `cancel` if given).
+    pub(super) fn poll_sealed<C, D>(
+        &mut self,
+        tls: &mut Sealed<C>,
+        cancel: Option<&monoio::io::Canceller>,
+        cx: &mut Context<'_>,
+    ) -> Poll<ReadResult>
+    where
+        C: DerefMut<Target = ConnectionCommon<D>>,
+    {
+        loop {
+            let Poll::Ready((res, cipher)) = self.poll(cx) else {
+                return Poll::Pending;
+            };
+            match tls.opened(res, cipher) {
+                Ok(out) => return Poll::Ready(out),
+                Err(cipher) => match cancel {
+                    Some(c) => self.start_cancelable_read(cipher, c.handle()),
+                    None => self.start_read(cipher),
+                },
+            }
+        }
     }
 }

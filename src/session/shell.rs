@@ -9,14 +9,14 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
 use monoio::io::{AsyncWriteRentExt, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
 
 use super::connect::Held;
-use super::io::{ReadResult, Reader};
+use super::io::{ReadResult, Reader, Sealed};
 use super::{Action, Pump, Reset, Session};
 use crate::backend::READ_CHUNK;
 use crate::core::Core;
@@ -38,6 +38,8 @@ pub(super) struct Client {
     /// The last client read filled its room: the next one gets a full chunk.
     pub(super) streaming_in: bool,
     pub(super) writer: OwnedWriteHalf<TcpStream>,
+    /// Over TLS: reads bring ciphertext, opened into the session's buffer; writes are sealed.
+    pub(super) tls: Option<Box<Sealed<rustls::ServerConnection>>>,
     pub(super) session: Session<Held>,
     /// Released last, when the client is dropped (also by a panic unwinding it).
     pub(super) _admission: Admission,
@@ -221,13 +223,29 @@ impl Client {
     /// outbox is written by `wait`, beside the reads.
     pub(super) async fn perform(&mut self) -> Result<(), Error> {
         while let Some(bytes) = self.session.take_output() {
-            let (res, _) = self.writer.write_all(bytes).await;
-            res.map_err(Error::ClientIo)?;
+            self.write_client(bytes).await.map_err(Error::ClientIo)?;
         }
         while let Some(action) = self.session.take_action() {
             self.give_back(action).await;
         }
         Ok(())
+    }
+
+    /// Writes all of `bytes` to the client (sealed first over TLS).
+    async fn write_client(&mut self, bytes: Bytes) -> io::Result<()> {
+        let bytes = match self.tls.as_mut() {
+            None => bytes,
+            Some(t) => match t.seal(&bytes) {
+                Some(sealed) => sealed,
+                None => {
+                    return Err(t
+                        .failed
+                        .take()
+                        .unwrap_or_else(|| io::ErrorKind::Other.into()))
+                }
+            },
+        };
+        self.writer.write_all(bytes).await.0.map(|_| ())
     }
 
     /// Pools a backend the core is done with, after its reset if it needs one.
@@ -263,6 +281,10 @@ impl Client {
         if s.reads_client() && !self.reader.is_busy() {
             let buf = read_room(std::mem::take(&mut s.cbuf), self.streaming_in);
             self.read_room = buf.capacity().saturating_sub(buf.len());
+            let buf = match self.tls.as_mut() {
+                None => buf,
+                Some(t) => t.read_into(buf),
+            };
             self.reader.start_read(buf);
         }
         if let Some(att) = s.attached.as_mut() {
@@ -281,9 +303,13 @@ impl Client {
         }
         let idle = s.is_idle();
         let (core, pid) = (&s.core, s.pid);
-        let (reader, attached) = (&mut self.reader, &mut s.attached);
+        let (reader, tls, attached) = (&mut self.reader, &mut self.tls, &mut s.attached);
         poll_fn(|cx| {
-            if let Poll::Ready(r) = reader.poll(cx) {
+            let client = match tls.as_mut() {
+                None => reader.poll(cx),
+                Some(t) => reader.poll_sealed(t, None, cx),
+            };
+            if let Poll::Ready(r) = client {
                 return Poll::Ready(Event::Client(r));
             }
             if let Some(att) = attached.as_mut() {
@@ -324,7 +350,7 @@ impl Client {
     /// the backends back or closes them, and closes the client.
     pub(super) async fn finish(&mut self) {
         while let Some(bytes) = self.session.take_output() {
-            if self.writer.write_all(bytes).await.0.is_err() {
+            if self.write_client(bytes).await.is_err() {
                 break;
             }
         }
@@ -345,7 +371,7 @@ impl Client {
             &mut out,
             &ErrorFields::fatal("XX000", "internal error in pgpilot; the session is closed"),
         );
-        let _ = monoio::time::timeout(PANIC_WRITE_TIMEOUT, self.writer.write_all(out)).await;
+        let _ = monoio::time::timeout(PANIC_WRITE_TIMEOUT, self.write_client(out.freeze())).await;
     }
 }
 

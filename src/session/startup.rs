@@ -4,12 +4,14 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode::{self, ErrorFields};
+use rustls::ServerConnection;
 
 use super::handshake::{Action, Handshake, Startup};
 use super::shell::{Admission, Client};
@@ -20,12 +22,13 @@ use crate::core::Core;
 const STARTUP_READ: usize = 1024;
 
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
-pub(super) async fn start(core: Rc<Core>, mut stream: TcpStream) -> Option<Client> {
+pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Client> {
     let config = core.config.clone();
     let mut hs = Handshake::new(&config);
     let mut admission = None;
     let limit = config.server.startup_timeout;
-    let shake = drive(&core, &mut hs, &mut stream, &mut admission);
+    let mut link = Link { stream, tls: None };
+    let shake = drive(&core, &mut hs, &mut link, &mut admission);
     let st = match monoio::time::timeout(limit, shake).await {
         Ok(Some(st)) => st,
         Ok(None) => return None,
@@ -34,39 +37,123 @@ pub(super) async fn start(core: Rc<Core>, mut stream: TcpStream) -> Option<Clien
             let mut out = BytesMut::new();
             let e = ErrorFields::fatal("08006", "startup did not finish within startup_timeout_ms");
             encode::error_response(&mut out, &e);
-            let _ = stream.write_all(out).await;
+            let _ = link.send(out).await;
             return None;
         }
     };
     let admission = admission?;
-    let client = stream;
     let cbuf = std::mem::take(&mut hs.input);
     drop(hs);
-    session(core, client, cbuf, st, admission).await
+    session(core, link, cbuf, st, admission).await
+}
+
+/// The client's socket during startup, and its TLS session once the client asked for one.
+struct Link {
+    stream: TcpStream,
+    tls: Option<ServerConnection>,
+}
+
+impl Link {
+    /// Writes all of `bytes` (sealed over TLS); `None` if the client is gone.
+    async fn send(&mut self, bytes: BytesMut) -> Option<()> {
+        match self.tls.as_mut() {
+            None => self.stream.write_all(bytes).await.0.ok()?,
+            Some(conn) => {
+                let sealed = crate::tls::seal(conn, &bytes).ok()?;
+                self.stream.write_all(sealed).await.0.ok()?
+            }
+        };
+        Some(())
+    }
+
+    /// Reads once, appending to `input` (over TLS: until some plaintext came); `None` when the
+    /// client hung up or broke TLS.
+    async fn recv(&mut self, input: &mut BytesMut) -> Option<()> {
+        loop {
+            // The read fills the spare room of a buffer it owns meanwhile.
+            let mut buf = match self.tls {
+                None => std::mem::take(input),
+                Some(_) => BytesMut::new(),
+            };
+            buf.reserve(STARTUP_READ);
+            let len = buf.len();
+            let (res, spare) = self.stream.read(buf.slice_mut(len..)).await;
+            let buf = spare.into_inner();
+            let Some(conn) = self.tls.as_mut() else {
+                *input = buf;
+                return (res.unwrap_or(0) > 0).then_some(());
+            };
+            if res.unwrap_or(0) == 0 {
+                return None;
+            }
+            let before = input.len();
+            let closed = crate::tls::open(conn, &buf, input).ok()?;
+            if input.len() > before {
+                return Some(());
+            }
+            if closed {
+                return None;
+            }
+        }
+    }
+
+    /// The TLS handshake after the `S`; `None` if the client does not finish it.
+    async fn accept_tls(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+        input: &mut BytesMut,
+    ) -> Option<()> {
+        let mut conn = match ServerConnection::new(config) {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("cannot start TLS with a client: {e}");
+                return None;
+            }
+        };
+        loop {
+            let out = crate::tls::pending(&mut conn).ok()?;
+            if !out.is_empty() {
+                self.stream.write_all(out).await.0.ok()?;
+            }
+            if !conn.is_handshaking() {
+                self.tls = Some(conn);
+                return Some(());
+            }
+            let (res, buf) = self
+                .stream
+                .read(BytesMut::with_capacity(STARTUP_READ))
+                .await;
+            if res.unwrap_or(0) == 0 {
+                return None;
+            }
+            if let Err(e) = crate::tls::open(&mut conn, &buf, input) {
+                log::info!("client refused at startup: TLS handshake failed: {e}");
+                // The alert rustls queued tells the client why.
+                if let Ok(alert) = crate::tls::pending(&mut conn) {
+                    let _ = self.stream.write_all(alert).await;
+                }
+                return None;
+            }
+        }
+    }
 }
 
 /// Performs the handshake's actions until it is done (`Some`) or over (`None`).
 async fn drive(
     core: &Rc<Core>,
     hs: &mut Handshake<'_>,
-    stream: &mut TcpStream,
+    link: &mut Link,
     admission: &mut Option<Admission>,
 ) -> Option<Startup> {
     loop {
         match hs.step() {
-            Action::Send(bytes) => {
-                stream.write_all(bytes).await.0.ok()?;
-            }
-            Action::Read => {
-                // The read fills the spare room of the input buffer, which it owns meanwhile.
-                let mut buf = std::mem::take(&mut hs.input);
-                buf.reserve(STARTUP_READ);
-                let len = buf.len();
-                let (res, spare) = stream.read(buf.slice_mut(len..)).await;
-                hs.input = spare.into_inner();
-                if res.unwrap_or(0) == 0 {
-                    return None;
-                }
+            Action::Send(bytes) => link.send(bytes).await?,
+            Action::Read => link.recv(&mut hs.input).await?,
+            Action::StartTls(answer) => {
+                link.send(answer).await?;
+                let config = core.config.client_tls.as_ref()?.config.clone();
+                link.accept_tls(config, &mut hs.input).await?;
+                hs.tls_started();
             }
             Action::Admit => {
                 let ok = core.admit_client();
@@ -86,7 +173,7 @@ async fn drive(
             }
             Action::Close(bytes) => {
                 if !bytes.is_empty() {
-                    let _ = stream.write_all(bytes).await;
+                    let _ = link.send(bytes).await;
                 }
                 return None;
             }
@@ -98,7 +185,7 @@ async fn drive(
 /// The session of an authenticated client, logged in (or `None`, told why).
 async fn session(
     core: Rc<Core>,
-    stream: TcpStream,
+    link: Link,
     input: BytesMut,
     st: Startup,
     mut admission: Admission,
@@ -114,12 +201,13 @@ async fn session(
         rule: st.rule,
         input,
     };
-    let (read, write) = stream.into_split();
+    let (read, write) = link.stream.into_split();
     let mut client = Client {
         reader: super::io::Reader::new(read),
         read_room: 0,
         streaming_in: false,
         writer: write,
+        tls: link.tls.map(|conn| Box::new(super::io::Sealed::new(conn))),
         session: Session::new(core, start, cancel),
         _admission: admission,
     };

@@ -112,6 +112,82 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
         .as_db_error()
         .map(|d| (d.code().code().to_owned(), d.message().to_owned()));
     eprintln!("tls: verify-full by address refused: {said:?}");
+
+    // Both sides at once: clients must speak TLS to pgpilot (shown the same certificate), and
+    // pgpilot speaks verify-full TLS to the servers; both pool modes.
+    let (cert_file, key_file) = (lc.dir.join("proxy.crt"), lc.dir.join("proxy.key"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    for pool_mode in ["transaction", "session"] {
+        let section = format!(
+            "\n[tls]\nclient_mode = \"require\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             backend_mode = \"verify-full\"\nbackend_ca_file = \"{}\"\n",
+            cert_file.display(),
+            key_file.display(),
+            ca_file.display()
+        );
+        let proxy = start_with(&c, "", move |text| {
+            text.replacen(
+                "pool_mode = \"transaction\"",
+                &format!("pool_mode = \"{pool_mode}\""),
+                1,
+            )
+            .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
+                + &section
+        });
+        let port = proxy.addr().port();
+        let verified = format!(
+            "host=localhost port={port} user=app dbname=app sslmode=verify-full sslrootcert={}",
+            ca_file.display()
+        );
+        let script = format!(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); \
+             CREATE TABLE both_sides_{pool_mode} (n int); \
+             INSERT INTO both_sides_{pool_mode} VALUES (1); \
+             SELECT count(*) > 0 FROM both_sides_{pool_mode}; \
+             SELECT length(repeat('y', 200000))"
+        );
+        let (ok, out) = psql(&verified, &script);
+        assert!(ok, "{pool_mode}: psql over verify-full: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let want = ["t", "CREATE TABLE", "INSERT 0 1", "t", "200000"];
+        assert_eq!(lines, want, "{pool_mode}: {out}");
+        // A plaintext client is refused, as PostgreSQL's hostssl-only rules refuse it.
+        let plaintext = format!("host=localhost port={port} user=app dbname=app sslmode=disable");
+        let (ok, out) = psql(&plaintext, "SELECT 1");
+        assert!(!ok, "{pool_mode}: a plaintext client was served");
+        assert!(
+            out.contains("no encryption") && out.contains("tls.client_mode"),
+            "{out}"
+        );
+        eprintln!(
+            "tls: {pool_mode}: both sides encrypted; plaintext refused: {}",
+            out.trim()
+        );
+    }
+}
+
+/// Runs psql (libpq) with `conninfo` and the password `app`; whether it succeeded, and what it
+/// printed (unaligned rows, then its errors).
+fn psql(conninfo: &str, sql: &str) -> (bool, String) {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", "app")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 #[test]
