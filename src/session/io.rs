@@ -121,6 +121,9 @@ impl Writer {
     }
 }
 
+/// The smallest read of ciphertext.
+const MIN_CIPHER_READ: usize = 512;
+
 /// A TLS session over a socket's halves, for the shell: a read brings ciphertext, opened into
 /// the caller's buffer (kept here meanwhile); a chunk is sealed before it is written.
 pub(super) struct Sealed<C> {
@@ -149,12 +152,19 @@ where
         }
     }
 
-    /// Keeps `plain` and gives the buffer the next read of ciphertext goes into.
+    /// Keeps `plain` and gives the buffer the next read of ciphertext goes into, as roomy as
+    /// `plain`'s spare room: an idle client's small read stays small (a record that does not
+    /// fit comes in several reads), a busy one's reads stay large.
     pub(super) fn read_into(&mut self, plain: BytesMut) -> BytesMut {
+        let want = plain
+            .capacity()
+            .saturating_sub(plain.len())
+            .max(MIN_CIPHER_READ);
         self.plain = Some(plain);
-        self.cipher
-            .take()
-            .unwrap_or_else(|| BytesMut::with_capacity(crate::backend::READ_CHUNK))
+        match self.cipher.take() {
+            Some(cipher) if cipher.capacity() >= want && cipher.capacity() <= 2 * want => cipher,
+            _ => BytesMut::with_capacity(want),
+        }
     }
 
     /// A read of ciphertext completed: the outcome for the caller (its buffer, with the
