@@ -162,7 +162,11 @@ where
             .max(MIN_CIPHER_READ);
         self.plain = Some(plain);
         match self.cipher.take() {
-            Some(cipher) if cipher.capacity() >= want && cipher.capacity() <= 2 * want => cipher,
+            Some(cipher)
+                if cipher.capacity() >= want && cipher.capacity() <= want.saturating_mul(2) =>
+            {
+                cipher
+            }
             _ => BytesMut::with_capacity(want),
         }
     }
