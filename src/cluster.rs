@@ -289,7 +289,7 @@ impl LocalCluster {
             &data.join("postgresql.conf"),
             "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
         )?;
-        self.run("pg_ctl", &["-D", &data.to_string_lossy(), "reload"])?;
+        self.pg_ctl(i, &["reload"])?;
         // The reload is asynchronous: wait for the server to offer TLS.
         for _ in 0..100 {
             if offers_tls(self.hosts[i], self.ports[i]) {
@@ -302,42 +302,28 @@ impl LocalCluster {
         )))
     }
 
+    /// Runs `pg_ctl -D <server i's data directory>` with `args`.
+    fn pg_ctl(&self, i: usize, args: &[&str]) -> Result<(), ClusterError> {
+        let data = self.data(i).to_string_lossy().into_owned();
+        let mut all = vec!["-D", data.as_str()];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all).map(|_| ())
+    }
+
     /// Promotes replica `i` to a primary (`pg_ctl promote`, waiting until it accepts writes).
     pub fn promote(&self, i: usize) -> Result<(), ClusterError> {
-        let data = self.data(i);
-        self.run(
-            "pg_ctl",
-            &["-D", &data.to_string_lossy(), "-w", "-t", "60", "promote"],
-        )
-        .map(|_| ())
+        self.pg_ctl(i, &["-w", "-t", "60", "promote"])
     }
 
     /// Stops server `i` the way a crash would (`pg_ctl stop -m immediate`).
     pub fn crash(&self, i: usize) -> Result<(), ClusterError> {
-        let data = self.data(i);
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        )
-        .map(|_| ())
+        self.pg_ctl(i, &["-m", "immediate", "-w", "stop"])
     }
 
     /// Stops server `i` cleanly (`pg_ctl stop -m fast`: sessions are ended, every commit
     /// is flushed).
     pub fn stop_server(&self, i: usize) -> Result<(), ClusterError> {
-        let data = self.data(i);
-        self.run(
-            "pg_ctl",
-            &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
-        )
-        .map(|_| ())
+        self.pg_ctl(i, &["-m", "fast", "-w", "stop"])
     }
 
     /// Starts server `i` again after [`LocalCluster::crash`] or [`LocalCluster::stop_server`].

@@ -123,11 +123,7 @@ impl Builder {
         };
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("{host:?} is not a host name or address TLS can check"))?;
-        let config = match checks {
-            SslMode::VerifyFull => self.full()?,
-            SslMode::VerifyCa => self.chain_only()?,
-            _ => self.unverified()?,
-        };
+        let config = self.config_for(checks)?;
         Ok(BackendTls {
             mode,
             config: Some((config, name)),
@@ -156,31 +152,33 @@ impl Builder {
             .map_err(|e| e.to_string())
     }
 
-    fn full(&mut self) -> Result<Arc<ClientConfig>, String> {
-        if let Some(config) = &self.full {
+    /// The configuration for a level of checking (built once, then shared).
+    fn config_for(&mut self, checks: SslMode) -> Result<Arc<ClientConfig>, String> {
+        if let Some(config) = self.cache(checks) {
             return Ok(config.clone());
         }
-        let config = self.client_config(self.webpki()?)?;
-        self.full = Some(config.clone());
+        let chain = match checks {
+            SslMode::VerifyFull | SslMode::VerifyCa => Some(self.webpki()?),
+            _ => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match (checks, chain) {
+            (SslMode::VerifyFull, Some(full)) => full,
+            (_, chain) => Arc::new(Relaxed {
+                chain,
+                provider: self.provider.clone(),
+            }),
+        };
+        let config = self.client_config(verifier)?;
+        *self.cache(checks) = Some(config.clone());
         Ok(config)
     }
 
-    fn chain_only(&mut self) -> Result<Arc<ClientConfig>, String> {
-        if let Some(config) = &self.chain_only {
-            return Ok(config.clone());
+    fn cache(&mut self, checks: SslMode) -> &mut Option<Arc<ClientConfig>> {
+        match checks {
+            SslMode::VerifyFull => &mut self.full,
+            SslMode::VerifyCa => &mut self.chain_only,
+            _ => &mut self.unverified,
         }
-        let config = self.client_config(Arc::new(ChainOnly(self.webpki()?)))?;
-        self.chain_only = Some(config.clone());
-        Ok(config)
-    }
-
-    fn unverified(&mut self) -> Result<Arc<ClientConfig>, String> {
-        if let Some(config) = &self.unverified {
-            return Ok(config.clone());
-        }
-        let config = self.client_config(Arc::new(Unverified(self.provider.clone())))?;
-        self.unverified = Some(config.clone());
-        Ok(config)
     }
 
     /// The CA bundle, or the system's roots.
@@ -297,11 +295,17 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+/// `verify-ca` (with `chain`: it must lead to a trusted root, whatever name the certificate
+/// carries) and `prefer` / `require` (without: nothing is checked, as libpq does). The
+/// handshake's signatures are checked either way, so the session is at least bound to the
+/// certificate the server showed.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -310,10 +314,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // The chain was good: only the name did not match.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -328,7 +332,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -337,62 +342,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require`: encryption without checking who answers (libpq's behaviour). The
-/// handshake's signatures are still checked, so the session is at least bound to the
-/// certificate the server showed.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
