@@ -10,7 +10,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use pgpilot_protocol::backend::{Authentication, BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::frame::split_frame;
-use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
+use pgpilot_protocol::scram::{
+    end_point_hash, md5_password, Binding, ScramClient, MECHANISM, MECHANISM_PLUS,
+};
 use pgpilot_protocol::{encode, Frame};
 
 use crate::config::TcpOptions;
@@ -209,16 +211,38 @@ impl Backend {
                         encode::password_message(&mut out, &hash);
                     }
                     Authentication::Sasl { mechanisms } => {
-                        if !Authentication::mechanisms(mechanisms)
-                            .any(|m| m == MECHANISM.as_bytes())
-                        {
-                            return Err(
-                                self.refused("server offers no SASL mechanism pgpilot speaks")
-                            );
-                        }
-                        let (client, first) = ScramClient::new(self.password(login)?.as_bytes());
+                        let offers = |name: &str| {
+                            Authentication::mechanisms(mechanisms).any(|m| m == name.as_bytes())
+                        };
+                        // Over TLS, bound to the channel when the server offers it: a
+                        // man in the middle holding another certificate cannot relay the login.
+                        let bound = match &self.tls {
+                            Some(conn) if offers(MECHANISM_PLUS) => conn
+                                .peer_certificates()
+                                .and_then(|certs| certs.first())
+                                .and_then(|cert| end_point_hash(cert))
+                                .map(Binding::EndPoint),
+                            _ => None,
+                        };
+                        let (mechanism, binding) = match bound {
+                            Some(binding) => (MECHANISM_PLUS, binding),
+                            None if !offers(MECHANISM) => {
+                                return Err(
+                                    self.refused("server offers no SASL mechanism pgpilot speaks")
+                                )
+                            }
+                            // A server offering PLUS whose certificate gives no binding data:
+                            // `n`, since `y` would read as an offer stripped on the way.
+                            None if self.tls.is_some() && !offers(MECHANISM_PLUS) => {
+                                (MECHANISM, Binding::Unused)
+                            }
+                            None => (MECHANISM, Binding::None),
+                        };
+                        log::debug!("backend {}: SASL with {mechanism}", self.state.addr);
+                        let password = self.password(login)?.as_bytes();
+                        let (client, first) = ScramClient::with_binding(password, binding);
                         scram = Some(client);
-                        encode::sasl_initial_response(&mut out, MECHANISM, &first);
+                        encode::sasl_initial_response(&mut out, mechanism, &first);
                     }
                     Authentication::SaslContinue { data } => {
                         let client = scram

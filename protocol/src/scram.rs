@@ -253,24 +253,55 @@ impl<'s> ScramServer<'s> {
     }
 }
 
+/// SCRAM-SHA-256 bound to the TLS channel (RFC 5802, `tls-server-end-point`).
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// How a client's exchange relates to the TLS channel under it (the gs2 header's flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// No TLS, or no way to bind: `n`.
+    None,
+    /// TLS, and the server offers no binding: `y` (a server that does offer it then knows
+    /// the offer was stripped on the way).
+    Unused,
+    /// `tls-server-end-point` with this hash of the server's certificate
+    /// ([`end_point_hash`]); the mechanism is [`MECHANISM_PLUS`].
+    EndPoint(Vec<u8>),
+}
+
 /// The client side of one SCRAM-SHA-256 exchange (pgpilot logging in to a backend).
 pub struct ScramClient {
     password: Vec<u8>,
     bare: String,
     nonce: String,
+    /// The `c=` attribute: the gs2 header and the binding data, in base64.
+    channel: String,
     expected_server_signature: Option<[u8; 32]>,
 }
 
 impl ScramClient {
-    /// Starts an exchange; returns the client and its client-first-message.
+    /// Starts an exchange without TLS; returns the client and its client-first-message.
     pub fn new(password: &[u8]) -> (Self, Vec<u8>) {
+        Self::with_binding(password, Binding::None)
+    }
+
+    /// Starts an exchange bound (or not) to the TLS channel.
+    pub fn with_binding(password: &[u8], binding: Binding) -> (Self, Vec<u8>) {
         let nonce = B64.encode(random_bytes::<18>());
         let bare = format!("n=,r={nonce}");
-        let first = format!("n,,{bare}").into_bytes();
+        let (gs2, data) = match binding {
+            Binding::None => ("n,,", Vec::new()),
+            Binding::Unused => ("y,,", Vec::new()),
+            Binding::EndPoint(hash) => ("p=tls-server-end-point,,", hash),
+        };
+        let first = format!("{gs2}{bare}").into_bytes();
+        let mut channel = gs2.as_bytes().to_vec();
+        channel.extend_from_slice(&data);
         let client = ScramClient {
             password: password.to_vec(),
             bare,
             nonce,
+            channel: B64.encode(channel),
             expected_server_signature: None,
         };
         (client, first)
@@ -294,7 +325,7 @@ impl ScramClient {
         let salted = salted_password(&self.password, &salt, iterations);
         let client_key = hmac(&salted, &[b"Client Key"]);
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", self.channel);
         let auth_message = format!("{},{msg},{without_proof}", self.bare);
         let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
         let proof: Vec<u8> = client_key
@@ -322,6 +353,72 @@ impl ScramClient {
             _ => Err(ScramError::AuthFailed),
         }
     }
+}
+
+/// `tls-server-end-point` channel binding data (RFC 5929): the hash of the server's DER
+/// certificate with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1. `None` for
+/// algorithms that define no such hash (RSASSA-PSS, EdDSA) or a certificate that does not parse:
+/// then the exchange is not bound.
+pub fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
+    use sha2::{Sha384, Sha512};
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let oid = signature_algorithm(cert)?;
+    let bits = match oid.split_last()? {
+        (4 | 5, head) if head == RSA => 256, // md5, sha1 with RSA
+        (11, head) if head == RSA => 256,
+        (12, head) if head == RSA => 384,
+        (13, head) if head == RSA => 512,
+        (2, head) if head == ECDSA_SHA2 => 256,
+        (3, head) if head == ECDSA_SHA2 => 384,
+        (4, head) if head == ECDSA_SHA2 => 512,
+        _ if oid == ECDSA_SHA1 => 256,
+        _ => return None,
+    };
+    Some(match bits {
+        256 => Sha256::digest(cert).to_vec(),
+        384 => Sha384::digest(cert).to_vec(),
+        _ => Sha512::digest(cert).to_vec(),
+    })
+}
+
+/// The signature algorithm's OID of a DER certificate: `Certificate ::= SEQUENCE {
+/// tbsCertificate, signatureAlgorithm SEQUENCE { OID, … }, signature }`.
+fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, cert, _) = der_element(cert)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = der_element(cert)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = der_element(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_element(algorithm)? else {
+        return None;
+    };
+    Some(oid)
+}
+
+/// One DER element at the start of `der`: its tag, its contents and what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for &b in rest.get(..n)? {
+            len = len.checked_mul(256)?.checked_add(usize::from(b))?;
+        }
+        (len, rest.get(n..)?)
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
 }
 
 /// The PasswordMessage payload for MD5 auth: `"md5" + hex(md5(hex(md5(password + user)) + salt))`.
@@ -451,5 +548,64 @@ mod tests {
         );
         assert!(md5_matches(b"md5abc", b"md5abc"));
         assert!(!md5_matches(b"md5abc", b"md5abd"));
+    }
+
+    #[test]
+    fn channel_binding_data_follows_the_certificates_signature_hash() {
+        // SEQUENCE { SEQUENCE {} (tbs), SEQUENCE { OID }, BIT STRING {} }
+        let cert = |oid: &[u8]| {
+            let mut alg = vec![0x06, oid.len() as u8];
+            alg.extend_from_slice(oid);
+            let mut body = vec![0x30, 0x00, 0x30, alg.len() as u8];
+            body.extend_from_slice(&alg);
+            body.extend_from_slice(&[0x03, 0x01, 0x00]);
+            let mut der = vec![0x30, body.len() as u8];
+            der.extend_from_slice(&body);
+            der
+        };
+        let ecdsa_sha256 = cert(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+        assert_eq!(
+            end_point_hash(&ecdsa_sha256),
+            Some(Sha256::digest(&ecdsa_sha256).to_vec())
+        );
+        let rsa_sha384 = cert(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]);
+        assert_eq!(end_point_hash(&rsa_sha384).map(|h| h.len()), Some(48));
+        let rsa_sha1 = cert(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+        assert_eq!(
+            end_point_hash(&rsa_sha1).map(|h| h.len()),
+            Some(32),
+            "SHA-1 → SHA-256"
+        );
+        let ed25519 = cert(&[0x2b, 0x65, 0x70]);
+        assert_eq!(end_point_hash(&ed25519), None);
+        for cut in 0..ecdsa_sha256.len() {
+            assert_eq!(end_point_hash(&ecdsa_sha256[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(end_point_hash(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn the_gs2_header_says_how_the_exchange_is_bound() {
+        let (_, first) = ScramClient::with_binding(b"pw", Binding::Unused);
+        assert!(first.starts_with(b"y,,n=,r="));
+        let (mut client, first) =
+            ScramClient::with_binding(b"pw", Binding::EndPoint(vec![1, 2, 3]));
+        assert!(first.starts_with(b"p=tls-server-end-point,,n=,r="));
+        let nonce = std::str::from_utf8(&first)
+            .unwrap()
+            .rsplit("r=")
+            .next()
+            .unwrap()
+            .to_owned();
+        let server_first = format!("r={nonce}xyz,s={},i=4096", B64.encode(b"salt"));
+        let last = client.handle_server_first(server_first.as_bytes()).unwrap();
+        let mut expected = b"p=tls-server-end-point,,".to_vec();
+        expected.extend_from_slice(&[1, 2, 3]);
+        let c = format!("c={},", B64.encode(expected));
+        assert!(
+            last.starts_with(c.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&last)
+        );
     }
 }
