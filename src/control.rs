@@ -124,6 +124,8 @@ pub enum CoreMsg {
     Cancel { pid: u32, secret: u32 },
     /// Stop accepting; end sessions as they become idle.
     Shutdown,
+    /// The TLS offered to clients from now on (a reload read the certificate again).
+    ClientTls(Option<crate::tls::ClientTls>),
 }
 
 /// A core's inbox: a crossbeam channel whose sender also wakes the core's task that drains it,
@@ -236,6 +238,8 @@ pub enum ControlMsg {
     /// A session's connection to backend `id`, meant for the primary, refused a write as
     /// read-only and could not prove it reaches a primary.
     Fenced { id: usize },
+    /// SIGHUP: read the config file again (today: the certificate and key shown to clients).
+    Reload,
 }
 
 #[cfg(test)]

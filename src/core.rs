@@ -61,6 +61,8 @@ pub struct Core {
     peers: Vec<CoreSender>,
     /// The control plane's inbox, for what a session learns of a backend.
     control: Sender<ControlMsg>,
+    /// The TLS offered to clients: the config's, or what a reload read since.
+    client_tls: RefCell<Option<crate::tls::ClientTls>>,
     /// Replicas this core failed to reach, and until when it leaves them alone.
     benched: RefCell<HashMap<usize, Instant>>,
     /// Writing functions per database: the configured ones, plus the catalog's once loaded.
@@ -87,6 +89,7 @@ impl Core {
     ) -> Core {
         let seed = u64::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<8>()) | 1;
         let configured_functions = Rc::new(config.routing.functions.clone());
+        let client_tls = config.client_tls.clone();
         Core {
             id,
             workers,
@@ -98,6 +101,7 @@ impl Core {
             clients,
             peers,
             control,
+            client_tls: RefCell::new(client_tls),
             benched: RefCell::new(HashMap::new()),
             functions: RefCell::new(HashMap::new()),
             configured_functions,
@@ -141,6 +145,11 @@ impl Core {
             }
         }
         let _ = self.control.try_send(ControlMsg::Fenced { id: backend_id });
+    }
+
+    /// The TLS offered to clients now.
+    pub fn client_tls(&self) -> Option<crate::tls::ClientTls> {
+        self.client_tls.borrow().clone()
     }
 
     /// Whether this core is leaving a backend alone right now.
@@ -335,6 +344,7 @@ impl Core {
             }
             CoreMsg::Cancel { pid, secret } => self.cancel(pid, secret),
             CoreMsg::Shutdown => self.begin_shutdown(),
+            CoreMsg::ClientTls(tls) => *self.client_tls.borrow_mut() = tls,
         }
     }
 

@@ -110,7 +110,8 @@ pub fn serve_until_signal(proxy: Proxy) -> ExitCode {
         for signal in signals.forever() {
             match signal {
                 SIGHUP => {
-                    log::warn!("SIGHUP: configuration reload is not implemented yet; ignoring")
+                    log::info!("SIGHUP: reloading the configuration");
+                    let _ = control.send(ControlMsg::Reload);
                 }
                 _ => {
                     log::info!("signal {signal}: shutting down");

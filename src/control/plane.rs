@@ -61,6 +61,7 @@ pub fn run(
                 }
                 plane.checked(id, &check, started, Instant::now());
             }
+            Ok(ControlMsg::Reload) => plane.reload(),
             Ok(ControlMsg::Fenced { id }) => {
                 // Many sessions may say so at once: one event and one lookup a second at most.
                 let now = Instant::now();
@@ -247,6 +248,25 @@ impl Plane {
             *latest = snapshot.clone();
         }
         self.broadcast(CoreMsg::State(snapshot));
+    }
+
+    /// Reads the config file again. Today only the certificate and key shown to clients (and
+    /// `tls.client_mode`) take effect; a file that does not load changes nothing.
+    fn reload(&mut self) {
+        let path = self.config.path.clone();
+        match Config::load(&path) {
+            Ok(next) => {
+                log::info!(
+                    "reload: {}: TLS towards clients is now {}; other changes need a restart",
+                    path.display(),
+                    next.client_tls
+                        .as_ref()
+                        .map_or("disable", |t| t.mode.as_str())
+                );
+                self.broadcast(CoreMsg::ClientTls(next.client_tls.clone()));
+            }
+            Err(e) => log::error!("reload failed, the running configuration stays: {e}"),
+        }
     }
 
     fn broadcast(&self, msg: CoreMsg) {

@@ -84,6 +84,8 @@ pub struct Handshake<'c> {
     state: State<'c>,
     /// The connection is encrypted (TLS is up).
     encrypted: bool,
+    /// What TLS is offered: `None` = SSLRequest is declined.
+    tls: Option<crate::tls::ClientMode>,
 }
 
 /// Why the handshake ended without a session, as the client is told.
@@ -116,6 +118,11 @@ type Next = Result<Option<Action>, Refusal>;
 
 impl<'c> Handshake<'c> {
     pub fn new(config: &'c Config) -> Self {
+        Self::offering(config, config.client_tls.as_ref().map(|t| t.mode))
+    }
+
+    /// A handshake offering TLS in `tls` mode (a reload may have changed the config's).
+    pub fn offering(config: &'c Config, tls: Option<crate::tls::ClientMode>) -> Self {
         Handshake {
             config,
             input: BytesMut::new(),
@@ -125,6 +132,7 @@ impl<'c> Handshake<'c> {
                 gss_asked: false,
             },
             encrypted: false,
+            tls: tls.filter(|m| *m != crate::tls::ClientMode::Disable),
         }
     }
 
@@ -209,7 +217,7 @@ impl<'c> Handshake<'c> {
             // TLS is accepted when `[tls] client_mode` offers it, GSSAPI never; a repeated
             // request is what PostgreSQL takes it for, a startup packet of an unknown protocol
             // version.
-            Ok(StartupPacket::SslRequest) if !ssl_asked && self.config.client_tls.is_some() => {
+            Ok(StartupPacket::SslRequest) if !ssl_asked && self.tls.is_some() => {
                 if !self.input.is_empty() {
                     // Bytes sent before the handshake would pass as if protected
                     // (CVE-2021-23214): PostgreSQL refuses them too.
@@ -239,11 +247,7 @@ impl<'c> Handshake<'c> {
                 return Ok(Some(Action::Cancel { pid, secret }))
             }
             Ok(StartupPacket::Startup(msg)) => {
-                let required = self
-                    .config
-                    .client_tls
-                    .as_ref()
-                    .is_some_and(|t| t.mode == crate::tls::ClientMode::Require);
+                let required = self.tls == Some(crate::tls::ClientMode::Require);
                 if required && !self.encrypted {
                     return Err(fatal(
                         "28000",

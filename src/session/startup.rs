@@ -24,11 +24,13 @@ const STARTUP_READ: usize = 1024;
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
 pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Client> {
     let config = core.config.clone();
-    let mut hs = Handshake::new(&config);
+    // The TLS offered now, for the whole of this handshake.
+    let tls = core.client_tls();
+    let mut hs = Handshake::offering(&config, tls.as_ref().map(|t| t.mode));
     let mut admission = None;
     let limit = config.server.startup_timeout;
     let mut link = Link { stream, tls: None };
-    let shake = drive(&core, &mut hs, &mut link, &mut admission);
+    let shake = drive(&core, &mut hs, &mut link, tls, &mut admission);
     let st = match monoio::time::timeout(limit, shake).await {
         Ok(Some(st)) => st,
         Ok(None) => return None,
@@ -143,6 +145,7 @@ async fn drive(
     core: &Rc<Core>,
     hs: &mut Handshake<'_>,
     link: &mut Link,
+    tls: Option<crate::tls::ClientTls>,
     admission: &mut Option<Admission>,
 ) -> Option<Startup> {
     loop {
@@ -151,7 +154,7 @@ async fn drive(
             Action::Read => link.recv(&mut hs.input).await?,
             Action::StartTls(answer) => {
                 link.send(answer).await?;
-                let config = core.config.client_tls.as_ref()?.config.clone();
+                let config = tls.as_ref()?.config.clone();
                 link.accept_tls(config, &mut hs.input).await?;
                 hs.tls_started();
             }

@@ -205,3 +205,65 @@ fn a_plaintext_server_is_refused_under_require_and_used_under_prefer() {
     let mut client = connect(preferred.addr().port()).unwrap();
     assert_eq!(over_tls(&mut client), "false");
 }
+
+#[test]
+fn the_certificate_shown_to_clients_is_read_again_on_reload_and_a_bad_one_changes_nothing() {
+    let Some(c) = common::cluster() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("pgpilot-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca1, cert1, key1) = localhost_pki();
+    let (ca2, cert2, key2) = localhost_pki();
+    let (ca1_file, ca2_file) = (dir.join("ca1.pem"), dir.join("ca2.pem"));
+    std::fs::write(&ca1_file, ca1).unwrap();
+    std::fs::write(&ca2_file, ca2).unwrap();
+    let install = |cert: &str, key: &str| {
+        std::fs::write(dir.join("server.crt"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+    };
+    install(&cert1, &key1);
+    let text = common::config_text(c, &common::Opts::default())
+        + "\n[tls]\nclient_mode = \"allow\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n";
+    let path = dir.join("pgpilot.toml");
+    std::fs::write(&path, text).unwrap();
+    let proxy = pgpilot::Proxy::start(pgpilot::Config::load(&path).unwrap()).unwrap();
+    let port = proxy.addr().port();
+    let trusting = |ca: &std::path::Path| {
+        format!(
+            "host=localhost port={port} user=app dbname=app sslmode=verify-full sslrootcert={}",
+            ca.display()
+        )
+    };
+    let (ok, out) = psql(&trusting(&ca1_file), "SELECT 1");
+    assert!(ok, "the first certificate: {out}");
+
+    // What SIGHUP does: the control plane reads the file again and tells every core.
+    install(&cert2, &key2);
+    proxy
+        .control()
+        .send(pgpilot::control::ControlMsg::Reload)
+        .unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || psql(
+            &trusting(&ca2_file),
+            "SELECT 1"
+        )
+        .0),
+        "the new certificate is never shown"
+    );
+    let (ok, out) = psql(&trusting(&ca1_file), "SELECT 1");
+    assert!(!ok, "the old certificate is still shown: {out}");
+
+    // A key that does not load: the reload fails and the running certificate stays.
+    std::fs::write(dir.join("server.key"), "not a key\n").unwrap();
+    proxy
+        .control()
+        .send(pgpilot::control::ControlMsg::Reload)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, out) = psql(&trusting(&ca2_file), "SELECT 1");
+    assert!(ok, "a failed reload changed the certificate: {out}");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}
