@@ -302,6 +302,36 @@ impl LocalCluster {
         )))
     }
 
+    /// Makes server `i` refuse every connection without TLS but the superuser's and
+    /// replication's (a `hostnossl … reject` rule, as RDS's `rds.force_ssl` does), and reloads.
+    pub fn refuse_plaintext(&self, i: usize) -> Result<(), ClusterError> {
+        let hba = self.data(i).join("pg_hba.conf");
+        let text = fs::read_to_string(&hba)?;
+        let mut out = String::new();
+        let mut added = false;
+        for line in text.lines() {
+            let theirs = line.starts_with("host all postgres") || line.contains("replication");
+            if !added && line.starts_with("host ") && !theirs {
+                out.push_str("hostnossl all all 127.0.0.0/8 reject\n");
+                added = true;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        fs::write(&hba, out)?;
+        self.pg_ctl(i, &["reload"])
+    }
+
+    /// The server log of server `i` so far.
+    pub fn log(&self, i: usize) -> String {
+        let name = if i == 0 {
+            "primary".to_owned()
+        } else {
+            format!("replica{i}")
+        };
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// Runs `pg_ctl -D <server i's data directory>` with `args`.
     fn pg_ctl(&self, i: usize, args: &[&str]) -> Result<(), ClusterError> {
         let data = self.data(i).to_string_lossy().into_owned();

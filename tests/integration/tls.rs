@@ -45,7 +45,25 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
     let (ca, cert, key) = localhost_pki();
     for i in 0..c.ports.len() {
         lc.enable_tls(i, &cert, &key).unwrap();
+        lc.refuse_plaintext(i).unwrap();
     }
+    // The servers refuse plaintext now (as RDS does): a plaintext login says so.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (ok, out) = psql(
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname=app sslmode=disable",
+            c.ports[0]
+        ),
+        "SELECT 1",
+    );
+    assert!(!ok && out.contains("no encryption"), "{out}");
+    let plaintext_refusals = |lc: &pgpilot::cluster::LocalCluster| {
+        (0..c.ports.len())
+            .map(|i| lc.log(i).matches("no encryption").count())
+            .sum::<usize>()
+    };
+    let before = plaintext_refusals(lc);
+    assert!(before >= 1, "the servers log a plaintext login they refuse");
     let ca_file = lc.dir.join("ca.pem");
     std::fs::write(&ca_file, ca).unwrap();
     let with_tls = |mode: &'static str, by_name: bool, pool_mode: &'static str| {
@@ -100,6 +118,33 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
         .expect("a certificate that does not name the host is refused");
     let text = format!("{refused:?}");
     assert!(text.contains("TLS") && text.contains("name"), "{text}");
+    // An unrelated CA: refused too.
+    let (unrelated, _, _) = localhost_pki();
+    let unrelated_file = lc.dir.join("unrelated.pem");
+    std::fs::write(&unrelated_file, unrelated).unwrap();
+    let section = format!(
+        "\n[tls]\nbackend_mode = \"verify-full\"\nbackend_ca_file = \"{}\"\n",
+        unrelated_file.display()
+    );
+    let strangers = start_with(&c, "", move |text| {
+        text.replace("host = \"127.0.0.1\"", "host = \"localhost\"") + &section
+    });
+    let refused = connect(strangers.addr().port())
+        .err()
+        .expect("a certificate of an unrelated CA is refused");
+    assert!(
+        // Same name as the real CA, another key: the signature does not verify.
+        format!("{refused:?}").contains("invalid peer certificate"),
+        "{refused:?}"
+    );
+    drop(strangers);
+    drop(by_address);
+    // Neither refusal tried plaintext: the servers logged no plaintext login.
+    assert_eq!(
+        plaintext_refusals(lc),
+        before,
+        "a plaintext attempt reached a server"
+    );
     // verify-ca checks the chain, not the name.
     let chain_only = with_tls("verify-ca", false, "transaction");
     let mut client = connect(chain_only.addr().port()).expect("verify-ca by address");
@@ -152,6 +197,12 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
         let lines: Vec<&str> = out.lines().collect();
         let want = ["t", "CREATE TABLE", "INSERT 0 1", "t", "200000"];
         assert_eq!(lines, want, "{pool_mode}: {out}");
+        // Many transactions on one TLS connection, each autocommit statement a unit of its own.
+        let many: String = (0..300).map(|n| format!("SELECT {n};")).collect();
+        let (ok, out) = psql(&verified, &many);
+        assert!(ok, "{pool_mode}: {out}");
+        let expected: Vec<String> = (0..300).map(|n| n.to_string()).collect();
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{pool_mode}");
         // A plaintext client is refused, as PostgreSQL's hostssl-only rules refuse it.
         let plaintext = format!("host=localhost port={port} user=app dbname=app sslmode=disable");
         let (ok, out) = psql(&plaintext, "SELECT 1");
