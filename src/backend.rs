@@ -123,7 +123,10 @@ impl Backend {
         tls: &BackendTls,
     ) -> Result<Option<rustls::ClientConnection>, Error> {
         let addr = self.state.addr;
-        let failed = |reason: String| Error::BackendTls { addr, reason };
+        let failed = |reason: String| Error::BackendTls {
+            addr,
+            reason: format!("{} (sslmode = {}): {reason}", tls.host, tls.mode),
+        };
         let mut request = BytesMut::new();
         encode::ssl_request(&mut request);
         self.send(request).await?;

@@ -63,6 +63,8 @@ impl fmt::Display for SslMode {
 #[derive(Clone)]
 pub struct BackendTls {
     pub mode: SslMode,
+    /// The host as configured, for messages (and what verify-full checks).
+    pub host: String,
     config: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
@@ -79,6 +81,7 @@ impl BackendTls {
     pub fn disabled() -> BackendTls {
         BackendTls {
             mode: SslMode::Disable,
+            host: String::new(),
             config: None,
         }
     }
@@ -126,6 +129,7 @@ impl Builder {
         let config = self.config_for(checks)?;
         Ok(BackendTls {
             mode,
+            host: host.to_owned(),
             config: Some((config, name)),
         })
     }

@@ -129,13 +129,13 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
     let strangers = start_with(&c, "", move |text| {
         text.replace("host = \"127.0.0.1\"", "host = \"localhost\"") + &section
     });
-    let refused = connect(strangers.addr().port())
+    let stranger = connect(strangers.addr().port())
         .err()
         .expect("a certificate of an unrelated CA is refused");
     assert!(
         // Same name as the real CA, another key: the signature does not verify.
-        format!("{refused:?}").contains("invalid peer certificate"),
-        "{refused:?}"
+        format!("{stranger:?}").contains("invalid peer certificate"),
+        "{stranger:?}"
     );
     drop(strangers);
     drop(by_address);
