@@ -74,6 +74,8 @@ PILOT_PORT=$(free_port)
 # the kernel's autogroup scheduling (kernel.sched_autogroup_enabled = 1, Debian's default), a
 # proxy left in the load generator's session shares one CPU share with it, and PostgreSQL's
 # backends then wait for a CPU for hundreds of milliseconds at a time.
+# pgpilot runs with the allocator setting its systemd unit ships (freed pages go back at once).
+export MIMALLOC_PURGE_DELAY=0
 setsid "$PGPILOT" demo --dir "$WORK/demo" --port "$PILOT_PORT" >"$WORK/demo.log" 2>&1 &
 PIDS+=($!)
 PILOT_PID=$!
