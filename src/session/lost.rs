@@ -86,6 +86,11 @@ impl<L> Session<L> {
             && !att.unsynced
             && att.status == TransactionStatus::Idle;
         if quiet {
+            // What came before the FATAL (the answer to the client's last unit, when the FATAL
+            // came in the same read) still goes to the client; the FATAL does not.
+            let before = batch.slice(..fatal_at(&batch));
+            self.pass_on(before);
+            self.answer_fakes();
             return self.backend_lost(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the server ended the connection between transactions",
@@ -103,6 +108,23 @@ impl<L> Session<L> {
             ),
         })
     }
+}
+
+/// Where the first FATAL (or PANIC) ErrorResponse of `batch` begins (its length if none).
+fn fatal_at(batch: &[u8]) -> usize {
+    let mut scan = FrameScan::new(batch, u32::MAX);
+    for f in &mut scan {
+        if f.tag() != BackendTag::ErrorResponse as u8 {
+            continue;
+        }
+        if let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::parse(f.bytes) {
+            let severity = e.get(b'V').or_else(|| e.get(b'S'));
+            if matches!(severity, Some(b"FATAL" | b"PANIC")) {
+                return f.at;
+            }
+        }
+    }
+    batch.len()
 }
 
 /// Whether `batch` opens with the server's last word before it closes the connection: a

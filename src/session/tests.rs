@@ -468,3 +468,22 @@ fn a_pinned_client_whose_backend_is_lost_is_not_carried_on_as_someone_else() {
     s.finish();
     assert_eq!(seen(&mut s).1, ["08006"]);
 }
+
+#[test]
+fn a_fatal_right_after_an_answer_loses_no_answer_and_between_transactions_goes_unseen() {
+    let mut s = transaction();
+    s.send(&query("insert into t values (1)")).unwrap();
+    let _ = seen(&mut s);
+    s.send(&query("insert answer_then_terminate")).unwrap();
+    assert_eq!(
+        seen(&mut s),
+        ("CI".into(), vec![]),
+        "the answer came through, the FATAL of a backend between transactions did not"
+    );
+    s.send(&query("insert into t values (2)")).unwrap();
+    assert_eq!(
+        seen(&mut s).0,
+        "DCI",
+        "the session goes on, on another backend"
+    );
+}

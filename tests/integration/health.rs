@@ -169,11 +169,25 @@ impl Readers {
     /// Stops the readers: reads done, reads failed, the last failure's error.
     pub fn finish(mut self) -> (u64, u64, String) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join().unwrap();
-        }
+        join_within(std::mem::take(&mut self.threads), "a reader");
         let (done, failed) = self.counts();
         (done, failed, self.last_error.lock().unwrap().clone())
+    }
+}
+
+/// Joins client threads that were told to stop; one still busy after 30 s is waiting for an
+/// answer that never comes, and the test fails instead of hanging.
+pub fn join_within(threads: Vec<std::thread::JoinHandle<()>>, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for t in threads {
+        while !t.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "{who}'s statement never got an answer (the proxy hung)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.join().unwrap();
     }
 }
 

@@ -78,9 +78,7 @@ impl Writers {
     /// Stops the writers: what was acknowledged, and the errors they got.
     fn finish(mut self) -> (Vec<(i32, i32)>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join().unwrap();
-        }
+        crate::health::join_within(std::mem::take(&mut self.threads), "a writer");
         let acked = std::mem::take(&mut *self.acked.lock().unwrap());
         let errors = std::mem::take(&mut *self.errors.lock().unwrap());
         (acked, errors)

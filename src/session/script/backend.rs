@@ -129,6 +129,18 @@ impl Scripted {
         let starts = |w: &[u8]| lower.starts_with(w);
         if lower.is_empty() {
             put(out, b'I', &[]);
+        } else if contains(&lower, b"answer_then_terminate") {
+            // An answer, then the server's FATAL in the same read (a shutdown right after).
+            encode::command_complete(out, b"INSERT 0 1");
+            self.ready(out);
+            encode::error_response(
+                out,
+                &ErrorFields::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+            );
+            return;
         } else if contains(&lower, b"terminate_me") {
             // As pg_terminate_backend would: FATAL, no ReadyForQuery, the connection closes.
             encode::error_response(
