@@ -476,7 +476,8 @@ fn offers_tls(host: &str, port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-    let request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut request = bytes::BytesMut::new();
+    pgpilot_protocol::encode::ssl_request(&mut request);
     let mut answer = [0u8; 1];
     s.write_all(&request).is_ok() && s.read_exact(&mut answer).is_ok() && answer == *b"S"
 }

@@ -134,13 +134,11 @@ async fn check_once(
     config: &Config,
 ) -> Result<Report, Error> {
     let health = &config.health;
-    let tls = &config
-        .backends
-        .get(id)
-        .map_or_else(crate::tls::BackendTls::disabled, |b| b.tls.clone());
     let backend = match conn {
         Some(b) => b,
         None => {
+            let disabled = crate::tls::BackendTls::disabled();
+            let tls = config.backends.get(id).map_or(&disabled, |b| &b.tls);
             let login = Login {
                 user: &health.user,
                 password: config.user(&health.user).map(|u| u.password.as_str()),

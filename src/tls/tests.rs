@@ -1,6 +1,7 @@
 //! Each `sslmode` against a server in memory (rustls on both sides, certificates made here):
 //! what it accepts, what it refuses, and the glue that moves records in and out.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -133,24 +133,10 @@ impl Scripted {
             // An answer, then the server's FATAL in the same read (a shutdown right after).
             encode::command_complete(out, b"INSERT 0 1");
             self.ready(out);
-            encode::error_response(
-                out,
-                &ErrorFields::fatal(
-                    "57P01",
-                    "terminating connection due to administrator command",
-                ),
-            );
-            return;
+            return terminated(out);
         } else if contains(&lower, b"terminate_me") {
             // As pg_terminate_backend would: FATAL, no ReadyForQuery, the connection closes.
-            encode::error_response(
-                out,
-                &ErrorFields::fatal(
-                    "57P01",
-                    "terminating connection due to administrator command",
-                ),
-            );
-            return;
+            return terminated(out);
         } else if contains(&lower, b"read_only_refusal") {
             self.fail("25006", out);
             self.skipping = false;
@@ -203,6 +189,17 @@ impl Scripted {
             },
         );
     }
+}
+
+/// The FATAL a terminated backend sends before it closes.
+fn terminated(out: &mut BytesMut) {
+    encode::error_response(
+        out,
+        &ErrorFields::fatal(
+            "57P01",
+            "terminating connection due to administrator command",
+        ),
+    );
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
