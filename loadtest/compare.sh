@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compares pgpilot with direct PostgreSQL, PgBouncer and pgpool-II on this machine.
 #
-#   loadtest/compare.sh [--quick] [--out DIR]
+#   loadtest/compare.sh [--quick] [--tls-only] [--out DIR]
 #
 # Starts a primary and two streaming replicas (`pgpilot demo`), PgBouncer in transaction mode
 # in front of the primary, pgpool-II with load balancing over the replicas, and pgpilot with
@@ -9,18 +9,23 @@
 # `pgpilot-loadtest`, the targets interleaved round after round. Prints one table per workload
 # and a summary (Markdown) with TPS ratios to direct PostgreSQL and to PgBouncer, p99 latency
 # and CPU seconds per 1,000 transactions of each proxy process; then select with 1,000 and
-# 5,000 clients, and with pools of 100, PgBouncer against pgpilot. Everything it starts is stopped
-# on exit. Not part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when
-# missing) and takes about 20 minutes (--quick: under 2).
+# 5,000 clients, and with pools of 100, PgBouncer against pgpilot; then TLS on both sides (the
+# servers switched to ssl = on, PgBouncer with client_tls_sslmode and server_tls_sslmode =
+# require, pgpilot with tls.client_mode and tls.backend_mode = require, every client on TLS):
+# select and idle. --tls-only runs just that part. Everything it starts is stopped on exit. Not
+# part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when missing) and
+# takes about 25 minutes (--quick: under 3).
 set -euo pipefail
 
 QUICK=0
+TLS_ONLY=0
 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --tls-only) TLS_ONLY=1 ;;
     --out) OUT="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 64 ;;
+    *) echo "usage: $0 [--quick] [--tls-only] [--out DIR]" >&2; exit 64 ;;
   esac
   shift
 done
@@ -52,7 +57,9 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/pgbouncer/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer/pgbouncer.pid")" 2>/dev/null || true
+  for b in pgbouncer pgbouncer100 pgbouncer-tls; do
+    [ -f "$WORK/$b/pgbouncer.pid" ] && kill "$(cat "$WORK/$b/pgbouncer.pid")" 2>/dev/null || true
+  done
   [ -f "$WORK/pgpool/pgpool.pid" ] && kill -INT "$(tr -d '\0' <"$WORK/pgpool/pgpool.pid")" 2>/dev/null || true
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 }
@@ -209,6 +216,73 @@ run() { # name, loadtest arguments...
   "$LOADTEST" "${COMMON[@]}" "$@" --json >"$OUT/$name.json" 2> >(tee "$OUT/$name.log" >&2)
 }
 
+# 7. TLS on both sides: a CA and a certificate for 127.0.0.1 / localhost (RSA 2048, as RDS's
+# default CA issues), the servers switched to ssl = on (a reload suffices), PgBouncer and
+# pgpilot each serving clients over TLS and reaching the servers over TLS (require: pooled
+# connections' handshakes are rare, so verifying would cost both the same). Every target of the
+# run, direct PostgreSQL included, is reached by the load generator over TLS, verified.
+tls_runs() {
+  local tls="$WORK/tls"
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pgpilot compare CA" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" \
+    -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls/san.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 2 -extfile "$tls/san.ext" -out "$tls/server.crt" 2>/dev/null
+  chown -R postgres "$tls"
+  chmod 600 "$tls/server.key"
+  for d in primary replica1 replica2; do
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$tls/server.crt" "$tls/server.key" \
+      >>"$WORK/demo/$d/postgresql.conf"
+    kill -HUP "$(head -1 "$WORK/demo/$d/postmaster.pid")"
+  done
+  mkdir -p "$WORK/pgbouncer-tls"
+  sed -e "s|^listen_port = .*|listen_port = $(free_port)|" \
+    -e "s|$WORK/pgbouncer/pgbouncer\.|$WORK/pgbouncer-tls/pgbouncer.|" \
+    "$WORK/pgbouncer/pgbouncer.ini" >"$WORK/pgbouncer-tls/pgbouncer.ini"
+  printf '%s\n' "client_tls_sslmode = require" "client_tls_cert_file = $tls/server.crt" \
+    "client_tls_key_file = $tls/server.key" "server_tls_sslmode = require" \
+    >>"$WORK/pgbouncer-tls/pgbouncer.ini"
+  chown -R postgres "$WORK/pgbouncer-tls"
+  su postgres -s /bin/sh -c "ulimit -n 20000 2>/dev/null; pgbouncer -d $WORK/pgbouncer-tls/pgbouncer.ini"
+  local pgb_port pilot_port pilotp_port pgb_pid pilot_pid pilotp_pid section
+  pgb_port=$(grep -oP 'listen_port = \K[0-9]+' "$WORK/pgbouncer-tls/pgbouncer.ini")
+  section=$(printf '%s\n' "" "[tls]" 'client_mode = "require"' "cert_file = \"$tls/server.crt\"" \
+    "key_file = \"$tls/server.key\"" 'backend_mode = "require"')
+  pilot_port=$(free_port)
+  pilotp_port=$(free_port)
+  for name in pgpilot pgpilot-primary; do
+    local port=$pilot_port
+    [ "$name" = pgpilot-primary ] && port=$pilotp_port
+    local from="$WORK/demo/pgpilot.toml"
+    [ "$name" = pgpilot-primary ] && from="$WORK/pgpilot-primary.toml"
+    { sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$from"; echo "$section"; } >"$WORK/$name-tls.toml"
+    setsid "$PGPILOT" --config "$WORK/$name-tls.toml" >"$WORK/$name-tls.log" 2>&1 &
+    PIDS+=($!)
+    if [ "$name" = pgpilot ]; then pilot_pid=$!; else pilotp_pid=$!; fi
+  done
+  wait_port "$pgb_port"; wait_port "$pilot_port"; wait_port "$pilotp_port"
+  pgb_pid=$(cat "$WORK/pgbouncer-tls/pgbouncer.pid")
+  COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
+    --tls-ca "$tls/ca.crt" --pid "pgbouncer=$pgb_pid" --pid "pgpilot=$pilot_pid"
+    --pid "pgpilot-primary=$pilotp_pid")
+  run select-tls --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$pgb_port" \
+    --target "pgpilot=127.0.0.1:$pilot_port" --target "pgpilot-primary=127.0.0.1:$pilotp_port" \
+    --workload select --clients "$CLIENTS"
+  # Memory per idle TLS client: the session state each proxy keeps for it.
+  run idle-tls --target "pgbouncer=127.0.0.1:$pgb_port" --target "pgpilot=127.0.0.1:$pilot_port" \
+    --workload idle --clients "$IDLE_CLIENTS" --warmup $((IDLE_CLIENTS / 250 + 2)) --duration 2 --rounds 1
+  kill "$pgb_pid" "$pilot_pid" "$pilotp_pid" 2>/dev/null || true
+}
+if [ "$TLS_ONLY" = 1 ]; then
+  tls_runs
+  python3 "$ROOT/loadtest/summary.py" "$OUT" | tee "$OUT/summary.md"
+  echo "results in $OUT" >&2
+  exit 0
+fi
+
 for w in select select-extended prepared tpcb; do
   run "$w" "${ALL[@]}" --workload "$w" --clients "$CLIENTS"
 done
@@ -257,7 +331,9 @@ PGB100_PID=$(cat "$WORK/pgbouncer100/pgbouncer.pid")
 COMMON=(--duration "$DURATION" --warmup "$WARMUP" --rounds "$ROUNDS" --threads 2
   --pid "pgbouncer=$PGB100_PID" --pid "pgpilot=$PILOT100_PID")
 many select-1000-pool100 1000 "$PGB100_PORT" "$PILOT100_PORT"
-kill "$PGB100_PID" 2>/dev/null || true
+kill "$PGB100_PID" "$PILOT100_PID" 2>/dev/null || true
+
+tls_runs
 
 python3 "$ROOT/loadtest/summary.py" "$OUT" | tee "$OUT/summary.md"
 echo "results in $OUT" >&2

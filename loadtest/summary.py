@@ -8,7 +8,8 @@ import os
 import sys
 
 ORDER = ["select", "select-extended", "prepared", "tpcb", "churn", "idle", "open-loop",
-         "open-loop-quarter", "select-1000", "select-5000", "select-1000-pool100"]
+         "open-loop-quarter", "select-1000", "select-5000", "select-1000-pool100", "select-tls",
+         "idle-tls"]
 
 
 def fmt(v, spec):
@@ -36,7 +37,7 @@ def main(d):
             # "ratio" is the median of round-by-round ratios to the first target.
             x_direct = r["ratio"] / direct["ratio"] if direct else None
             x_pgb = r["ratio"] / pgb["ratio"] if pgb and pgb["ratio"] else None
-            rss = r["rss_bytes_per_connection"] if name == "idle" else None
+            rss = r["rss_bytes_per_connection"] if name.startswith("idle") else None
             # No CPU per transaction when none completed (PgBouncer fails `prepared`).
             cpu = r["cpu_s_per_1000"] if r["tps"] > 0 else None
             print(

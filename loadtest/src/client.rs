@@ -1,6 +1,6 @@
 //! A small asynchronous PostgreSQL client on the protocol crate and monoio's TCP streams:
-//! startup with SCRAM-SHA-256, MD5 or trust, simple and extended queries. Many of them share
-//! one load-generating thread.
+//! startup with SCRAM-SHA-256, MD5 or trust, over plaintext or TLS, simple and extended
+//! queries. Many of them share one load-generating thread.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,13 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use monoio::BufResult;
+use monoio_rustls::{ClientTlsStream, TlsConnector};
 use pgpilot_protocol::backend::{Authentication, BackendMessage};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{md5_password, ScramClient, MECHANISM};
 use pgpilot_protocol::{encode, Frame};
+
+use crate::tls::Tls;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +39,8 @@ pub struct Target {
     pub password: String,
     /// Database.
     pub database: String,
+    /// TLS (`--tls`): SSLRequest first, and nothing in plaintext if the server refuses it.
+    pub tls: Option<Tls>,
 }
 
 /// What went wrong: an I/O failure or an ErrorResponse with its SQLSTATE.
@@ -72,9 +78,51 @@ impl ClientError {
     }
 }
 
+/// A connection's socket, plain or inside a TLS session.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<ClientTlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+}
+
+/// Asks for TLS (SSLRequest) and runs the handshake; a server that answers `N` is refused.
+async fn start_tls(mut tcp: TcpStream, tls: &Tls) -> Result<Stream, ClientError> {
+    let mut request = BytesMut::new();
+    encode::ssl_request(&mut request);
+    let (res, _) = tcp.write_all(request).await;
+    res?;
+    let (res, answer) = tcp.read_exact(vec![0u8; 1]).await;
+    res?;
+    if answer.first() != Some(&b'S') {
+        return Err(ClientError::Protocol(
+            "the server refused TLS (answered the SSLRequest with N)".into(),
+        ));
+    }
+    let tls = TlsConnector::from(tls.config.clone())
+        .connect(tls.name.clone(), tcp)
+        .await
+        .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
 /// One connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     out: BytesMut,
     /// A run's count of open connections, which this one is part of until dropped.
@@ -92,10 +140,17 @@ impl Drop for Conn {
 impl Conn {
     /// Connects and authenticates.
     pub async fn connect(t: &Target) -> Result<Conn, ClientError> {
-        let stream = monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(t.addr))
+        let timed_out = || ClientError::Io(io::ErrorKind::TimedOut.into());
+        let tcp = monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(t.addr))
             .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        stream.set_nodelay(true)?;
+            .map_err(|_| timed_out())??;
+        tcp.set_nodelay(true)?;
+        let stream = match &t.tls {
+            Some(tls) => monoio::time::timeout(CONNECT_TIMEOUT, start_tls(tcp, tls))
+                .await
+                .map_err(|_| timed_out())??,
+            None => Stream::Plain(tcp),
+        };
         let mut c = Conn {
             stream,
             buf: BytesMut::with_capacity(8192),

@@ -1,6 +1,6 @@
 //! The load generator behind `pgpilot-loadtest`, as a library so that the proxy's integration
 //! tests can drive it against a real cluster: a small asynchronous PostgreSQL client
-//! ([`client`]), the workloads ([`workload`]), the loop that runs one ([`run`]) and the report
+//! ([`client`], with TLS from [`tls`]), the workloads ([`workload`]), the loop that runs one ([`run`]) and the report
 //! ([`report`]).
 
 // The workspace bans blocking calls because they stall a core's runtime; only the thread that
@@ -10,6 +10,7 @@
 pub mod client;
 pub mod report;
 pub mod run;
+pub mod tls;
 pub mod workload;
 
 /// Runs `main` on a thread of its own named `name`, with a monoio runtime (io_uring, or epoll

@@ -9,9 +9,10 @@
 // here sleeps (between progress lines) and joins the load threads.
 #![allow(clippy::disallowed_methods)]
 
-use pgpilot_loadtest::{client, report, run, workload};
+use pgpilot_loadtest::{client, report, run, tls, workload};
 
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,7 +23,10 @@ const USAGE: &str = "usage: pgpilot-loadtest --target NAME=HOST:PORT [--target .
   [--user app] [--password app] [--database app]
   [--workload select|select-extended|prepared|tpcb|mixed|churn|idle] [--write-share 0.1]
   [--clients 32] [--threads 2] [--duration 10] [--warmup 2] [--rounds 3] [--rate TPS] [--scale 1]
-  [--init SCALE] [--pid NAME=PID] [--json]";
+  [--init SCALE] [--pid NAME=PID] [--tls] [--tls-ca FILE] [--json]
+--tls: every connection asks for TLS and refuses to go on without it; the server's certificate
+is not checked unless --tls-ca names the CA bundle it must chain to (and then it must also name
+the target's host, as libpq's sslmode=verify-full).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,10 +61,16 @@ fn parse(args: &[String]) -> Result<Run, String> {
     let mut targets: Vec<(String, String)> = Vec::new();
     let mut s = Settings::default();
     let (mut rounds, mut init_scale, mut pids, mut json) = (3usize, None, Vec::new(), false);
+    let (mut tls, mut tls_ca) = (false, None::<PathBuf>);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        if flag == "--json" {
-            json = true;
+        let switch = match flag.as_str() {
+            "--json" => Some(&mut json),
+            "--tls" => Some(&mut tls),
+            _ => None,
+        };
+        if let Some(on) = switch {
+            *on = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -91,6 +101,10 @@ fn parse(args: &[String]) -> Result<Run, String> {
             "--rate" => s.rate = Some(num(value)?),
             "--scale" => s.scale = num(value)? as u32,
             "--init" => init_scale = Some(num(value)? as u32),
+            "--tls-ca" => {
+                tls = true;
+                tls_ca = Some(PathBuf::from(value));
+            }
             "--pid" => {
                 let (name, pid) = value.split_once('=').ok_or("--pid takes NAME=PID")?;
                 pids.push((
@@ -107,9 +121,26 @@ fn parse(args: &[String]) -> Result<Run, String> {
     if s.clients == 0 || rounds == 0 || s.threads == 0 {
         return Err("--clients, --threads and --rounds must be at least 1".into());
     }
+    let tls_config = match tls {
+        true => Some(tls::client_config(tls_ca.as_deref()).map_err(|e| format!("--tls-ca: {e}"))?),
+        false => None,
+    };
     let targets = targets
         .into_iter()
         .map(|(name, addr)| {
+            let tls = match &tls_config {
+                Some(config) => {
+                    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                        .map_err(|e| format!("--target {addr}: {e}"))?;
+                    Some(tls::Tls {
+                        config: config.clone(),
+                        name,
+                    })
+                }
+                None => None,
+            };
             let addr = addr
                 .to_socket_addrs()
                 .ok()
@@ -121,6 +152,7 @@ fn parse(args: &[String]) -> Result<Run, String> {
                 user: user.clone(),
                 password: password.clone(),
                 database: database.clone(),
+                tls,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -226,5 +258,10 @@ mod tests {
         assert!(parse(&args("--clients 8")).is_err());
         assert!(parse(&args("--target x=127.0.0.1:1 --workload nope")).is_err());
         assert!(parse(&args("--target x=127.0.0.1:1 --clients")).is_err());
+        let tls = parse(&args("--target x=localhost:1 --tls")).unwrap();
+        assert!(tls.targets[0].tls.is_some());
+        assert!(run.targets[0].tls.is_none());
+        let missing = parse(&args("--target x=127.0.0.1:1 --tls-ca /nonexistent/ca.pem"));
+        assert!(missing.is_err_and(|e| e.contains("/nonexistent/ca.pem")));
     }
 }

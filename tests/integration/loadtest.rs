@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgpilot_loadtest::client::Target;
+use pgpilot_loadtest::client::{Conn, Target};
 use pgpilot_loadtest::report;
 use pgpilot_loadtest::run::run;
 use pgpilot_loadtest::workload::{Settings, Workload};
@@ -32,6 +32,7 @@ fn target(proxy: &pgpilot::Proxy) -> Target {
         user: "app".into(),
         password: "app".into(),
         database: "app".into(),
+        tls: None,
     }
 }
 
@@ -100,4 +101,24 @@ fn idle_clients_are_held_and_measured() {
     assert_eq!(open, 200, "every client logged in before the sample");
     let per_client = rss.saturating_sub(before) / 200;
     assert!(per_client < 64 * 1024, "{per_client} bytes per idle client");
+}
+
+#[test]
+fn the_tls_client_goes_no_further_when_tls_is_refused() {
+    let Some(c) = common::cluster() else { return };
+    // client_mode is disable by default: the SSLRequest is answered N.
+    let proxy = common::proxy(c, &Opts::default());
+    let mut t = target(&proxy);
+    t.tls = Some(pgpilot_loadtest::tls::Tls {
+        config: pgpilot_loadtest::tls::client_config(None).unwrap(),
+        name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    });
+    let outcome = pgpilot_loadtest::on_thread("tls-refused".into(), move || async move {
+        Conn::connect(&t).await.err().map(|e| e.to_string())
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    let said = outcome.expect("no plaintext login after an N");
+    assert!(said.contains("refused TLS"), "{said}");
 }

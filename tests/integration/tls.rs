@@ -2,6 +2,10 @@
 //! own, with a CA and a certificate for `localhost` made here), in each `sslmode`, and against
 //! the shared plaintext cluster.
 
+use std::time::Duration;
+
+use pgpilot_loadtest::client::Target;
+use pgpilot_loadtest::workload::{Settings, Workload};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 use crate::common::{self, dsn};
@@ -215,6 +219,46 @@ fn backends_are_reached_over_tls_as_each_sslmode_says() {
             "tls: {pool_mode}: both sides encrypted; plaintext refused: {}",
             out.trim()
         );
+        // The load generator's --tls (verified against the CA): queries and TLS logins, on
+        // its tables once the replicas have replayed them.
+        let target = loadtest_target(proxy.addr(), &ca_file);
+        if pool_mode == "transaction" {
+            pgpilot_loadtest::workload::init(&target, 1).expect("pgbench tables over TLS");
+            let replayed = common::eventually(Duration::from_secs(20), || {
+                (0..4).all(|_| psql(&verified, "SELECT count(*) FROM pgbench_branches").0)
+            });
+            assert!(replayed, "the replicas never showed the pgbench tables");
+        }
+        for workload in [Workload::Select, Workload::Churn] {
+            let settings = Settings {
+                workload,
+                clients: 4,
+                duration: Duration::from_millis(1000),
+                warmup: Duration::from_millis(1500),
+                ..Settings::default()
+            };
+            let (r, _) = pgpilot_loadtest::run::run(&target, &settings, &|| None);
+            assert!(
+                r.errors.is_empty(),
+                "{pool_mode} {workload:?}: {:?}",
+                r.errors
+            );
+            assert!(r.transactions > 0, "{pool_mode} {workload:?}: none done");
+        }
+    }
+}
+
+/// A load generator's target that connects to `addr` over TLS as `localhost`, verified.
+fn loadtest_target(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> Target {
+    let config = pgpilot_loadtest::tls::client_config(Some(ca_file)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    Target {
+        name: "pgpilot".into(),
+        addr,
+        user: "app".into(),
+        password: "app".into(),
+        database: "app".into(),
+        tls: Some(pgpilot_loadtest::tls::Tls { config, name }),
     }
 }
 
