@@ -12,6 +12,8 @@ use pgpilot_protocol::classify::Functions;
 use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
+mod admin;
+pub use admin::{AdminConfig, CONSOLE_DATABASES};
 mod health;
 pub use health::HealthConfig;
 mod raw;
@@ -253,6 +255,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// `[tls] client_mode` with its certificate: `None` = no TLS towards clients.
     pub client_tls: Option<crate::tls::ClientTls>,
+    /// `[admin]`.
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -400,7 +404,9 @@ role = "primary"
                 "/etc/pgpilot/rds-global-bundle.pem",
                 &bundle.display().to_string(),
             );
-            parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The admin's password comes from the environment, as the example says.
+            let env = |n: &str| (n == "PGPILOT_ADMIN_PASSWORD").then(|| "s3cret".into());
+            parse_env(&text, Path::new(name), &env).unwrap_or_else(|e| panic!("{name}: {e}"));
             let _ = std::fs::remove_file(bundle);
         }
     }

@@ -3,15 +3,25 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Instant;
-
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::config::{Config, Role};
 use crate::health::Check;
 
+mod mailbox;
 mod plane;
+
+pub use mailbox::{mailbox, Mailbox, MailboxReceiver};
+
+/// A core's inbox: the control plane's snapshots, forwarded cancels, the console's questions.
+pub type CoreSender = Mailbox<CoreMsg>;
+/// A core's end of its inbox.
+pub type CoreReceiver = MailboxReceiver<CoreMsg>;
+
+/// A new core inbox.
+pub fn core_channel() -> (CoreSender, CoreReceiver) {
+    mailbox()
+}
 
 pub use plane::{run, Latest, RESOLVE_INTERVAL};
 
@@ -118,6 +128,8 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 /// Messages to one core.
 #[derive(Debug, Clone)]
 pub enum CoreMsg {
+    /// The admin console asks what this core holds (its pools and clients).
+    Report(Mailbox<crate::admin::CoreReport>),
     /// A new cluster snapshot.
     State(Arc<ClusterState>),
     /// Forwarded CancelRequest for a session this core owns.
@@ -126,102 +138,6 @@ pub enum CoreMsg {
     Shutdown,
     /// The TLS offered to clients from now on (a reload read the certificate again).
     ClientTls(Option<crate::tls::ClientTls>),
-}
-
-/// A core's inbox: a crossbeam channel whose sender also wakes the core's task that drains it,
-/// so that a core sleeps until a message comes instead of looking on a timer.
-pub fn core_channel() -> (CoreSender, CoreReceiver) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let bell = Arc::new(Doorbell::default());
-    (
-        CoreSender {
-            tx: Some(tx),
-            bell: bell.clone(),
-        },
-        CoreReceiver { rx, bell },
-    )
-}
-
-/// The waker of the task that drains a core's inbox. The only lock between threads, taken
-/// once per control message (and never on the data path).
-#[derive(Default)]
-struct Doorbell {
-    waker: std::sync::Mutex<Option<Waker>>,
-}
-
-impl Doorbell {
-    fn ring(&self) {
-        let waker = self.waker.lock().map(|mut w| w.take()).unwrap_or(None);
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn listen(&self, waker: &Waker) {
-        if let Ok(mut w) = self.waker.lock() {
-            match w.as_ref() {
-                Some(old) if old.will_wake(waker) => {}
-                _ => *w = Some(waker.clone()),
-            }
-        }
-    }
-}
-
-/// Sends to a core and wakes it.
-#[derive(Clone)]
-pub struct CoreSender {
-    /// `None` only while it is dropped.
-    tx: Option<Sender<CoreMsg>>,
-    bell: Arc<Doorbell>,
-}
-
-impl CoreSender {
-    /// Queues `msg` for the core and wakes it; fails once the core is gone.
-    pub fn send(&self, msg: CoreMsg) -> Result<(), crossbeam_channel::SendError<CoreMsg>> {
-        match &self.tx {
-            Some(tx) => tx.send(msg)?,
-            None => return Err(crossbeam_channel::SendError(msg)),
-        }
-        self.bell.ring();
-        Ok(())
-    }
-}
-
-impl Drop for CoreSender {
-    fn drop(&mut self) {
-        // The last sender gone disconnects the channel: the core must see it. The sender goes
-        // first: a core woken before it is gone would find the channel still connected, go
-        // back to sleep, and never be woken again.
-        drop(self.tx.take());
-        self.bell.ring();
-    }
-}
-
-/// A core's end of its inbox.
-pub struct CoreReceiver {
-    rx: Receiver<CoreMsg>,
-    bell: Arc<Doorbell>,
-}
-
-impl CoreReceiver {
-    /// The next message; `None` once every sender is gone.
-    pub async fn recv(&self) -> Option<CoreMsg> {
-        std::future::poll_fn(|cx| {
-            match self.rx.try_recv() {
-                Ok(msg) => return Poll::Ready(Some(msg)),
-                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                Err(TryRecvError::Empty) => {}
-            }
-            self.bell.listen(cx.waker());
-            // A message sent between the first look and the registration rang nobody.
-            match self.rx.try_recv() {
-                Ok(msg) => Poll::Ready(Some(msg)),
-                Err(TryRecvError::Disconnected) => Poll::Ready(None),
-                Err(TryRecvError::Empty) => Poll::Pending,
-            }
-        })
-        .await
-    }
 }
 
 /// Messages to the control plane.
@@ -240,6 +156,8 @@ pub enum ControlMsg {
     Fenced { id: usize },
     /// SIGHUP: read the config file again (today: the certificate and key shown to clients).
     Reload,
+    /// The admin console asks what the control plane sees (backends, events).
+    Describe(Mailbox<crate::admin::PlaneReport>),
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
+use crate::admin::{ClientCard, CoreReport};
 use crate::config::Config;
 use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
@@ -37,10 +38,10 @@ pub struct CancelTarget {
     pub secret: u32,
 }
 
-/// What the core keeps of a session to cancel its query.
-struct CancelEntry {
+/// What the core keeps of a session: its cancel key and what the admin console shows.
+struct SessionEntry {
     secret: u32,
-    target: Rc<Cell<Option<CancelTarget>>>,
+    card: Rc<ClientCard>,
 }
 
 /// Per-core state. Shared by `Rc` among the tasks of this core only.
@@ -53,7 +54,7 @@ pub struct Core {
     pub config: Arc<Config>,
     state: RefCell<Arc<ClusterState>>,
     pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
-    sessions: RefCell<HashMap<u32, CancelEntry>>,
+    sessions: RefCell<HashMap<u32, SessionEntry>>,
     next_session: Cell<u32>,
     /// Clients connected over all cores.
     clients: Arc<AtomicUsize>,
@@ -224,8 +225,9 @@ impl Core {
         self.clients.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Registers a session for cancellation; returns its BackendKeyData `(pid, secret)`.
-    pub fn register_session(&self, target: Rc<Cell<Option<CancelTarget>>>) -> (u32, u32) {
+    /// Registers a session (for cancellation and the console); returns its BackendKeyData
+    /// `(pid, secret)`.
+    pub fn register_session(&self, card: Rc<ClientCard>) -> (u32, u32) {
         let secret = u32::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<4>());
         let mut sessions = self.sessions.borrow_mut();
         loop {
@@ -233,7 +235,7 @@ impl Core {
             self.next_session.set(n);
             let pid = ((self.id as u32) << 24) | n;
             if n != 0 && !sessions.contains_key(&pid) {
-                sessions.insert(pid, CancelEntry { secret, target });
+                sessions.insert(pid, SessionEntry { secret, card });
                 return (pid, secret);
             }
         }
@@ -263,7 +265,7 @@ impl Core {
             return;
         }
         let target = match self.sessions.borrow().get(&pid) {
-            Some(e) if e.secret == secret => e.target.get(),
+            Some(e) if e.secret == secret => e.card.cancel.get(),
             _ => None,
         };
         if let Some(t) = target {
@@ -345,6 +347,36 @@ impl Core {
             CoreMsg::Cancel { pid, secret } => self.cancel(pid, secret),
             CoreMsg::Shutdown => self.begin_shutdown(),
             CoreMsg::ClientTls(tls) => *self.client_tls.borrow_mut() = tls,
+            CoreMsg::Report(reply) => {
+                let _ = reply.send(self.report());
+            }
+        }
+    }
+
+    /// Sends to the control plane (the admin console's questions and commands).
+    pub fn tell_control(&self, msg: ControlMsg) -> bool {
+        self.control.try_send(msg).is_ok()
+    }
+
+    /// Every core's inbox, this one's included.
+    pub fn peers(&self) -> &[CoreSender] {
+        &self.peers
+    }
+
+    /// What this core holds, for the admin console.
+    pub fn report(&self) -> CoreReport {
+        let now = Instant::now();
+        CoreReport {
+            core: self.id,
+            pools: self
+                .pools
+                .borrow()
+                .values()
+                .map(|p| p.figures(now))
+                .collect(),
+            clients: (self.sessions.borrow().iter())
+                .map(|(pid, e)| e.card.figures(*pid, now))
+                .collect(),
         }
     }
 

@@ -84,6 +84,10 @@ fn start(opts: &DemoOpts) -> Result<(LocalCluster, Proxy), String> {
         "connect: psql postgres://app:app@127.0.0.1:{port}/app   (or: PGPASSWORD=app psql -h 127.0.0.1 -p {port} -U app)",
         port = opts.port
     );
+    println!(
+        "admin console: PGPASSWORD=admin psql -h 127.0.0.1 -p {} -U admin pgpilot -c 'SHOW BACKENDS'",
+        opts.port
+    );
     println!("Ctrl-C stops the proxy and the servers.");
     Ok((cluster, proxy))
 }
@@ -111,7 +115,9 @@ fn stop_leftovers(dir: &Path) {
 fn config_text(cluster: &LocalCluster, port: u16) -> String {
     let mut text = format!(
         "# Written by `pgpilot demo`.\n[server]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\n\
-         [auth]\nmethod = \"scram-sha-256\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n[pool]\nsize = 20\n"
+         [auth]\nmethod = \"scram-sha-256\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+         # The admin console (psql -d pgpilot -U admin): a user of pgpilot's only.\n\
+         [[users]]\nname = \"admin\"\npassword = \"admin\"\n\n[admin]\nusers = [\"admin\"]\n\n[pool]\nsize = 20\n"
     );
     for (i, p) in cluster.ports.iter().enumerate() {
         let (name, role, weight) = if i == 0 {

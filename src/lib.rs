@@ -34,6 +34,7 @@
 //! - [`demo`]: `pgpilot demo`.
 //! - [`error`]: the daemon's error type.
 
+pub mod admin;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;

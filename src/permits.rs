@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Permits of one pool.
 pub struct Permits {
@@ -20,10 +20,10 @@ pub struct Permits {
 }
 
 /// A place in the queue.
-#[derive(Default)]
 struct Slot {
     granted: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    since: Instant,
 }
 
 /// One unit of a pool's capacity; dropping it passes it on.
@@ -94,7 +94,11 @@ impl Permits {
         }
         let mut queued = Queued {
             permits: self,
-            slot: Rc::new(Slot::default()),
+            slot: Rc::new(Slot {
+                granted: Cell::new(false),
+                waker: RefCell::new(None),
+                since: Instant::now(),
+            }),
             taken: false,
         };
         self.waiters.borrow_mut().push_back(queued.slot.clone());
@@ -126,6 +130,14 @@ impl Permits {
     /// Clients waiting right now.
     pub fn waiting(&self) -> usize {
         self.waiters.borrow().len()
+    }
+
+    /// How long the first in the queue has waited (zero when nobody waits).
+    pub fn longest_wait(&self, now: Instant) -> Duration {
+        self.waiters
+            .borrow()
+            .front()
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s.since))
     }
 
     fn release(&self) {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::admin::PoolFigures;
 use crate::backend::{Backend, Login};
 use crate::config::TcpOptions;
 use crate::error::Error;
@@ -48,6 +49,8 @@ pub struct Pool {
     idle: RefCell<Vec<Backend>>,
     /// One permit per connection that may be checked out.
     permits: Rc<Permits>,
+    /// How many: this core's share of `[pool] size`.
+    size: usize,
     idle_timeout: Duration,
     max_lifetime: Duration,
     /// Socket options for new connections.
@@ -80,6 +83,7 @@ impl Pool {
             addr: Cell::new(addr),
             idle: RefCell::new(Vec::new()),
             permits: Permits::new(size),
+            size,
             idle_timeout,
             max_lifetime,
             dial,
@@ -202,6 +206,20 @@ impl Pool {
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()
+    }
+
+    /// What the admin console shows of this pool.
+    pub fn figures(&self, now: Instant) -> PoolFigures {
+        PoolFigures {
+            backend_id: self.key.backend_id,
+            user: self.key.user.to_string(),
+            database: self.key.database.to_string(),
+            size: self.size,
+            active: self.size.saturating_sub(self.permits.available()),
+            idle: self.idle_count(),
+            waiting: self.permits.waiting(),
+            max_wait: self.permits.longest_wait(now),
+        }
     }
 }
 

@@ -268,6 +268,43 @@ pub fn command_complete(buf: &mut BytesMut, tag: &[u8]) {
     tagged(buf, b'C', |b| put_cstr(b, tag));
 }
 
+/// EmptyQueryResponse: the answer to a query string with no statement in it.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    tagged(buf, b'I', |_| {});
+}
+
+/// RowDescription of text-format columns: each a name and a type OID (no table, no modifier).
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    tagged(buf, b'T', |b| {
+        b.put_u16(columns.len() as u16);
+        for (name, type_oid) in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_u32(0); // table OID
+            b.put_u16(0); // column number
+            b.put_u32(*type_oid);
+            b.put_i16(-1); // variable size
+            b.put_i32(-1); // no type modifier
+            b.put_u16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values; `None` is SQL NULL.
+pub fn data_row(buf: &mut BytesMut, values: &[Option<&[u8]>]) {
+    tagged(buf, b'D', |b| {
+        b.put_u16(values.len() as u16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_u32(v.len() as u32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// CopyInResponse with text format for every column.
 pub fn copy_in_response(buf: &mut BytesMut, format: u8, columns: u16) {
     tagged(buf, b'G', |b| {

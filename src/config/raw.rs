@@ -36,6 +36,8 @@ pub(super) struct RawConfig {
     health: super::health::RawHealth,
     #[serde(default)]
     tls: super::tls::RawTls,
+    #[serde(default)]
+    admin: super::admin::RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +194,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
         health: super::health::validate(raw.health, &names, &err)?,
+        admin: super::admin::validate(raw.admin, &names, &err)?,
         users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,

@@ -1,13 +1,15 @@
 //! The control-plane loop: health check outcomes in, cluster snapshots out, names resolved
 //! again on a schedule and at once when the primary fails.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{ClusterState, ControlMsg, CoreMsg, CoreSender, Status};
+use crate::admin::{BackendFigures, EventRecord, PlaneReport};
 use crate::config::{Config, Role};
 use crate::health::checker::{self, Addresses};
 use crate::health::{Check, Rules, Tracker};
@@ -62,6 +64,9 @@ pub fn run(
                 plane.checked(id, &check, started, Instant::now());
             }
             Ok(ControlMsg::Reload) => plane.reload(),
+            Ok(ControlMsg::Describe(reply)) => {
+                let _ = reply.send(plane.describe());
+            }
             Ok(ControlMsg::Fenced { id }) => {
                 // Many sessions may say so at once: one event and one lookup a second at most.
                 let now = Instant::now();
@@ -73,10 +78,15 @@ pub fn run(
                         .get(id)
                         .map_or("?", |b| b.name.as_str());
                     let status = plane.health.get(id).map_or(Status::Up, Tracker::status);
-                    log::warn!(
-                        "event=fenced backend={name} from={status} to={status} cause=\"a \
-                         connection meant for the primary refused a write as read-only (25006); \
-                         its name is looked up again\""
+                    let name = name.to_owned();
+                    plane.record(
+                        "fenced",
+                        &name,
+                        status.to_string(),
+                        status.to_string(),
+                        "a connection meant for the primary refused a write as read-only \
+                         (25006); its name is looked up again"
+                            .into(),
                     );
                 }
                 next_resolve = next_resolve.min(now.max(last_resolve + FENCE_QUIET));
@@ -103,6 +113,9 @@ const FENCE_QUIET: Duration = Duration::from_secs(1);
 /// How often a ramping replica's share is raised.
 const RAMP_STEP: Duration = Duration::from_millis(250);
 
+/// Events kept for `SHOW EVENTS`.
+const EVENTS_KEPT: usize = 100;
+
 /// The control plane's own state: the published snapshot, the addresses as last resolved
 /// (shared with the checks, which follow them), and each backend's health.
 struct Plane {
@@ -112,9 +125,13 @@ struct Plane {
     /// Each backend's WAL position at its latest answered check, and when that check began.
     positions: Vec<Option<(u64, Instant)>>,
     health: Vec<Tracker>,
+    /// When each backend was last checked, and why that check failed if it did.
+    last_checks: Vec<Option<(SystemTime, Option<String>)>>,
     rules: Vec<Rules>,
     cores: Vec<CoreSender>,
     latest: Latest,
+    /// The latest events, oldest first.
+    events: VecDeque<EventRecord>,
 }
 
 impl Plane {
@@ -135,6 +152,8 @@ impl Plane {
             .collect();
         Plane {
             health: vec![Tracker::default(); config.backends.len()],
+            last_checks: vec![None; config.backends.len()],
+            events: VecDeque::new(),
             positions: vec![None; config.backends.len()],
             addrs: Arc::new(Mutex::new(state.backends.iter().map(|b| b.addr).collect())),
             config,
@@ -178,20 +197,75 @@ impl Plane {
         if let (Check::Answered(report), Some(at)) = (check, self.positions.get_mut(id)) {
             *at = report.lsn.map(|lsn| (lsn, started));
         }
+        let failed = match check {
+            Check::Failed(why) => Some(why.clone()),
+            Check::Answered(_) => None,
+        };
+        if let Some(last) = self.last_checks.get_mut(id) {
+            *last = Some((SystemTime::now(), failed));
+        }
         if let Some(change) = change {
-            let line = format!(
-                "event={} backend={} from={} to={} cause={:?}",
-                change.event(),
-                b.name,
-                change.from,
-                change.to,
-                change.cause
-            );
-            if change.to == Status::Up {
-                log::info!("{line}");
-            } else {
-                log::warn!("{line}");
-            }
+            let name = b.name.clone();
+            let (from, to) = (change.from.to_string(), change.to.to_string());
+            self.record(change.event(), &name, from, to, change.cause);
+        }
+    }
+
+    /// Logs an event (a warning unless a backend came back up) and keeps it for the console.
+    fn record(&mut self, event: &str, backend: &str, from: String, to: String, cause: String) {
+        let line = format!("event={event} backend={backend} from={from} to={to} cause={cause:?}");
+        if to == Status::Up.to_string() || event == "address_changed" || event == "reload" {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(EventRecord {
+            at: SystemTime::now(),
+            event: event.to_owned(),
+            backend: backend.to_owned(),
+            from,
+            to,
+            cause,
+        });
+    }
+
+    /// What the admin console shows of the backends and the latest events.
+    fn describe(&self) -> PlaneReport {
+        let now = Instant::now();
+        let each = self.health.iter().zip(&self.rules).zip(&self.last_checks);
+        let backends = (self
+            .config
+            .backends
+            .iter()
+            .zip(&self.state.backends)
+            .zip(each))
+        .map(|((c, b), ((h, r), last))| BackendFigures {
+            name: c.name.clone(),
+            host: c.host.clone(),
+            port: c.port,
+            addr: b.addr,
+            role: c.role,
+            status: h.status(),
+            weight: c.weight,
+            share: h.share(c.weight, r, now),
+            lag_bytes: h.lag,
+            replay_delay_ms: h.last.as_ref().and_then(|r| r.replay_delay_ms),
+            answer: h.answer,
+            last_check: last.as_ref().map(|(at, _)| *at),
+            failures: h.failures(),
+            cause: last
+                .as_ref()
+                .and_then(|(_, why)| why.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+        PlaneReport {
+            epoch: self.state.epoch,
+            backends,
+            events: self.events.iter().cloned().collect(),
         }
     }
 
@@ -199,6 +273,7 @@ impl Plane {
     fn resolve(&mut self) {
         let next = ClusterState::resolve(&self.config, self.state.epoch);
         let mut addrs = self.addrs();
+        let mut changes = Vec::new();
         for ((new, old), b) in next
             .backends
             .iter()
@@ -206,14 +281,13 @@ impl Plane {
             .zip(&self.state.backends)
         {
             if new.addr.is_some() && new.addr != *old {
-                log::info!(
-                    "event=address_changed backend={} from={:?} to={:?} cause=\"DNS\"",
-                    b.name,
-                    old,
-                    new.addr
-                );
+                let show = |a: Option<SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+                changes.push((b.name.clone(), show(*old), show(new.addr)));
                 *old = new.addr;
             }
+        }
+        for (name, from, to) in changes {
+            self.record("address_changed", &name, from, to, "DNS".into());
         }
         if let Ok(mut shared) = self.addrs.lock() {
             *shared = addrs;
@@ -256,16 +330,32 @@ impl Plane {
         let path = self.config.path.clone();
         match Config::load(&path) {
             Ok(next) => {
-                log::info!(
-                    "reload: {}: TLS towards clients is now {}; other changes need a restart",
-                    path.display(),
-                    next.client_tls
-                        .as_ref()
-                        .map_or("disable", |t| t.mode.as_str())
+                let mode = next
+                    .client_tls
+                    .as_ref()
+                    .map_or("disable", |t| t.mode.as_str());
+                self.record(
+                    "reload",
+                    "",
+                    String::new(),
+                    String::new(),
+                    format!(
+                        "{}: TLS towards clients is now {mode}; other changes need a restart",
+                        path.display()
+                    ),
                 );
                 self.broadcast(CoreMsg::ClientTls(next.client_tls.clone()));
             }
-            Err(e) => log::error!("reload failed, the running configuration stays: {e}"),
+            Err(e) => {
+                log::error!("reload failed, the running configuration stays: {e}");
+                self.record(
+                    "reload_failed",
+                    "",
+                    String::new(),
+                    String::new(),
+                    e.to_string(),
+                );
+            }
         }
     }
 

@@ -97,7 +97,8 @@ impl<L> Session<L> {
             on_replica,
         } = checkout;
         let (pid, secret) = backend.key;
-        self.cancel.set(Some(CancelTarget {
+        self.card.request.set(Some(std::time::Instant::now()));
+        self.card.cancel.set(Some(CancelTarget {
             addr: backend.addr,
             pid,
             secret,
@@ -153,7 +154,7 @@ impl<L> Session<L> {
     /// it can run statements for `target`; otherwise the next attach checks out a new one.
     pub(super) fn switch_held(&mut self, target: Target) -> Option<Pump<L>> {
         let current = self.attached.take();
-        self.cancel.set(None);
+        self.card.cancel.set(None);
         let other = std::mem::replace(&mut self.parked, current)?;
         if other.on_replica != (target == Target::Replica) {
             self.give_back(*other);
@@ -170,7 +171,7 @@ impl<L> Session<L> {
         let Some(att) = self.attached.take() else {
             return;
         };
-        self.cancel.set(None);
+        self.card.cancel.set(None);
         if att.backend.fenced {
             // Closed (dropped here), never pooled: it may be a demoted server.
             return;

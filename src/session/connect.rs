@@ -17,6 +17,7 @@ use pgpilot_protocol::encode;
 use super::io::{ReadResult, Reader, Sealed, Writer};
 use super::shell::Client;
 use super::{Attached, Checkout, Gucs};
+use crate::admin::Waiting;
 use crate::backend::{Backend, Conn, Wire};
 use crate::config::Role;
 use crate::control::{ClusterState, Status};
@@ -236,10 +237,14 @@ impl Client {
             };
             let pool = core.pool(key);
             let wait = core.config.pool.checkout_timeout;
-            let checkout_result = if fresh {
-                pool.checkout_new(wait).await
-            } else {
-                pool.checkout(wait).await
+            let checkout_result = {
+                // Shown as waiting (SHOW CLIENTS, SHOW POOLS) until a connection is had.
+                let _waiting = Waiting::start(&s.card);
+                if fresh {
+                    pool.checkout_new(wait).await
+                } else {
+                    pool.checkout(wait).await
+                }
             };
             let mut reused = false;
             let result = match checkout_result {

@@ -19,7 +19,7 @@ impl<L> Session<L> {
         let Some(att) = self.attached.take() else {
             return Ok(());
         };
-        self.cancel.set(None);
+        self.card.cancel.set(None);
         self.unblock();
         let addr = att.backend.addr;
         if let Some(sent) = att.retry {
@@ -99,7 +99,7 @@ impl<L> Session<L> {
         let addr = att.backend.addr;
         self.pass_on(batch);
         self.attached = None;
-        self.cancel.set(None);
+        self.card.cancel.set(None);
         Err(Error::Backend {
             addr,
             source: io::Error::new(

@@ -19,6 +19,7 @@
 
 mod attach;
 mod connect;
+mod console;
 pub mod handshake;
 mod io;
 mod local;
@@ -34,7 +35,6 @@ mod startup;
 mod statements;
 mod unit;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -44,9 +44,10 @@ use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{SettingChange, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 
+use crate::admin::ClientCard;
 use crate::backend::Wire;
 use crate::config::PoolMode;
-use crate::core::{CancelTarget, Core};
+use crate::core::Core;
 
 pub use params::Gucs;
 pub use shell::run;
@@ -243,8 +244,9 @@ pub struct Session<L> {
     view: Rc<Vec<(String, String)>>,
     /// `params_version` of the backend `view` was last synced from.
     view_version: u64,
-    /// The backend query to cancel on CancelRequest.
-    cancel: Rc<Cell<Option<CancelTarget>>>,
+    /// Its entry in the core's registry: the backend query to cancel on CancelRequest, and
+    /// what the admin console shows.
+    card: Rc<ClientCard>,
     /// The unit at the front of the input was sent again after its replica failed: it is not
     /// retried a second time.
     retried: bool,
@@ -258,8 +260,8 @@ fn tags(buf: &[u8]) -> String {
 }
 
 impl<L> Session<L> {
-    /// The core of a session that has just authenticated; `cancel` is its cancel registry slot.
-    pub fn new(core: Rc<Core>, start: Start, cancel: Rc<Cell<Option<CancelTarget>>>) -> Self {
+    /// The core of a session that has just authenticated; `card` is its registry entry.
+    pub fn new(core: Rc<Core>, start: Start, card: Rc<ClientCard>) -> Self {
         let gucs = Rc::new(start.gucs);
         let mut s = Session {
             mode: core.config.server.pool_mode,
@@ -288,7 +290,7 @@ impl<L> Session<L> {
             intake: Intake::Open,
             view: Rc::new(Vec::new()),
             view_version: u64::MAX,
-            cancel,
+            card,
             retried: false,
         };
         s.note_gucs();
@@ -385,7 +387,7 @@ impl<L> Session<L> {
 
     /// Ends the session: its backends go back (clean ones) or are closed.
     pub fn finish(&mut self) {
-        self.cancel.set(None);
+        self.card.cancel.set(None);
         for att in [self.attached.take(), self.parked.take()]
             .into_iter()
             .flatten()

@@ -2,7 +2,6 @@
 //! socket within `startup_timeout_ms`, then builds the session and logs it in. Every decision
 //! is the handshake's; auth failures never reach a backend.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use rustls::ServerConnection;
 use super::handshake::{Action, Handshake, Startup};
 use super::shell::{Admission, Client};
 use super::{Session, Start};
+use crate::admin::ClientCard;
 use crate::core::Core;
 
 /// How many bytes a startup read asks for at most.
@@ -50,14 +50,14 @@ pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Client> {
 }
 
 /// The client's socket during startup, and its TLS session once the client asked for one.
-struct Link {
+pub(super) struct Link {
     stream: TcpStream,
     tls: Option<ServerConnection>,
 }
 
 impl Link {
     /// Writes all of `bytes` (sealed over TLS); `None` if the client is gone.
-    async fn send(&mut self, bytes: BytesMut) -> Option<()> {
+    pub(super) async fn send(&mut self, bytes: BytesMut) -> Option<()> {
         match self.tls.as_mut() {
             None => self.stream.write_all(bytes).await.0.ok()?,
             Some(conn) => {
@@ -70,7 +70,7 @@ impl Link {
 
     /// Reads once, appending to `input` (over TLS: until some plaintext came); `None` when the
     /// client hung up or broke TLS.
-    async fn recv(&mut self, input: &mut BytesMut) -> Option<()> {
+    pub(super) async fn recv(&mut self, input: &mut BytesMut) -> Option<()> {
         loop {
             // The read fills the spare room of a buffer it owns meanwhile.
             let mut buf = match self.tls {
@@ -188,14 +188,39 @@ async fn drive(
 /// The session of an authenticated client, logged in (or `None`, told why).
 async fn session(
     core: Rc<Core>,
-    link: Link,
+    mut link: Link,
     input: BytesMut,
     st: Startup,
     mut admission: Admission,
 ) -> Option<Client> {
-    let cancel = Rc::new(Cell::new(None));
-    let (pid, secret) = core.register_session(cancel.clone());
+    let console = crate::admin::is_console(&st.database);
+    if console && !core.config.admin.users.contains(&st.user) {
+        log::info!("client refused: {} may not open the admin console", st.user);
+        let mut out = BytesMut::new();
+        let message = format!(
+            "permission denied: \"{}\" is not one of [admin] users, who alone may open the \
+             admin console (database \"{}\")",
+            st.user, st.database
+        );
+        encode::error_response(&mut out, &ErrorFields::fatal("42501", message));
+        let _ = link.send(out).await;
+        return None;
+    }
+    let card = Rc::new(card_for(&link, &st, console));
+    let (pid, secret) = core.register_session(card.clone());
     admission.pid = Some(pid);
+    if console {
+        super::console::serve(
+            core,
+            &mut link,
+            input,
+            (pid, secret),
+            &card.application_name,
+        )
+        .await;
+        drop(admission);
+        return None;
+    }
     let start = Start {
         pid,
         user: st.user.into(),
@@ -211,7 +236,7 @@ async fn session(
         streaming_in: false,
         writer: write,
         tls: link.tls.map(|conn| Box::new(super::io::Sealed::new(conn))),
-        session: Session::new(core, start, cancel),
+        session: Session::new(core, start, card),
         _admission: admission,
     };
     match client.login(secret).await {
@@ -223,4 +248,31 @@ async fn session(
             None
         }
     }
+}
+
+/// What the admin console shows of this client.
+fn card_for(link: &Link, st: &Startup, console: bool) -> ClientCard {
+    let mut card = ClientCard::new(st.user.as_str().into(), st.database.as_str().into());
+    card.peer = link.stream.peer_addr().ok();
+    card.local = link.stream.local_addr().ok();
+    card.tls = link.tls.as_ref().map(|conn| {
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS");
+        let suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("");
+        format!("{version}/{suite}").into_boxed_str()
+    });
+    card.application_name = st
+        .gucs
+        .list
+        .iter()
+        .find(|(n, _)| n == "application_name")
+        .map_or("", |(_, v)| v.as_str())
+        .into();
+    card.console = console;
+    card
 }

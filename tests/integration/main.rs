@@ -6,6 +6,7 @@
 mod common;
 mod raw;
 
+mod admin;
 mod auth;
 mod basics;
 mod health;

@@ -51,7 +51,10 @@ impl Raw {
             params: Vec::new(),
             key: (0, 0),
         };
-        let mut startup = vec![("user", user), ("database", "app")];
+        let mut startup = vec![("user", user)];
+        if !params.iter().any(|(n, _)| *n == "database") {
+            startup.push(("database", "app"));
+        }
         startup.extend_from_slice(params);
         let mut out = BytesMut::new();
         encode::startup_message(&mut out, &startup);

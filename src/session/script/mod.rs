@@ -7,7 +7,6 @@
 //! statement the backend does not have fails as PostgreSQL fails it), errors inside a
 //! pipeline (skipping to Sync), COPY in and out. SQL containing `fail` fails.
 
-use std::cell::Cell;
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
@@ -20,6 +19,7 @@ use pgpilot_protocol::classify::Target;
 mod backend;
 
 use super::{Action, Checkout, Gucs, Pump, Session, Start};
+use crate::admin::ClientCard;
 use crate::backend::Wire;
 use crate::config::Config;
 use crate::control::ClusterState;
@@ -79,7 +79,11 @@ impl Script {
             input: BytesMut::new(),
         };
         Script {
-            session: Session::new(core, start, Rc::new(Cell::new(None))),
+            session: Session::new(
+                core,
+                start,
+                Rc::new(ClientCard::new("app".into(), "app".into())),
+            ),
             backends: Vec::new(),
             pooled: Vec::new(),
             received: BytesMut::new(),

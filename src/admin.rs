@@ -1,0 +1,143 @@
+//! The admin console: database `pgpilot` (or `pgbouncer`, so PgBouncer's tools connect
+//! unchanged) on the proxy's own port, for the users of `[admin] users`. It speaks the simple
+//! query protocol and answers PgBouncer's commands with PgBouncer's columns, pgpilot's own
+//! columns after them, and pgpilot's own commands (`SHOW BACKENDS`, `SHOW EVENTS`).
+//!
+//! A console session asks every core for its figures through the core's inbox (each core
+//! answers from its own state, so the data path shares nothing) and the control plane for the
+//! backends' health; the answers come back in a [`crate::control::Mailbox`].
+
+pub mod command;
+mod report;
+mod show;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgpilot_protocol::encode::{self, ErrorFields};
+
+use crate::control::{mailbox, ControlMsg, CoreMsg};
+use crate::core::Core;
+use command::{Command, Show};
+pub use report::{
+    BackendFigures, ClientCard, ClientFigures, CoreReport, EventRecord, PlaneReport, PoolFigures,
+    Waiting,
+};
+pub use show::is_console;
+
+/// How long the console waits for the cores and the control plane to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Column types (OIDs), as PgBouncer declares them.
+pub const TEXT: u32 = 25;
+pub const INT4: u32 = 23;
+pub const INT8: u32 = 20;
+pub const NUMERIC: u32 = 1700;
+
+/// A result set: typed columns and text values (`None` is NULL).
+pub struct Table {
+    pub columns: Vec<(&'static str, u32)>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn write(&self, out: &mut BytesMut) {
+        encode::row_description(out, &self.columns);
+        for row in &self.rows {
+            let values: Vec<Option<&[u8]>> = row
+                .iter()
+                .map(|v| v.as_deref().map(str::as_bytes))
+                .collect();
+            encode::data_row(out, &values);
+        }
+        encode::command_complete(out, format!("SHOW {}", self.rows.len()).as_bytes());
+    }
+}
+
+/// Answers one simple Query of the console into `out` (result sets, CommandComplete, errors;
+/// the caller adds ReadyForQuery).
+pub async fn answer(core: &Rc<Core>, sql: &str, out: &mut BytesMut) {
+    let commands = match command::parse(sql) {
+        Ok(c) if c.is_empty() => return encode::empty_query_response(out),
+        Ok(c) => c,
+        Err(r) => return encode::error_response(out, &ErrorFields::error(r.code, r.message)),
+    };
+    for c in commands {
+        match c {
+            Command::Set => encode::command_complete(out, b"SET"),
+            Command::Reload => {
+                core.tell_control(ControlMsg::Reload);
+                encode::command_complete(out, b"RELOAD");
+            }
+            Command::Shutdown => {
+                log::info!("SHUTDOWN from the admin console");
+                core.tell_control(ControlMsg::Shutdown);
+                encode::command_complete(out, b"SHUTDOWN");
+            }
+            Command::Show(what) => match table(core, what).await {
+                Ok(t) => t.write(out),
+                Err(e) => {
+                    encode::error_response(out, &e);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
+    let config = &core.config;
+    Ok(match what {
+        Show::Version => show::version(),
+        Show::Config => show::config(config),
+        Show::Users => show::users(config),
+        Show::Databases => show::databases(config, &gather(core).await?),
+        Show::Pools => show::pools(config, &gather(core).await?),
+        Show::Clients => show::clients_table(&core.state(), &gather(core).await?),
+        Show::Lists => show::lists(config, &gather(core).await?),
+        Show::Backends => show::backends(&ask_plane(core).await?),
+        Show::Events => show::events(&ask_plane(core).await?),
+    })
+}
+
+/// Every core's report, this one's included.
+async fn gather(core: &Rc<Core>) -> Result<Vec<CoreReport>, ErrorFields> {
+    let (tx, rx) = mailbox();
+    let asked = core
+        .peers()
+        .iter()
+        .filter(|p| p.send(CoreMsg::Report(tx.clone())).is_ok())
+        .count();
+    drop(tx);
+    let mut reports = Vec::with_capacity(asked);
+    let collect = async {
+        while reports.len() < asked {
+            match rx.recv().await {
+                Some(r) => reports.push(r),
+                None => break,
+            }
+        }
+    };
+    if monoio::time::timeout(ANSWER_WAIT, collect).await.is_err() || reports.len() < asked {
+        return Err(ErrorFields::error(
+            "58000",
+            format!("{} of {asked} cores answered in time", reports.len()),
+        ));
+    }
+    reports.sort_by_key(|r| r.core);
+    Ok(reports)
+}
+
+/// What the control plane sees.
+async fn ask_plane(core: &Rc<Core>) -> Result<PlaneReport, ErrorFields> {
+    let (tx, rx) = mailbox();
+    let unanswered = || ErrorFields::error("58000", "the control plane did not answer in time");
+    if !core.tell_control(ControlMsg::Describe(tx)) {
+        return Err(unanswered());
+    }
+    match monoio::time::timeout(ANSWER_WAIT, rx.recv()).await {
+        Ok(Some(report)) => Ok(report),
+        _ => Err(unanswered()),
+    }
+}

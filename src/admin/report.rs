@@ -1,0 +1,186 @@
+//! What a core tells the admin console of itself: its pools and its clients, as plain data
+//! that crosses to the console's core. Each core builds its own on request, so the data path
+//! never shares anything with the console.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Role;
+use crate::control::Status;
+use crate::core::CancelTarget;
+
+/// One session as the console shows it, shared between the session and its core's registry.
+pub struct ClientCard {
+    /// The backend query to cancel on CancelRequest (while one is attached).
+    pub cancel: Cell<Option<CancelTarget>>,
+    /// Since when it waits for a backend connection, if it does.
+    pub waiting: Cell<Option<Instant>>,
+    /// When it last got a backend (its latest transaction or statement).
+    pub request: Cell<Option<Instant>>,
+    pub user: Rc<str>,
+    pub database: Rc<str>,
+    /// The client's address and the proxy's end of the connection.
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub connected: SystemTime,
+    /// The TLS version and cipher suite, for a TLS client.
+    pub tls: Option<Box<str>>,
+    pub application_name: Box<str>,
+    /// An admin console session rather than a proxied one.
+    pub console: bool,
+}
+
+impl ClientCard {
+    /// A card for a session of `user` on `database` connected now.
+    pub fn new(user: Rc<str>, database: Rc<str>) -> ClientCard {
+        ClientCard {
+            cancel: Cell::new(None),
+            waiting: Cell::new(None),
+            request: Cell::new(None),
+            user,
+            database,
+            peer: None,
+            local: None,
+            connected: SystemTime::now(),
+            tls: None,
+            application_name: Box::from(""),
+            console: false,
+        }
+    }
+
+    /// What the console shows of it.
+    pub fn figures(&self, pid: u32, now: Instant) -> ClientFigures {
+        ClientFigures {
+            pid,
+            user: self.user.to_string(),
+            database: self.database.to_string(),
+            waiting: self
+                .waiting
+                .get()
+                .map(|at| now.saturating_duration_since(at)),
+            peer: self.peer,
+            local: self.local,
+            connected: self.connected,
+            request: self
+                .request
+                .get()
+                .map(|at| SystemTime::now() - now.saturating_duration_since(at)),
+            backend: self.cancel.get().map(|t| (t.addr, t.pid)),
+            tls: self.tls.as_deref().map(str::to_owned),
+            application_name: self.application_name.to_string(),
+            console: self.console,
+        }
+    }
+}
+
+/// Marks a card as waiting for a backend connection until dropped.
+pub struct Waiting<'a>(&'a ClientCard);
+
+impl<'a> Waiting<'a> {
+    pub fn start(card: &'a ClientCard) -> Waiting<'a> {
+        card.waiting.set(Some(Instant::now()));
+        Waiting(card)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.set(None);
+    }
+}
+
+/// A client, as reported.
+#[derive(Debug, Clone)]
+pub struct ClientFigures {
+    /// The BackendKeyData pid pgpilot gave it.
+    pub pid: u32,
+    pub user: String,
+    pub database: String,
+    /// How long it has waited for a backend connection, if it waits.
+    pub waiting: Option<Duration>,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub connected: SystemTime,
+    pub request: Option<SystemTime>,
+    /// The attached backend connection: address and server process id.
+    pub backend: Option<(SocketAddr, u32)>,
+    pub tls: Option<String>,
+    pub application_name: String,
+    pub console: bool,
+}
+
+/// One pool of one core: connections to one backend for one user and database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolFigures {
+    pub backend_id: usize,
+    pub user: String,
+    pub database: String,
+    /// Connections this core may open.
+    pub size: usize,
+    /// Checked out now (serving a client, or being set up for one).
+    pub active: usize,
+    /// Idle in the pool.
+    pub idle: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// How long the longest waiting client has waited.
+    pub max_wait: Duration,
+}
+
+/// Everything one core reports.
+#[derive(Debug, Clone)]
+pub struct CoreReport {
+    pub core: usize,
+    pub pools: Vec<PoolFigures>,
+    pub clients: Vec<ClientFigures>,
+}
+
+/// One backend as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendFigures {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The address its name resolved to last.
+    pub addr: Option<SocketAddr>,
+    pub role: Role,
+    pub status: Status,
+    /// The configured weight.
+    pub weight: u32,
+    /// The share of reads it takes now, in thousandths of its weight's worth (less while slow
+    /// or ramping up after an attach).
+    pub share: u32,
+    /// How far behind the primary's WAL it was at its last check, in bytes (replicas).
+    pub lag_bytes: Option<u64>,
+    /// How long its replay was behind what it received, in milliseconds (replicas).
+    pub replay_delay_ms: Option<u64>,
+    /// Its answer time to the check query, smoothed.
+    pub answer: Option<Duration>,
+    pub last_check: Option<SystemTime>,
+    /// Consecutive failed checks.
+    pub failures: u32,
+    /// Why the latest check failed, if it did.
+    pub cause: String,
+}
+
+/// A change the control plane saw: a backend's state, its address, a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub at: SystemTime,
+    pub event: String,
+    pub backend: String,
+    pub from: String,
+    pub to: String,
+    pub cause: String,
+}
+
+/// Everything the control plane reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneReport {
+    pub epoch: u64,
+    pub backends: Vec<BackendFigures>,
+    /// The latest events, oldest first.
+    pub events: Vec<EventRecord>,
+}

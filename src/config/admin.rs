@@ -1,0 +1,44 @@
+//! `[admin]`: who may open the admin console (database `pgpilot`, or `pgbouncer` for
+//! PgBouncer's tools, on the proxy's own port).
+
+use serde::Deserialize;
+
+use super::raw::Problem;
+use super::ConfigError;
+
+/// The databases a client names to reach the console instead of a backend.
+pub const CONSOLE_DATABASES: [&str; 2] = ["pgpilot", "pgbouncer"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdmin {
+    users: Option<Vec<String>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Users of `[[users]]` who may open the console.
+    pub users: Vec<String>,
+}
+
+/// Checks `[admin]`: a user listed must be one of `[[users]]` (the console authenticates as
+/// every session does). Unset, the list is `["admin"]`, which serves only if that user exists.
+pub(super) fn validate(
+    a: RawAdmin,
+    users: &[String],
+    err: Problem<'_>,
+) -> Result<AdminConfig, ConfigError> {
+    let Some(list) = a.users else {
+        return Ok(AdminConfig {
+            users: vec!["admin".to_owned()],
+        });
+    };
+    if let Some(unknown) = list.iter().find(|u| !users.contains(u)) {
+        return Err(err(
+            "admin.users",
+            format!("{unknown:?} is not one of [[users]]"),
+        ));
+    }
+    Ok(AdminConfig { users: list })
+}

@@ -1,0 +1,321 @@
+//! The admin console through the postgres crate, psql (libpq) and the raw client: PgBouncer's
+//! commands answer with PgBouncer 1.18's columns, figures gathered from both cores, pgpilot's
+//! own commands, and only `[admin] users` get in.
+
+use postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::common::{self, Opts};
+use crate::raw::Raw;
+
+const ADMIN: &str = "\n[[users]]\nname = \"admin\"\npassword = \"secret\"\n\n\
+                     [admin]\nusers = [\"admin\"]\n";
+
+/// The columns PgBouncer 1.18 answers each command with, in order (from its console).
+const POOLS: &[&str] = &[
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "cl_active_cancel_req",
+    "cl_waiting_cancel_req",
+    "sv_active",
+    "sv_active_cancel",
+    "sv_being_canceled",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+];
+const CLIENTS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+];
+const DATABASES: &[&str] = &[
+    "name",
+    "host",
+    "port",
+    "database",
+    "force_user",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool",
+    "pool_mode",
+    "max_connections",
+    "current_connections",
+    "paused",
+    "disabled",
+];
+
+/// A console command's column names and rows (text values).
+type Answer = (Vec<String>, Vec<Vec<Option<String>>>);
+
+fn show(console: &mut Client, command: &str) -> Answer {
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for m in console
+        .simple_query(command)
+        .unwrap_or_else(|e| panic!("{command}: {e}"))
+    {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                columns = cols.iter().map(|c| c.name().to_owned()).collect();
+            }
+            SimpleQueryMessage::Row(row) => {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+    (columns, rows)
+}
+
+/// The value of `column` in `row` of an answer.
+fn cell<'a>(answer: &'a Answer, row: &'a [Option<String>], column: &str) -> &'a str {
+    let i = answer
+        .0
+        .iter()
+        .position(|c| c == column)
+        .unwrap_or_else(|| panic!("no column {column} in {:?}", answer.0));
+    row.get(i).and_then(|v| v.as_deref()).unwrap_or("")
+}
+
+fn console(proxy: &pgpilot::Proxy, database: &str) -> Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=admin password=secret dbname={database} connect_timeout=10",
+        proxy.addr().port()
+    );
+    Client::connect(&dsn, NoTls).expect("the console lets admin in")
+}
+
+fn starts_with(columns: &[String], expected: &[&str]) -> bool {
+    columns.len() >= expected.len() && columns.iter().zip(expected).all(|(a, b)| a == b)
+}
+
+#[test]
+fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: ADMIN,
+            ..Opts::default()
+        },
+    );
+    // 16 clients, spread over both cores by SO_REUSEPORT; one holds a transaction open.
+    let mut apps: Vec<Client> = (0..16).map(|_| common::client(&proxy)).collect();
+    for app in &mut apps {
+        app.simple_query("SELECT 1").unwrap();
+    }
+    apps[0].simple_query("BEGIN; SELECT 1").unwrap();
+    let mut console = console(&proxy, "pgbouncer");
+
+    let pools = show(&mut console, "SHOW POOLS");
+    assert_eq!(pools.0, POOLS, "SHOW POOLS columns");
+    let app = pools
+        .1
+        .iter()
+        .find(|r| cell(&pools, r, "database") == "app" && cell(&pools, r, "user") == "app")
+        .expect("a pool for app/app");
+    assert_eq!(cell(&pools, app, "cl_active"), "16");
+    assert_eq!(cell(&pools, app, "cl_waiting"), "0");
+    let active: u32 = cell(&pools, app, "sv_active").parse().unwrap();
+    assert!(active >= 1, "the open transaction holds a backend");
+    assert_eq!(cell(&pools, app, "pool_mode"), "transaction");
+
+    let clients = show(&mut console, "SHOW CLIENTS");
+    assert!(starts_with(&clients.0, CLIENTS), "{:?}", clients.0);
+    let mine: Vec<_> = (clients.1.iter())
+        .filter(|r| cell(&clients, r, "database") == "app")
+        .collect();
+    assert_eq!(mine.len(), 16, "every app client, from both cores");
+    let cores: std::collections::BTreeSet<&str> =
+        mine.iter().map(|r| cell(&clients, r, "core")).collect();
+    assert_eq!(cores.len(), 2, "clients on both cores: {cores:?}");
+    let linked = mine
+        .iter()
+        .filter(|r| !cell(&clients, r, "link").is_empty());
+    assert_eq!(linked.count(), 1, "one client holds a backend");
+    let admin = (clients.1.iter())
+        .find(|r| cell(&clients, r, "user") == "admin")
+        .expect("the console itself");
+    assert_eq!(cell(&clients, admin, "addr"), "127.0.0.1");
+
+    let databases = show(&mut console, "SHOW DATABASES");
+    assert_eq!(databases.0, DATABASES);
+    let names: Vec<&str> = (databases.1.iter())
+        .map(|r| cell(&databases, r, "name"))
+        .collect();
+    assert_eq!(names, ["app", "pgpilot"]);
+
+    let lists = show(&mut console, "SHOW LISTS");
+    assert_eq!(lists.0, ["list", "items"]);
+    let used = (lists.1.iter())
+        .find(|r| cell(&lists, r, "list") == "used_clients")
+        .map(|r| cell(&lists, r, "items"));
+    assert_eq!(used, Some("17"), "16 apps and the console");
+
+    let users = show(&mut console, "SHOW USERS");
+    assert_eq!(users.0, ["name", "pool_mode"]);
+    let names: Vec<&str> = users.1.iter().map(|r| cell(&users, r, "name")).collect();
+    assert!(
+        names.contains(&"admin") && names.contains(&"app"),
+        "{names:?}"
+    );
+
+    let config = show(&mut console, "SHOW CONFIG");
+    assert_eq!(config.0, ["key", "value", "default", "changeable"]);
+    let size = (config.1.iter())
+        .find(|r| cell(&config, r, "key") == "pool.size")
+        .expect("pool.size");
+    assert_eq!(
+        (cell(&config, size, "value"), cell(&config, size, "default")),
+        ("10", "20")
+    );
+
+    let version = show(&mut console, "SHOW VERSION");
+    assert_eq!(version.0, ["version"]);
+    assert!(cell(&version, &version.1[0], "version").starts_with("pgpilot "));
+
+    let backends = show(&mut console, "SHOW BACKENDS");
+    let rows: Vec<(&str, &str, &str)> = (backends.1.iter())
+        .map(|r| {
+            let name = cell(&backends, r, "name");
+            (
+                name,
+                cell(&backends, r, "role"),
+                cell(&backends, r, "state"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("b0", "primary", "up"),
+            ("b1", "replica", "up"),
+            ("b2", "replica", "up")
+        ]
+    );
+    let shares: Vec<&str> = (backends.1.iter())
+        .map(|r| cell(&backends, r, "share"))
+        .collect();
+    assert_eq!(
+        shares[0], "0.000",
+        "the primary takes no reads while replicas do"
+    );
+
+    // RELOAD reads the config file again: this proxy's was never written (it was given as
+    // text), so the reload fails, says so as an event, and changes nothing.
+    console.simple_query("RELOAD").unwrap();
+    let failed = common::eventually(std::time::Duration::from_secs(5), || {
+        let events = show(&mut console, "SHOW EVENTS");
+        events.1.iter().any(|r| {
+            cell(&events, r, "event") == "reload_failed"
+                && cell(&events, r, "cause").contains("test.toml")
+        })
+    });
+    assert!(failed, "the failed reload is an event");
+
+    // What drivers send at connect is accepted; anything else is refused, and the extended
+    // protocol is refused without losing the session.
+    console.simple_query("SET extra_float_digits = 3").unwrap();
+    let e = console.simple_query("SELECT 1").unwrap_err();
+    assert_eq!(common::sqlstate(&e), "42601");
+    let e = console.query("SHOW POOLS", &[]).unwrap_err();
+    assert_eq!(common::sqlstate(&e), "0A000");
+    assert_eq!(show(&mut console, "SHOW VERSION").1.len(), 1);
+    apps[0].simple_query("COMMIT").unwrap();
+}
+
+#[test]
+fn only_admin_users_get_in_and_drivers_see_the_parameters_they_look_for() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: ADMIN,
+            ..Opts::default()
+        },
+    );
+    let raw = Raw::connect(proxy.addr(), "admin", "secret", &[("database", "pgpilot")])
+        .expect("admin logs in");
+    let version = raw.param("server_version").unwrap_or_default();
+    assert!(version.ends_with("/pgpilot"), "{version}");
+    for (name, value) in [
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        assert_eq!(raw.param(name), Some(value), "{name}");
+    }
+    // A user who is not an admin authenticates, then is refused as PostgreSQL refuses a role
+    // without CONNECT on a database.
+    let (code, severity, message) =
+        Raw::connect(proxy.addr(), "app", "app", &[("database", "pgbouncer")])
+            .err()
+            .expect("app is no admin");
+    assert_eq!((code.as_str(), severity.as_str()), ("42501", "FATAL"));
+    assert!(message.contains("[admin] users"), "{message}");
+    let (code, _, _) = Raw::connect(proxy.addr(), "admin", "wrong", &[("database", "pgpilot")])
+        .err()
+        .expect("a wrong password");
+    assert_eq!(code, "28P01");
+
+    // psql, as operators use it.
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.addr().port().to_string(),
+            "-U",
+            "admin",
+            "-d",
+            "pgpilot",
+            "-c",
+            "SHOW POOLS",
+            "-c",
+            "SHOW BACKENDS",
+        ])
+        .env("PGPASSWORD", "secret")
+        .output()
+        .expect("psql runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cl_active") && text.contains("sv_idle"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lag_bytes") && text.contains(" b1 "),
+        "{text}"
+    );
+}
