@@ -24,7 +24,7 @@ pub use report::{
     BackendFigures, ClientCard, ClientFigures, CoreReport, EventRecord, PlaneReport, PoolFigures,
     Waiting,
 };
-pub use show::is_console;
+pub use show::{is_console, utc_seconds};
 
 /// How long the console waits for the cores and the control plane to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -74,6 +74,18 @@ pub async fn answer(core: &Rc<Core>, sql: &str, out: &mut BytesMut) {
                 log::info!("SHUTDOWN from the admin console");
                 core.tell_control(ControlMsg::Shutdown);
                 encode::command_complete(out, b"SHUTDOWN");
+            }
+            Command::Detach(name) => {
+                if let Err(e) = override_by_hand(core, name, true).await {
+                    return encode::error_response(out, &e);
+                }
+                encode::command_complete(out, b"DETACH");
+            }
+            Command::Attach(name) => {
+                if let Err(e) = override_by_hand(core, name, false).await {
+                    return encode::error_response(out, &e);
+                }
+                encode::command_complete(out, b"ATTACH");
             }
             Command::Show(what) => match table(core, what).await {
                 Ok(t) => t.write(out),
@@ -127,6 +139,24 @@ async fn gather(core: &Rc<Core>) -> Result<Vec<CoreReport>, ErrorFields> {
     }
     reports.sort_by_key(|r| r.core);
     Ok(reports)
+}
+
+/// DETACH (`detach`) or ATTACH, as the control plane answers it.
+async fn override_by_hand(core: &Rc<Core>, name: String, detach: bool) -> Result<(), ErrorFields> {
+    let (reply, rx) = mailbox();
+    let unanswered = || ErrorFields::error("58000", "the control plane did not answer in time");
+    if !core.tell_control(ControlMsg::Override {
+        name,
+        detach,
+        reply,
+    }) {
+        return Err(unanswered());
+    }
+    match monoio::time::timeout(ANSWER_WAIT, rx.recv()).await {
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err((code, message)))) => Err(ErrorFields::error(code, message)),
+        _ => Err(unanswered()),
+    }
 }
 
 /// What the control plane sees.

@@ -13,7 +13,7 @@ use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
 mod admin;
-pub use admin::{AdminConfig, CONSOLE_DATABASES};
+pub use admin::{AdminConfig, EventsConfig, MetricsConfig, CONSOLE_DATABASES};
 mod health;
 pub use health::HealthConfig;
 mod raw;
@@ -257,6 +257,10 @@ pub struct Config {
     pub client_tls: Option<crate::tls::ClientTls>,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[events]`.
+    pub events: EventsConfig,
 }
 
 impl Config {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::config::{Config, Role};
 use crate::health::Check;
 
+mod hooks;
 mod mailbox;
 mod plane;
 
@@ -158,6 +159,14 @@ pub enum ControlMsg {
     Reload,
     /// The admin console asks what the control plane sees (backends, events).
     Describe(Mailbox<crate::admin::PlaneReport>),
+    /// The admin console's DETACH (`detach`) or ATTACH of the backend named `name`: a manual
+    /// override the health checks respect until it is undone. The answer is an error's
+    /// SQLSTATE and message, if refused.
+    Override {
+        name: String,
+        detach: bool,
+        reply: Mailbox<Result<(), (&'static str, String)>>,
+    },
 }
 
 #[cfg(test)]

@@ -73,6 +73,8 @@ pub struct Core {
     /// Sessions pinned to their backend since start (transaction mode).
     pins: Cell<u64>,
     shutting_down: Cell<bool>,
+    /// Clients this core's listener accepted.
+    pub accepted: Cell<u64>,
     shutdown_wakers: RefCell<HashMap<u32, Waker>>,
     rng: Cell<u64>,
 }
@@ -108,6 +110,7 @@ impl Core {
             configured_functions,
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
+            accepted: Cell::new(0),
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
         }
@@ -368,6 +371,8 @@ impl Core {
         let now = Instant::now();
         CoreReport {
             core: self.id,
+            accepted: self.accepted.get(),
+            accepting: !self.shutting_down(),
             pools: self
                 .pools
                 .borrow()

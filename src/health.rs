@@ -343,6 +343,11 @@ impl Tracker {
         (share as u32).max(u32::from(weight > 0))
     }
 
+    /// Its share ramps up again from now, as after an attach (an operator's ATTACH).
+    pub fn ramp_from(&mut self, now: Instant) {
+        self.since = Some(now);
+    }
+
     /// Whether its share is still ramping up.
     pub fn ramping(&self, rules: &Rules, now: Instant) -> bool {
         self.since

@@ -45,6 +45,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod permits;
 pub mod pool;
 pub mod proxy;

@@ -51,6 +51,7 @@ pub struct Proxy {
     control: Sender<ControlMsg>,
     control_thread: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Proxy {
@@ -74,6 +75,18 @@ impl Proxy {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| control::core_channel()).unzip();
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        // Bound before the workers start, so that a metrics address in use fails the start
+        // before any client is accepted.
+        let metrics = match config.metrics.listen {
+            Some(listen) => Some(
+                crate::metrics::MetricsServer::start(listen, senders.clone(), control_tx.clone())
+                    .map_err(|source| StartError::Bind {
+                    addr: listen,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let clients = Arc::new(AtomicUsize::new(0));
         let pin = cpus.len() == workers;
         let mut handles = Vec::with_capacity(workers);
@@ -126,12 +139,20 @@ impl Proxy {
             control: control_tx,
             control_thread: Some(control_thread),
             workers: handles,
+            metrics,
         })
     }
 
     /// The address clients connect to (with the real port when the config said 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::metrics::MetricsServer::addr)
     }
 
     /// The cluster as the control plane last published it (roles, addresses, health).
@@ -169,6 +190,10 @@ impl Proxy {
         for w in self.workers.drain(..) {
             // A worker that panicked has ended the process already (see `worker`).
             let _ = w.join();
+        }
+        // Last: while the workers drain, /readyz says they are shutting down.
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
         }
     }
 }

@@ -12,6 +12,10 @@ pub enum Command {
     Reload,
     /// `SHUTDOWN`: stop the proxy, as SIGTERM does.
     Shutdown,
+    /// `DETACH name`: take a replica out of the rotation until `ATTACH name`.
+    Detach(String),
+    /// `ATTACH name`: undo a `DETACH` (the checks decide again).
+    Attach(String),
 }
 
 /// What `SHOW` shows.
@@ -71,7 +75,8 @@ fn parse_one(text: &str) -> Result<Command, Refused> {
     let syntax = || Refused {
         code: "42601",
         message: format!(
-            "invalid command {text:?}; the console takes SHOW {{{}}}, SET, RELOAD, SHUTDOWN",
+            "invalid command {text:?}; the console takes SHOW {{{}}}, SET, RELOAD, SHUTDOWN, \
+             DETACH name, ATTACH name",
             Show::names()
         ),
     };
@@ -87,8 +92,18 @@ fn parse_one(text: &str) -> Result<Command, Refused> {
         ("SET", [_, ..]) => Ok(Command::Set),
         ("RELOAD", []) => Ok(Command::Reload),
         ("SHUTDOWN", []) => Ok(Command::Shutdown),
+        ("DETACH", [name]) => Ok(Command::Detach(unquote(name))),
+        ("ATTACH", [name]) => Ok(Command::Attach(unquote(name))),
         _ => Err(syntax()),
     }
+}
+
+/// A backend name as written, with the double quotes of an SQL identifier taken off.
+fn unquote(name: &str) -> String {
+    name.strip_prefix('"')
+        .and_then(|n| n.strip_suffix('"'))
+        .unwrap_or(name)
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -111,6 +126,13 @@ mod tests {
         );
         assert_eq!(parse("SET extra_float_digits = 3"), Ok(vec![Command::Set]));
         assert_eq!(parse("reload"), Ok(vec![Command::Reload]));
+        assert_eq!(
+            parse("DETACH replica1; attach \"Replica-2\""),
+            Ok(vec![
+                Command::Detach("replica1".into()),
+                Command::Attach("Replica-2".into())
+            ])
+        );
         assert_eq!(parse(""), Ok(vec![]));
         assert_eq!(parse(" ; "), Ok(vec![]));
     }
@@ -124,6 +146,8 @@ mod tests {
             "SELECT 1",
             "SET",
             "RELOAD now",
+            "DETACH",
+            "ATTACH a b",
         ] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.code, "42601", "{bad}");

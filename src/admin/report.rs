@@ -133,6 +133,10 @@ pub struct PoolFigures {
 #[derive(Debug, Clone)]
 pub struct CoreReport {
     pub core: usize,
+    /// Clients its listener accepted.
+    pub accepted: u64,
+    /// Whether it still accepts clients (no shutdown has begun).
+    pub accepting: bool,
     pub pools: Vec<PoolFigures>,
     pub clients: Vec<ClientFigures>,
 }
@@ -147,6 +151,8 @@ pub struct BackendFigures {
     pub addr: Option<SocketAddr>,
     pub role: Role,
     pub status: Status,
+    /// Detached by an operator (DETACH), until ATTACH.
+    pub detached_by_hand: bool,
     /// The configured weight.
     pub weight: u32,
     /// The share of reads it takes now, in thousandths of its weight's worth (less while slow

@@ -25,7 +25,11 @@ fn num(n: impl ToString) -> Option<String> {
 
 /// `2026-12-01 18:06:53 UTC`, as PgBouncer writes times.
 pub fn utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    utc_seconds(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// [`utc`] of seconds since the epoch.
+pub fn utc_seconds(secs: u64) -> String {
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Gregorian calendar, proleptic).
     let z = days as i64 + 719_468;
@@ -498,7 +502,13 @@ pub fn backends(p: &PlaneReport) -> Table {
                 b.answer.map(|a| format!("{:.3}", a.as_secs_f64() * 1000.0)),
                 b.last_check.map(utc),
                 num(b.failures),
-                text(b.cause.clone()),
+                text(match (b.detached_by_hand, b.cause.as_str()) {
+                    (false, cause) => cause.to_owned(),
+                    (true, "") => "DETACH from the admin console (ATTACH undoes it)".to_owned(),
+                    (true, cause) => {
+                        format!("DETACH from the admin console (ATTACH undoes it); {cause}")
+                    }
+                }),
                 num(p.epoch),
             ]
         })

@@ -1,5 +1,6 @@
 //! `[admin]`: who may open the admin console (database `pgpilot`, or `pgbouncer` for
-//! PgBouncer's tools, on the proxy's own port).
+//! PgBouncer's tools, on the proxy's own port); `[metrics]`: where Prometheus scrapes;
+//! `[events]`: the command run for every event.
 
 use serde::Deserialize;
 
@@ -41,4 +42,56 @@ pub(super) fn validate(
         ));
     }
     Ok(AdminConfig { users: list })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawEvents {
+    command: String,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventsConfig {
+    /// Run with `sh -c` for every event; empty = none.
+    pub command: String,
+}
+
+impl From<RawEvents> for EventsConfig {
+    fn from(e: RawEvents) -> Self {
+        EventsConfig { command: e.command }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMetrics {
+    listen: String,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics`, `/healthz` and `/readyz` are served; `None` = nowhere.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// Checks `[metrics]`: `listen` is empty (off) or an address.
+pub(super) fn validate_metrics(
+    m: RawMetrics,
+    err: Problem<'_>,
+) -> Result<MetricsConfig, ConfigError> {
+    if m.listen.is_empty() {
+        return Ok(MetricsConfig { listen: None });
+    }
+    let addr = m.listen.parse().map_err(|_| {
+        err(
+            "metrics.listen",
+            format!(
+                "{:?} is not an address with a port (e.g. \"127.0.0.1:9930\")",
+                m.listen
+            ),
+        )
+    })?;
+    Ok(MetricsConfig { listen: Some(addr) })
 }

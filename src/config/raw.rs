@@ -38,6 +38,10 @@ pub(super) struct RawConfig {
     tls: super::tls::RawTls,
     #[serde(default)]
     admin: super::admin::RawAdmin,
+    #[serde(default)]
+    metrics: super::admin::RawMetrics,
+    #[serde(default)]
+    events: super::admin::RawEvents,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +199,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         auth_method: raw.auth.method,
         health: super::health::validate(raw.health, &names, &err)?,
         admin: super::admin::validate(raw.admin, &names, &err)?,
+        metrics: super::admin::validate_metrics(raw.metrics, &err)?,
+        events: raw.events.into(),
         users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,

@@ -105,6 +105,12 @@ pub struct MailboxReceiver<T> {
 }
 
 impl<T> MailboxReceiver<T> {
+    /// The next message within `limit`, blocking: for threads that are no core (the metrics
+    /// server), never on a core.
+    pub fn recv_blocking(&self, limit: std::time::Duration) -> Option<T> {
+        self.rx.recv_timeout(limit).ok()
+    }
+
     /// The next message; `None` once every sender is gone.
     pub async fn recv(&self) -> Option<T> {
         std::future::poll_fn(|cx| {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::hooks::Hooks;
 use super::{ClusterState, ControlMsg, CoreMsg, CoreSender, Status};
 use crate::admin::{BackendFigures, EventRecord, PlaneReport};
 use crate::config::{Config, Role};
@@ -66,6 +67,13 @@ pub fn run(
             Ok(ControlMsg::Reload) => plane.reload(),
             Ok(ControlMsg::Describe(reply)) => {
                 let _ = reply.send(plane.describe());
+            }
+            Ok(ControlMsg::Override {
+                name,
+                detach,
+                reply,
+            }) => {
+                let _ = reply.send(plane.override_by_hand(&name, detach, Instant::now()));
             }
             Ok(ControlMsg::Fenced { id }) => {
                 // Many sessions may say so at once: one event and one lookup a second at most.
@@ -132,6 +140,10 @@ struct Plane {
     latest: Latest,
     /// The latest events, oldest first.
     events: VecDeque<EventRecord>,
+    /// Detached by an operator (DETACH): out of the rotation whatever the checks say.
+    detached_by_hand: Vec<bool>,
+    /// The `[events] command`, if any.
+    hooks: Option<Hooks>,
 }
 
 impl Plane {
@@ -154,6 +166,8 @@ impl Plane {
             health: vec![Tracker::default(); config.backends.len()],
             last_checks: vec![None; config.backends.len()],
             events: VecDeque::new(),
+            detached_by_hand: vec![false; config.backends.len()],
+            hooks: Hooks::start(&config.events.command),
             positions: vec![None; config.backends.len()],
             addrs: Arc::new(Mutex::new(state.backends.iter().map(|b| b.addr).collect())),
             config,
@@ -222,14 +236,86 @@ impl Plane {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
         }
-        self.events.push_back(EventRecord {
+        let record = EventRecord {
             at: SystemTime::now(),
             event: event.to_owned(),
             backend: backend.to_owned(),
             from,
             to,
             cause,
-        });
+        };
+        if let Some(hooks) = &self.hooks {
+            hooks.offer(&record);
+        }
+        self.events.push_back(record);
+    }
+
+    /// DETACH (`detach`) or ATTACH by an operator. The primary is never detached: the
+    /// platform fails it over and pgpilot follows.
+    fn override_by_hand(
+        &mut self,
+        name: &str,
+        detach: bool,
+        now: Instant,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(id) = self.config.backends.iter().position(|b| b.name == name) else {
+            let names: Vec<&str> = self
+                .config
+                .backends
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
+            return Err((
+                "42704",
+                format!(
+                    "no backend named {name:?} (there are: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        if detach
+            && self
+                .config
+                .backends
+                .get(id)
+                .is_some_and(|b| b.role == Role::Primary)
+        {
+            return Err((
+                "55000",
+                format!(
+                    "{name} is the primary, which pgpilot never detaches: the platform fails it \
+                     over behind its name and pgpilot follows"
+                ),
+            ));
+        }
+        let (Some(by_hand), Some(tracker)) =
+            (self.detached_by_hand.get_mut(id), self.health.get_mut(id))
+        else {
+            return Ok(());
+        };
+        if *by_hand == detach {
+            return Ok(());
+        }
+        *by_hand = detach;
+        let health = tracker.status().to_string();
+        let (event, from, to, cause) = if detach {
+            (
+                "detached",
+                health,
+                "down".to_owned(),
+                "DETACH from the admin console",
+            )
+        } else {
+            tracker.ramp_from(now);
+            (
+                "attached",
+                "down".to_owned(),
+                health,
+                "ATTACH from the admin console",
+            )
+        };
+        self.record(event, name, from, to, cause.into());
+        Ok(())
     }
 
     /// What the admin console shows of the backends and the latest events.
@@ -241,14 +327,16 @@ impl Plane {
             .backends
             .iter()
             .zip(&self.state.backends)
-            .zip(each))
-        .map(|((c, b), ((h, r), last))| BackendFigures {
+            .zip(each)
+            .zip(&self.detached_by_hand))
+        .map(|(((c, b), ((h, r), last)), by_hand)| BackendFigures {
             name: c.name.clone(),
             host: c.host.clone(),
             port: c.port,
             addr: b.addr,
             role: c.role,
-            status: h.status(),
+            status: if *by_hand { Status::Down } else { h.status() },
+            detached_by_hand: *by_hand,
             weight: c.weight,
             share: h.share(c.weight, r, now),
             lag_bytes: h.lag,
@@ -304,12 +392,14 @@ impl Plane {
             .iter()
             .zip(&self.rules)
             .zip(&self.config.backends);
-        for (((b, ((h, r), c)), addr), lsn) in
-            next.iter_mut().zip(each).zip(addrs).zip(&self.positions)
+        for ((((b, ((h, r), c)), addr), lsn), by_hand) in (next.iter_mut().zip(each))
+            .zip(addrs)
+            .zip(&self.positions)
+            .zip(&self.detached_by_hand)
         {
             b.addr = addr;
             b.lsn = *lsn;
-            b.status = h.status();
+            b.status = if *by_hand { Status::Down } else { h.status() };
             b.weight = h.share(c.weight, r, now);
         }
         if next == self.state.backends {

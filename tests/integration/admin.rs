@@ -7,7 +7,7 @@ use postgres::{Client, NoTls, SimpleQueryMessage};
 use crate::common::{self, Opts};
 use crate::raw::Raw;
 
-const ADMIN: &str = "\n[[users]]\nname = \"admin\"\npassword = \"secret\"\n\n\
+pub const ADMIN: &str = "\n[[users]]\nname = \"admin\"\npassword = \"secret\"\n\n\
                      [admin]\nusers = [\"admin\"]\n";
 
 /// The columns PgBouncer 1.18 answers each command with, in order (from its console).
@@ -66,9 +66,9 @@ const DATABASES: &[&str] = &[
 ];
 
 /// A console command's column names and rows (text values).
-type Answer = (Vec<String>, Vec<Vec<Option<String>>>);
+pub type Answer = (Vec<String>, Vec<Vec<Option<String>>>);
 
-fn show(console: &mut Client, command: &str) -> Answer {
+pub fn show(console: &mut Client, command: &str) -> Answer {
     let mut columns = Vec::new();
     let mut rows = Vec::new();
     for m in console
@@ -93,7 +93,7 @@ fn show(console: &mut Client, command: &str) -> Answer {
 }
 
 /// The value of `column` in `row` of an answer.
-fn cell<'a>(answer: &'a Answer, row: &'a [Option<String>], column: &str) -> &'a str {
+pub fn cell<'a>(answer: &'a Answer, row: &'a [Option<String>], column: &str) -> &'a str {
     let i = answer
         .0
         .iter()
@@ -102,7 +102,7 @@ fn cell<'a>(answer: &'a Answer, row: &'a [Option<String>], column: &str) -> &'a 
     row.get(i).and_then(|v| v.as_deref()).unwrap_or("")
 }
 
-fn console(proxy: &pgpilot::Proxy, database: &str) -> Client {
+pub fn console(proxy: &pgpilot::Proxy, database: &str) -> Client {
     let dsn = format!(
         "host=127.0.0.1 port={} user=admin password=secret dbname={database} connect_timeout=10",
         proxy.addr().port()
@@ -317,5 +317,90 @@ fn only_admin_users_get_in_and_drivers_see_the_parameters_they_look_for() {
     assert!(
         text.contains("lag_bytes") && text.contains(" b1 "),
         "{text}"
+    );
+}
+
+/// The port of the server that answers a read through the proxy.
+fn read_port(app: &mut Client) -> u16 {
+    let rows = app.simple_query("SELECT inet_server_port()").unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
+            _ => None,
+        })
+        .expect("a port")
+}
+
+#[test]
+fn detach_takes_a_replica_out_until_attach_whatever_the_checks_say() {
+    let Some(c) = common::cluster() else { return };
+    let extra = format!("{ADMIN}\n[health]\ninterval_ms = 200\nslow_start_ms = 0\n");
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: Box::leak(extra.into_boxed_str()),
+            ..Opts::default()
+        },
+    );
+    let mut console = console(&proxy, "pgpilot");
+    let mut app = common::client(&proxy);
+    let (b1, b2) = (c.ports[1], c.ports[2]);
+    let state = |console: &mut Client, name: &str| {
+        let backends = show(console, "SHOW BACKENDS");
+        let row = (backends.1.iter())
+            .find(|r| cell(&backends, r, "name") == name)
+            .cloned()
+            .expect("the backend");
+        (
+            cell(&backends, &row, "state").to_owned(),
+            cell(&backends, &row, "cause").to_owned(),
+        )
+    };
+
+    console.simple_query("DETACH b1").unwrap();
+    let (status, cause) = state(&mut console, "b1");
+    assert_eq!(status, "down");
+    assert!(cause.contains("DETACH"), "{cause}");
+    // Its checks go on succeeding, and it stays out: every read goes to b2.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        state(&mut console, "b1").0,
+        "down",
+        "the checks respect DETACH"
+    );
+    let ports: Vec<u16> = (0..30).map(|_| read_port(&mut app)).collect();
+    assert!(
+        ports.iter().all(|p| *p == b2),
+        "reads went to {ports:?}, not only {b2}"
+    );
+
+    // The primary is never detached; an unknown name says which names there are.
+    let e = console.simple_query("DETACH b0").unwrap_err();
+    assert_eq!(common::sqlstate(&e), "55000");
+    let e = console.simple_query("DETACH nope").unwrap_err();
+    assert_eq!(common::sqlstate(&e), "42704");
+    let message = e.as_db_error().map(|d| d.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("b1, b2")),
+        "{message:?}"
+    );
+
+    console.simple_query("ATTACH b1").unwrap();
+    assert_eq!(state(&mut console, "b1").0, "up");
+    let back = common::eventually(std::time::Duration::from_secs(10), || {
+        read_port(&mut app) == b1
+    });
+    assert!(back, "reads reach b1 again after ATTACH");
+    let events = show(&mut console, "SHOW EVENTS");
+    let seen: Vec<(&str, &str)> = (events.1.iter())
+        .filter(|r| cell(&events, r, "backend") == "b1")
+        .map(|r| (cell(&events, r, "event"), cell(&events, r, "cause")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("detached", "DETACH from the admin console"),
+            ("attached", "ATTACH from the admin console")
+        ]
     );
 }

@@ -27,12 +27,15 @@ fn expected() -> TcpOptions {
 }
 
 /// The inode of the IPv4 loopback socket with this local and remote port, from /proc/net/tcp.
+/// Entries without one (inode 0: TIME_WAIT leftovers of an earlier connection between the same
+/// ports, which loopback's port reuse makes likely) are not it.
 fn inode_of(local_port: u16, remote_port: u16) -> Option<String> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        (port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port)).then(|| f[9].to_owned())
+        let ours = port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port);
+        (ours && f[9] != "0").then(|| f[9].to_owned())
     })
 }
 
