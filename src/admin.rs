@@ -10,6 +10,7 @@
 pub mod command;
 mod report;
 mod show;
+pub mod stats;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use report::{
     Waiting,
 };
 pub use show::{is_console, utc_seconds};
+pub use stats::{CoreStats, DbStats, Totals};
 
 /// How long the console waits for the cores and the control plane to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -110,6 +112,9 @@ async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
         Show::Lists => show::lists(config, &gather(core).await?),
         Show::Backends => show::backends(&ask_plane(core).await?),
         Show::Events => show::events(&ask_plane(core).await?),
+        Show::Stats => show::stats(&gather(core).await?, show::StatsKind::Both),
+        Show::StatsTotals => show::stats(&gather(core).await?, show::StatsKind::Totals),
+        Show::StatsAverages => show::stats(&gather(core).await?, show::StatsKind::Averages),
     })
 }
 

@@ -16,7 +16,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
-use crate::admin::{ClientCard, CoreReport};
+use crate::admin::{ClientCard, CoreReport, CoreStats};
 use crate::config::Config;
 use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
@@ -75,6 +75,8 @@ pub struct Core {
     shutting_down: Cell<bool>,
     /// Clients this core's listener accepted.
     pub accepted: Cell<u64>,
+    /// Per-database counters (SHOW STATS, the metrics).
+    pub stats: CoreStats,
     shutdown_wakers: RefCell<HashMap<u32, Waker>>,
     rng: Cell<u64>,
 }
@@ -111,6 +113,7 @@ impl Core {
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
             accepted: Cell::new(0),
+            stats: CoreStats::default(),
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
         }
@@ -373,6 +376,8 @@ impl Core {
             core: self.id,
             accepted: self.accepted.get(),
             accepting: !self.shutting_down(),
+            stats: self.stats.totals(),
+            averages: self.stats.averages(),
             pools: self
                 .pools
                 .borrow()
@@ -402,6 +407,7 @@ impl Core {
             for pool in self.pools.borrow().values() {
                 pool.reap(now);
             }
+            self.stats.tick(now);
             // A pool nobody holds and with no connection left goes (logins may name any
             // database, and a failed one must not leave its pool behind for good). One a
             // session still holds stays, so a key never has two pools.

@@ -30,10 +30,13 @@ pub enum Show {
     Version,
     Backends,
     Events,
+    Stats,
+    StatsTotals,
+    StatsAverages,
 }
 
 impl Show {
-    const ALL: [(&'static str, Show); 9] = [
+    const ALL: [(&'static str, Show); 12] = [
         ("POOLS", Show::Pools),
         ("CLIENTS", Show::Clients),
         ("DATABASES", Show::Databases),
@@ -43,6 +46,9 @@ impl Show {
         ("VERSION", Show::Version),
         ("BACKENDS", Show::Backends),
         ("EVENTS", Show::Events),
+        ("STATS", Show::Stats),
+        ("STATS_TOTALS", Show::StatsTotals),
+        ("STATS_AVERAGES", Show::StatsAverages),
     ];
 
     /// The names `SHOW` takes, for the error that lists them.

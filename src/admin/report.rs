@@ -75,19 +75,25 @@ impl ClientCard {
     }
 }
 
-/// Marks a card as waiting for a backend connection until dropped.
-pub struct Waiting<'a>(&'a ClientCard);
+/// Marks a card as waiting for a backend connection until dropped, and then counts the wait.
+pub struct Waiting<'a> {
+    card: &'a ClientCard,
+    stats: &'a super::DbStats,
+    since: Instant,
+}
 
 impl<'a> Waiting<'a> {
-    pub fn start(card: &'a ClientCard) -> Waiting<'a> {
-        card.waiting.set(Some(Instant::now()));
-        Waiting(card)
+    pub fn start(card: &'a ClientCard, stats: &'a super::DbStats) -> Waiting<'a> {
+        let since = Instant::now();
+        card.waiting.set(Some(since));
+        Waiting { card, stats, since }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.set(None);
+        self.card.waiting.set(None);
+        self.stats.waited(self.since.elapsed());
     }
 }
 
@@ -137,6 +143,10 @@ pub struct CoreReport {
     pub accepted: u64,
     /// Whether it still accepts clients (no shutdown has begun).
     pub accepting: bool,
+    /// Counters by database, since start.
+    pub stats: Vec<(String, super::Totals)>,
+    /// Averages of the latest stats period by database (see [`super::Totals::averages`]).
+    pub averages: Vec<(String, [u64; 7])>,
     pub pools: Vec<PoolFigures>,
     pub clients: Vec<ClientFigures>,
 }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::admin::{CoreReport, PlaneReport};
+use crate::admin::stats::BUCKETS_US;
+use crate::admin::{CoreReport, PlaneReport, Totals};
 use crate::config::Role;
 use crate::control::Status;
 
@@ -298,6 +299,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
             c.accepted,
         );
     }
+    stats(&mut t, cores);
     if let Some((overflows, drops)) = netstat {
         t.family("pgpilot_host_listen_overflows_total", "counter", "TcpExt ListenOverflows of the host (its network namespace): connections refused because an accept queue was full.");
         t.sample("pgpilot_host_listen_overflows_total", &[], overflows);
@@ -309,6 +311,56 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         t.sample("pgpilot_host_listen_drops_total", &[], drops);
     }
     t.0
+}
+
+/// A counter family: name, help, and its value for one database.
+type Counter = (&'static str, &'static str, fn(&Totals) -> f64);
+
+/// Per-database counters summed over the cores, and the query-time histogram.
+fn stats(t: &mut Text, cores: &[CoreReport]) {
+    let mut by: BTreeMap<&str, Totals> = BTreeMap::new();
+    for (db, s) in cores.iter().flat_map(|c| &c.stats) {
+        by.entry(db.as_str()).or_default().add(s);
+    }
+    let secs = |us: u64| us as f64 / 1e6;
+    let counters: [Counter; 5] = [
+        ("pgpilot_transactions_total", "Transactions (and autocommit statements) ended.", |s| s.xacts as f64),
+        ("pgpilot_transaction_seconds_total", "Time spent in transactions, from their first statement to the ReadyForQuery that ended them.", |s| s.xact_us as f64 / 1e6),
+        ("pgpilot_client_received_bytes_total", "Bytes read from clients.", |s| s.received as f64),
+        ("pgpilot_client_sent_bytes_total", "Bytes written to clients.", |s| s.sent as f64),
+        ("pgpilot_checkout_wait_seconds_total", "Time clients waited for a backend connection.", |s| s.wait_us as f64 / 1e6),
+    ];
+    for (name, help, value) in counters {
+        t.family(name, "counter", help);
+        for (db, s) in &by {
+            t.sample(name, &[("database", db)], value(s));
+        }
+    }
+    let name = "pgpilot_query_duration_seconds";
+    t.family(name, "histogram", "Time from sending a query (a simple Query, or the messages up to a Sync) to its ReadyForQuery.");
+    for (db, s) in &by {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS_US.iter().enumerate() {
+            cumulative += s.buckets.get(i).copied().unwrap_or(0);
+            let le = secs(*bound).to_string();
+            t.sample(
+                &format!("{name}_bucket"),
+                &[("database", db), ("le", &le)],
+                cumulative,
+            );
+        }
+        t.sample(
+            &format!("{name}_bucket"),
+            &[("database", db), ("le", "+Inf")],
+            s.queries,
+        );
+        t.sample(
+            &format!("{name}_sum"),
+            &[("database", db)],
+            secs(s.query_us),
+        );
+        t.sample(&format!("{name}_count"), &[("database", db)], s.queries);
+    }
 }
 
 #[cfg(test)]

@@ -97,7 +97,6 @@ impl<L> Session<L> {
             on_replica,
         } = checkout;
         let (pid, secret) = backend.key;
-        self.card.request.set(Some(std::time::Instant::now()));
         self.card.cancel.set(Some(CancelTarget {
             addr: backend.addr,
             pid,
@@ -122,6 +121,8 @@ impl<L> Session<L> {
             streaming: 0,
             retry: None,
             fatal: false,
+            query_since: None,
+            xact_since: None,
         }));
         self.sync_view();
     }

@@ -239,7 +239,7 @@ impl Client {
             let wait = core.config.pool.checkout_timeout;
             let checkout_result = {
                 // Shown as waiting (SHOW CLIENTS, SHOW POOLS) until a connection is had.
-                let _waiting = Waiting::start(&s.card);
+                let _waiting = Waiting::start(&s.card, &s.stats);
                 if fresh {
                     pool.checkout_new(wait).await
                 } else {

@@ -44,7 +44,7 @@ use pgpilot_protocol::backend::TransactionStatus;
 use pgpilot_protocol::classify::{SettingChange, Target};
 use pgpilot_protocol::encode::{self, ErrorFields};
 
-use crate::admin::ClientCard;
+use crate::admin::{ClientCard, DbStats};
 use crate::backend::Wire;
 use crate::config::PoolMode;
 use crate::core::Core;
@@ -91,6 +91,10 @@ pub struct Attached<L> {
     retry: Option<Bytes>,
     /// The backend sent FATAL: it is closing the connection.
     fatal: bool,
+    /// Since when the query now answered has been out (for SHOW STATS).
+    query_since: Option<std::time::Instant>,
+    /// Since when the transaction under way has run.
+    xact_since: Option<std::time::Instant>,
 }
 
 impl<L> Attached<L> {
@@ -247,6 +251,8 @@ pub struct Session<L> {
     /// Its entry in the core's registry: the backend query to cancel on CancelRequest, and
     /// what the admin console shows.
     card: Rc<ClientCard>,
+    /// Its database's counters on this core.
+    stats: Rc<DbStats>,
     /// The unit at the front of the input was sent again after its replica failed: it is not
     /// retried a second time.
     retried: bool,
@@ -263,6 +269,7 @@ impl<L> Session<L> {
     /// The core of a session that has just authenticated; `card` is its registry entry.
     pub fn new(core: Rc<Core>, start: Start, card: Rc<ClientCard>) -> Self {
         let gucs = Rc::new(start.gucs);
+        let stats = core.stats.for_database(&start.database);
         let mut s = Session {
             mode: core.config.server.pool_mode,
             max_message: core.config.server.max_message_bytes,
@@ -291,6 +298,7 @@ impl<L> Session<L> {
             view: Rc::new(Vec::new()),
             view_version: u64::MAX,
             card,
+            stats,
             retried: false,
         };
         s.note_gucs();

@@ -201,6 +201,12 @@ impl<L> Session<L> {
         };
         // A second unit behind the first: the backend's failure would touch both.
         att.retry = None;
+        if att.pending == 0 && rfqs > 0 {
+            let now = std::time::Instant::now();
+            att.query_since = Some(now);
+            att.xact_since.get_or_insert(now);
+            self.card.request.set(Some(now));
+        }
         att.pending = att.pending.saturating_add(rfqs);
         if rfqs > 0 || unsynced {
             att.unsynced = unsynced;

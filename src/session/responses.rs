@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
@@ -14,6 +15,7 @@ use pgpilot_protocol::{Header, ProtocolError};
 use super::lost::server_going_away;
 use super::statements::{put_fake, start_copy_in, Slot};
 use super::{Attached, Gucs, Seen, Session};
+use crate::admin::DbStats;
 use crate::backend::{Prepared, MAX_BACKEND_MESSAGE};
 use crate::config::PoolMode;
 use crate::error::Error;
@@ -101,6 +103,7 @@ impl<L> Attached<L> {
         &mut self,
         tracked: bool,
         view: &mut Rc<Vec<(String, String)>>,
+        stats: &DbStats,
     ) -> Result<Bytes, ProtocolError> {
         use BackendTag as B;
         let mut out = BytesMut::new();
@@ -124,6 +127,12 @@ impl<L> Attached<L> {
                         .copied()
                         .and_then(TransactionStatus::from_byte);
                     self.status = status.unwrap_or(TransactionStatus::Failed);
+                    count_answer(
+                        stats,
+                        (&mut self.query_since, &mut self.xact_since),
+                        self.pending,
+                        self.status,
+                    );
                     if self.pending == 0 && self.changes.is_some() {
                         self.changes_settled = Some(self.status);
                     }
@@ -263,7 +272,7 @@ impl<L> Session<L> {
             return Ok(());
         };
         let was_fenced = att.backend.fenced;
-        let batch = match att.take_responses(tracked, &mut self.view) {
+        let batch = match att.take_responses(tracked, &mut self.view, &self.stats) {
             Ok(batch) => batch,
             Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
@@ -390,5 +399,28 @@ pub(super) fn note_param(view: &mut Rc<Vec<(String, String)>>, name: &str, value
     match view.iter_mut().find(|(n, _)| n == name) {
         Some((_, v)) => value.clone_into(v),
         None => view.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+/// A ReadyForQuery came: one query answered (timed from `since.0`, the query's start), and a
+/// transaction ended (timed from `since.1`) if the backend is idle again; `pending` answers
+/// are still due.
+fn count_answer(
+    stats: &DbStats,
+    since: (&mut Option<Instant>, &mut Option<Instant>),
+    pending: u32,
+    status: TransactionStatus,
+) {
+    let (query, xact) = since;
+    let Some(began) = *query else {
+        return;
+    };
+    let now = Instant::now();
+    stats.query(now.saturating_duration_since(began));
+    *query = (pending > 0).then_some(now);
+    if status == TransactionStatus::Idle {
+        if let Some(began) = xact.take() {
+            stats.transaction(now.saturating_duration_since(began));
+        }
     }
 }

@@ -174,7 +174,10 @@ impl Client {
                     match result {
                         Ok(0) => return Ok(()),
                         // A read that filled its room: the client is sending a lot.
-                        Ok(n) => self.streaming_in = n >= self.read_room,
+                        Ok(n) => {
+                            self.session.stats.received(n);
+                            self.streaming_in = n >= self.read_room;
+                        }
                         Err(e) => return Err(Error::ClientIo(e)),
                     }
                 }
@@ -233,6 +236,7 @@ impl Client {
 
     /// Writes all of `bytes` to the client (sealed first over TLS).
     async fn write_client(&mut self, bytes: Bytes) -> io::Result<()> {
+        self.session.stats.sent(bytes.len());
         let bytes = match self.tls.as_mut() {
             None => bytes,
             Some(t) => match t.seal(&bytes) {

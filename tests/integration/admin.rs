@@ -195,6 +195,53 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
         ("10", "20")
     );
 
+    // 16 autocommit SELECTs, and a BEGIN; SELECT 1 (one query, its transaction still open).
+    let stats = show(&mut console, "SHOW STATS");
+    assert_eq!(
+        stats.0,
+        [
+            "database",
+            "total_xact_count",
+            "total_query_count",
+            "total_received",
+            "total_sent",
+            "total_xact_time",
+            "total_query_time",
+            "total_wait_time",
+            "avg_xact_count",
+            "avg_query_count",
+            "avg_recv",
+            "avg_sent",
+            "avg_xact_time",
+            "avg_query_time",
+            "avg_wait_time"
+        ]
+    );
+    let app = (stats.1.iter())
+        .find(|r| cell(&stats, r, "database") == "app")
+        .expect("stats for app");
+    let n = |c: &str| cell(&stats, app, c).parse::<u64>().unwrap();
+    assert_eq!((n("total_xact_count"), n("total_query_count")), (16, 17));
+    assert!(n("total_received") > 0 && n("total_sent") > 0);
+    assert!(n("total_query_time") > 0 && n("total_xact_time") > 0);
+    for command in ["SHOW STATS_TOTALS", "SHOW STATS_AVERAGES"] {
+        let t = show(&mut console, command);
+        assert_eq!(
+            t.0,
+            [
+                "database",
+                "xact_count",
+                "query_count",
+                "bytes_received",
+                "bytes_sent",
+                "xact_time",
+                "query_time",
+                "wait_time"
+            ],
+            "{command}"
+        );
+    }
+
     let version = show(&mut console, "SHOW VERSION");
     assert_eq!(version.0, ["version"]);
     assert!(cell(&version, &version.1[0], "version").starts_with("pgpilot "));

@@ -94,6 +94,18 @@ fn metrics_pass_promtool_and_say_what_happened() {
     let idle = sum("pgpilot_pool_server_connections{database=\"app\",user=\"app\"");
     assert!(idle >= 1.0, "the reads left pooled connections\n{body}");
     assert!(body.contains("pgpilot_host_listen_overflows_total "));
+    // Six autocommit SELECTs: six transactions, six queries.
+    let db = "{database=\"app\"}";
+    assert_eq!(
+        sample(&body, &format!("pgpilot_transactions_total{db}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&body, &format!("pgpilot_query_duration_seconds_count{db}")),
+        Some(6.0)
+    );
+    let all = "pgpilot_query_duration_seconds_bucket{database=\"app\",le=\"+Inf\"}";
+    assert_eq!(sample(&body, all), Some(6.0));
 
     assert_eq!(get(addr, "GET", "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(addr, "GET", "/readyz"), (200, "ready\n".into()));
