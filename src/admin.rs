@@ -115,6 +115,7 @@ async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
         Show::Stats => show::stats(&gather(core).await?, show::StatsKind::Both),
         Show::StatsTotals => show::stats(&gather(core).await?, show::StatsKind::Totals),
         Show::StatsAverages => show::stats(&gather(core).await?, show::StatsKind::Averages),
+        Show::Routes => show::routes(&gather(core).await?),
     })
 }
 

@@ -20,7 +20,7 @@ use crate::admin::{ClientCard, CoreReport, CoreStats};
 use crate::config::Config;
 use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
-use pgpilot_protocol::classify::Functions;
+use pgpilot_protocol::classify::{Functions, Reason};
 
 /// How long a core leaves alone a replica it could not reach.
 const BENCH_TIME: Duration = Duration::from_secs(5);
@@ -77,6 +77,8 @@ pub struct Core {
     pub accepted: Cell<u64>,
     /// Per-database counters (SHOW STATS, the metrics).
     pub stats: CoreStats,
+    /// Statements sent, by route reason and target (SHOW ROUTES, the metrics).
+    routes: RefCell<[[u64; 2]; Reason::ALL.len()]>,
     shutdown_wakers: RefCell<HashMap<u32, Waker>>,
     rng: Cell<u64>,
 }
@@ -114,6 +116,7 @@ impl Core {
             shutting_down: Cell::new(false),
             accepted: Cell::new(0),
             stats: CoreStats::default(),
+            routes: RefCell::new([[0; 2]; Reason::ALL.len()]),
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
         }
@@ -364,6 +367,16 @@ impl Core {
         self.control.try_send(msg).is_ok()
     }
 
+    /// Adds a unit's statements to the route counters.
+    pub fn count_routes(&self, unit: &[[u16; 2]; Reason::ALL.len()]) {
+        let mut routes = self.routes.borrow_mut();
+        for (total, counted) in routes.iter_mut().zip(unit) {
+            for (t, c) in total.iter_mut().zip(counted) {
+                *t = t.wrapping_add(u64::from(*c));
+            }
+        }
+    }
+
     /// Every core's inbox, this one's included.
     pub fn peers(&self) -> &[CoreSender] {
         &self.peers
@@ -378,6 +391,7 @@ impl Core {
             accepting: !self.shutting_down(),
             stats: self.stats.totals(),
             averages: self.stats.averages(),
+            routes: *self.routes.borrow(),
             pools: self
                 .pools
                 .borrow()

@@ -69,6 +69,32 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`ALL[r.index()] == r`).
+    pub const ALL: [Reason; 17] = [
+        Reason::PlainRead,
+        Reason::Show,
+        Reason::Explain,
+        Reason::TransactionEnd,
+        Reason::ReadOnlyTransaction,
+        Reason::LockingClause,
+        Reason::SelectInto,
+        Reason::WriteCte,
+        Reason::WriteFunction,
+        Reason::Write,
+        Reason::Empty,
+        Reason::Unparsed,
+        Reason::Hint,
+        Reason::HintRefused,
+        Reason::Rule,
+        Reason::CopyOut,
+        Reason::Cursor,
+    ];
+
+    /// Its place in [`Reason::ALL`], for tables of counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The rule's name as logs and metrics show it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -33,10 +33,11 @@ pub enum Show {
     Stats,
     StatsTotals,
     StatsAverages,
+    Routes,
 }
 
 impl Show {
-    const ALL: [(&'static str, Show); 12] = [
+    const ALL: [(&'static str, Show); 13] = [
         ("POOLS", Show::Pools),
         ("CLIENTS", Show::Clients),
         ("DATABASES", Show::Databases),
@@ -49,6 +50,7 @@ impl Show {
         ("STATS", Show::Stats),
         ("STATS_TOTALS", Show::StatsTotals),
         ("STATS_AVERAGES", Show::StatsAverages),
+        ("ROUTES", Show::Routes),
     ];
 
     /// The names `SHOW` takes, for the error that lists them.

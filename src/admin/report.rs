@@ -147,6 +147,8 @@ pub struct CoreReport {
     pub stats: Vec<(String, super::Totals)>,
     /// Averages of the latest stats period by database (see [`super::Totals::averages`]).
     pub averages: Vec<(String, [u64; 7])>,
+    /// Statements sent, `[reason index][primary, replica]` (the classifier's target).
+    pub routes: [[u64; 2]; pgpilot_protocol::classify::Reason::ALL.len()],
     pub pools: Vec<PoolFigures>,
     pub clients: Vec<ClientFigures>,
 }

@@ -9,6 +9,8 @@ use super::{
     BackendFigures, ClientFigures, CoreReport, EventRecord, PlaneReport, PoolFigures, Table,
     Totals, INT4, INT8, NUMERIC, TEXT,
 };
+use pgpilot_protocol::classify::Reason;
+
 use crate::config::{AuthMethod, Config, PoolMode, ReadYourWrites, Role, CONSOLE_DATABASES};
 use crate::control::ClusterState;
 
@@ -650,6 +652,28 @@ pub fn stats(reports: &[CoreReport], kind: StatsKind) -> Table {
         })
         .collect();
     Table { columns, rows }
+}
+
+/// `SHOW ROUTES`: statements sent since start (each simple Query or Parse counts once, as the
+/// classifier routes it whole), summed over the cores, by the classifier's target and the rule
+/// that decided it (read-your-writes, a rule or a pin may still have sent a replica's statement
+/// to the primary).
+pub fn routes(reports: &[CoreReport]) -> Table {
+    let mut rows = Vec::new();
+    for reason in Reason::ALL {
+        for (side, target) in ["primary", "replica"].iter().enumerate() {
+            let n: u64 = (reports.iter())
+                .filter_map(|r| r.routes.get(reason.index())?.get(side))
+                .sum();
+            if n > 0 {
+                rows.push(vec![text(*target), text(reason.as_str()), num(n)]);
+            }
+        }
+    }
+    Table {
+        columns: vec![("target", TEXT), ("reason", TEXT), ("statements", INT8)],
+        rows,
+    }
 }
 
 /// Whether a startup packet's database is the console's.

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use pgpilot_protocol::classify::Reason;
+
 use crate::admin::stats::BUCKETS_US;
 use crate::admin::{CoreReport, PlaneReport, Totals};
 use crate::config::Role;
@@ -300,6 +302,22 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         );
     }
     stats(&mut t, cores);
+    t.family(
+        "pgpilot_statements_total",
+        "counter",
+        "Statements sent, by the classifier's target and the rule that decided it.",
+    );
+    for reason in Reason::ALL {
+        for (side, target) in ["primary", "replica"].iter().enumerate() {
+            let n: u64 = (cores.iter())
+                .filter_map(|c| c.routes.get(reason.index())?.get(side))
+                .sum();
+            if n > 0 {
+                let labels = [("target", *target), ("reason", reason.as_str())];
+                t.sample("pgpilot_statements_total", &labels, n);
+            }
+        }
+    }
     if let Some((overflows, drops)) = netstat {
         t.family("pgpilot_host_listen_overflows_total", "counter", "TcpExt ListenOverflows of the host (its network namespace): connections refused because an accept queue was full.");
         t.sample("pgpilot_host_listen_overflows_total", &[], overflows);

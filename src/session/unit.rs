@@ -44,12 +44,25 @@ pub(super) struct Unit {
     pub(super) replica_hint: bool,
     /// DISCARD ALL / DEALLOCATE ALL: the client's prepared statements are gone.
     pub(super) drops_statements: bool,
+    /// Its statements by route: `[reason][primary, replica]` (SHOW ROUTES, the metrics).
+    pub(super) routes: Routes,
 }
+
+/// Statements by route reason and target, counted per unit and then per core.
+pub type Routes = [[u16; 2]; Reason::ALL.len()];
 
 impl Unit {
     /// Adds one statement's route and session effect to the unit; SETs that cannot be
     /// replayed exactly pin the client instead.
     pub(super) fn note_statement(&mut self, route: Route, effect: SessionEffect, sql: &[u8]) {
+        let side = usize::from(route.target == Target::Replica);
+        if let Some(n) = self
+            .routes
+            .get_mut(route.reason.index())
+            .and_then(|r| r.get_mut(side))
+        {
+            *n = n.saturating_add(1);
+        }
         self.refused |= route.reason == Reason::HintRefused;
         self.replica_hint |= route
             == Route {
@@ -95,6 +108,7 @@ impl<L> Session<L> {
             writes: false,
             replica_hint: false,
             drops_statements: false,
+            routes: [[0; 2]; Reason::ALL.len()],
         };
         let mut target = None;
         let functions = &*Core::functions_for(&self.core, &self.user, &self.database);
@@ -254,8 +268,10 @@ impl<L> Session<L> {
     /// inherit: the next attach resets it. A client's own SETs in autocommit are kept once their
     /// unit ends cleanly and replayed on its other backends; after DISCARD / DEALLOCATE the
     /// backend's shared statements are gone; state that cannot move (LISTEN, temp tables, a SET
-    /// inside a transaction block…) pins the client to the backend.
+    /// inside a transaction block…) pins the client to the backend. Its statements are counted
+    /// by route (it is on its way to the backend).
     pub(super) fn note_effect(&mut self, unit: &mut Unit) {
+        self.core.count_routes(&unit.routes);
         let Some(att) = self.attached.as_mut() else {
             return;
         };

@@ -242,6 +242,20 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
         );
     }
 
+    let routes = show(&mut console, "SHOW ROUTES");
+    assert_eq!(routes.0, ["target", "reason", "statements"]);
+    // One count per Query (or Parse): "BEGIN; SELECT 1" opens a read-write transaction.
+    let counted: Vec<(&str, &str, &str)> = (routes.1.iter())
+        .map(|r| {
+            let of = |c| cell(&routes, r, c);
+            (of("target"), of("reason"), of("statements"))
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [("replica", "plain_read", "16"), ("primary", "write", "1")]
+    );
+
     let version = show(&mut console, "SHOW VERSION");
     assert_eq!(version.0, ["version"]);
     assert!(cell(&version, &version.1[0], "version").starts_with("pgpilot "));

@@ -104,6 +104,8 @@ fn metrics_pass_promtool_and_say_what_happened() {
         sample(&body, &format!("pgpilot_query_duration_seconds_count{db}")),
         Some(6.0)
     );
+    let reads = "pgpilot_statements_total{target=\"replica\",reason=\"plain_read\"}";
+    assert_eq!(sample(&body, reads), Some(6.0));
     let all = "pgpilot_query_duration_seconds_bucket{database=\"app\",le=\"+Inf\"}";
     assert_eq!(sample(&body, all), Some(6.0));
 

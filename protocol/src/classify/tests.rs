@@ -371,3 +371,12 @@ fn deep_nesting_is_unparsed_not_a_stack_overflow() {
     let shallow = format!("{}SELECT 1", "EXPLAIN ANALYZE ".repeat(10));
     assert_eq!(classify(shallow.as_bytes()).reason, Reason::Explain);
 }
+
+#[test]
+fn every_reason_has_its_place_and_a_name_of_its_own() {
+    let mut names = std::collections::HashSet::new();
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i, "{r:?}");
+        assert!(names.insert(r.as_str()), "{} twice", r.as_str());
+    }
+}
