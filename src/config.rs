@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Startup and authentication must finish within this.
     pub startup_timeout: Duration,
+    /// After SIGTERM, sessions in a transaction have this long to finish; then they get 57P01.
+    pub shutdown_timeout: Duration,
     /// Keepalive and TCP_USER_TIMEOUT for every client and backend socket.
     pub tcp: TcpOptions,
 }

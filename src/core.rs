@@ -73,6 +73,8 @@ pub struct Core {
     /// Sessions pinned to their backend since start (transaction mode).
     pins: Cell<u64>,
     shutting_down: Cell<bool>,
+    /// Shutdown's grace is over: sessions end whether idle or not.
+    forced: Cell<bool>,
     /// Clients this core's listener accepted.
     pub accepted: Cell<u64>,
     /// Per-database counters (SHOW STATS, the metrics).
@@ -114,6 +116,7 @@ impl Core {
             configured_functions,
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
+            forced: Cell::new(false),
             accepted: Cell::new(0),
             stats: CoreStats::default(),
             routes: RefCell::new([[0; 2]; Reason::ALL.len()]),
@@ -319,7 +322,8 @@ impl Core {
         self.shutting_down.get()
     }
 
-    /// Asks to be woken when shutdown begins.
+    /// Asks to be woken when shutdown begins (the listener; sessions are woken through their
+    /// cards).
     pub fn on_shutdown(&self, pid: u32, waker: &Waker) {
         let mut wakers = self.shutdown_wakers.borrow_mut();
         match wakers.get(&pid) {
@@ -334,6 +338,30 @@ impl Core {
         self.shutting_down.set(true);
         for (_, w) in self.shutdown_wakers.borrow_mut().drain() {
             w.wake();
+        }
+        self.wake_sessions();
+    }
+
+    /// `shutdown_timeout_ms` is over: every session ends now, idle or not (57P01).
+    pub fn force_shutdown(&self) {
+        self.forced.set(true);
+        self.wake_sessions();
+    }
+
+    /// Whether sessions must end now, in a transaction or not.
+    pub fn shutdown_forced(&self) -> bool {
+        self.forced.get()
+    }
+
+    fn wake_sessions(&self) {
+        let cards: Vec<Rc<ClientCard>> = self
+            .sessions
+            .borrow()
+            .values()
+            .map(|e| e.card.clone())
+            .collect();
+        for card in cards {
+            card.wake();
         }
     }
 

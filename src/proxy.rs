@@ -16,8 +16,8 @@ use crate::core::Core;
 use crate::worker::Placement;
 use crate::{listener, worker};
 
-/// How long sessions in a transaction may take to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After `shutdown_timeout_ms`, how long sessions get to tell their clients 57P01 and close.
+const FORCED_END: Duration = Duration::from_secs(2);
 
 /// Why the proxy could not start.
 #[derive(Debug)]
@@ -205,7 +205,8 @@ impl Drop for Proxy {
 }
 
 /// Starts one worker runtime: follows control messages, reaps idle backends, accepts clients
-/// until shutdown, then gives sessions in a transaction up to `SHUTDOWN_GRACE` to finish.
+/// until shutdown, then gives sessions in a transaction up to `shutdown_timeout_ms` to finish,
+/// and ends the rest with 57P01.
 fn spawn_worker(
     id: usize,
     make: impl FnOnce() -> Core + Send + 'static,
@@ -218,9 +219,21 @@ fn spawn_worker(
         monoio::spawn(core.clone().follow_control(rx));
         monoio::spawn(core.clone().reap());
         listener::serve(core.clone(), listener).await;
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let deadline = Instant::now() + core.config.server.shutdown_timeout;
         while core.session_count() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if core.session_count() > 0 {
+            log::info!(
+                "core {}: {} session(s) still open after shutdown_timeout_ms: ending them",
+                core.id,
+                core.session_count()
+            );
+            core.force_shutdown();
+            let deadline = Instant::now() + FORCED_END;
+            while core.session_count() > 0 && Instant::now() < deadline {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     })
     .map_err(|reason| StartError::Worker { core: id, reason })

@@ -30,6 +30,8 @@ pub struct ClientCard {
     pub application_name: Box<str>,
     /// An admin console session rather than a proxied one.
     pub console: bool,
+    /// The session's task, woken when shutdown begins and when it is forced.
+    pub waker: std::cell::RefCell<Option<std::task::Waker>>,
 }
 
 impl ClientCard {
@@ -47,6 +49,22 @@ impl ClientCard {
             tls: None,
             application_name: Box::from(""),
             console: false,
+            waker: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Remembers the task to wake at shutdown (a pointer comparison when it is the same).
+    pub fn listen(&self, waker: &std::task::Waker) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            *w = Some(waker.clone());
+        }
+    }
+
+    /// Wakes the session's task, if it is waiting.
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
         }
     }
 

@@ -89,6 +89,7 @@ struct RawServer {
     max_client_connections: usize,
     max_message_bytes: u32,
     startup_timeout_ms: u64,
+    shutdown_timeout_ms: u64,
     tcp_keepalive_idle_ms: u64,
     tcp_keepalive_interval_ms: u64,
     tcp_keepalive_count: u32,
@@ -105,6 +106,7 @@ impl Default for RawServer {
             max_client_connections: 10_000,
             max_message_bytes: 64 << 20,
             startup_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
             // An idle peer that vanished is found after 60 s + 6 × 10 s; sent data that is not
             // acknowledged for as long fails the socket (instead of ~15 min of retransmits).
             tcp_keepalive_idle_ms: 60_000,
@@ -314,6 +316,7 @@ fn validate_server(s: RawServer, err: Problem<'_>) -> Result<ServerConfig, Confi
         max_client_connections: s.max_client_connections,
         max_message_bytes: s.max_message_bytes,
         startup_timeout: Duration::from_millis(s.startup_timeout_ms),
+        shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
         tcp: tcp::validate(
             [
                 s.tcp_keepalive_idle_ms,

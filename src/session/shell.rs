@@ -306,7 +306,7 @@ impl Client {
             }
         }
         let idle = s.is_idle();
-        let (core, pid) = (&s.core, s.pid);
+        let (core, card) = (&s.core, &s.card);
         let (reader, tls, attached) = (&mut self.reader, &mut self.tls, &mut s.attached);
         poll_fn(|cx| {
             let client = match tls.as_mut() {
@@ -324,12 +324,11 @@ impl Client {
                     return Poll::Ready(Event::Backend(r));
                 }
             }
-            if idle {
-                if core.shutting_down() {
-                    return Poll::Ready(Event::Shutdown);
-                }
-                core.on_shutdown(pid, cx.waker());
+            // Shutdown ends an idle session at once, and any session once its grace is over.
+            if core.shutting_down() && (idle || core.shutdown_forced()) {
+                return Poll::Ready(Event::Shutdown);
             }
+            card.listen(cx.waker());
             Poll::Pending
         })
         .await

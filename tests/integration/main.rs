@@ -21,5 +21,6 @@ mod pooling;
 mod primary;
 mod routing;
 mod runtime;
+mod shutdown;
 mod tcp;
 mod tls;
