@@ -89,6 +89,50 @@ pub async fn answer(core: &Rc<Core>, sql: &str, out: &mut BytesMut) {
                 }
                 encode::command_complete(out, b"ATTACH");
             }
+            Command::Pause(database) => {
+                let scope = scope_text(&database);
+                operator(
+                    core,
+                    "paused",
+                    format!("PAUSE{scope}"),
+                    CoreMsg::Pause {
+                        database: database.clone(),
+                        pause: true,
+                    },
+                );
+                if let Err(e) = drained(core, database.as_deref()).await {
+                    return encode::error_response(out, &e);
+                }
+                encode::command_complete(out, b"PAUSE");
+            }
+            Command::Resume(database) => {
+                let scope = scope_text(&database);
+                operator(
+                    core,
+                    "resumed",
+                    format!("RESUME{scope}"),
+                    CoreMsg::Pause {
+                        database,
+                        pause: false,
+                    },
+                );
+                encode::command_complete(out, b"RESUME");
+            }
+            Command::Kill(database) => {
+                let cause = format!("KILL {database}");
+                operator(core, "killed", cause, CoreMsg::Kill(database));
+                encode::command_complete(out, b"KILL");
+            }
+            Command::Reconnect(database) => {
+                let scope = scope_text(&database);
+                operator(
+                    core,
+                    "reconnect",
+                    format!("RECONNECT{scope}"),
+                    CoreMsg::Reconnect(database),
+                );
+                encode::command_complete(out, b"RECONNECT");
+            }
             Command::Show(what) => match table(core, what).await {
                 Ok(t) => t.write(out),
                 Err(e) => {
@@ -117,6 +161,52 @@ async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
         Show::StatsAverages => show::stats(&gather(core).await?, show::StatsKind::Averages),
         Show::Routes => show::routes(&gather(core).await?),
     })
+}
+
+/// ` app` for a command about database `app`, nothing for one about all.
+fn scope_text(database: &Option<String>) -> String {
+    database.as_ref().map_or(String::new(), |d| format!(" {d}"))
+}
+
+/// Has the control plane record an operator's command as an event and pass it to every core.
+fn operator(core: &Rc<Core>, event: &'static str, command: String, then: CoreMsg) {
+    let cause = format!("{command} from the admin console");
+    if !core.tell_control(ControlMsg::Operator { event, cause, then }) {
+        log::warn!("{command}: the control plane is gone");
+    }
+}
+
+/// How long PAUSE waits for the transactions under way.
+const PAUSE_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until every core is paused and no backend connection of `database` (or any) is in
+/// use: the transactions under way have finished.
+async fn drained(core: &Rc<Core>, database: Option<&str>) -> Result<(), ErrorFields> {
+    let deadline = std::time::Instant::now() + PAUSE_WAIT;
+    loop {
+        let reports = gather(core).await?;
+        let busy: usize = (reports.iter().flat_map(|r| &r.pools))
+            .filter(|p| database.is_none_or(|d| d == p.database))
+            .map(|p| p.active)
+            .sum();
+        let paused = |r: &CoreReport| {
+            r.paused.0 || database.is_some_and(|d| r.paused.1.iter().any(|p| p == d))
+        };
+        if busy == 0 && reports.iter().all(paused) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ErrorFields::error(
+                "57014",
+                format!(
+                    "PAUSE did not complete: {busy} backend connection(s) still in use after {} s; \
+                     the pause holds until RESUME",
+                    PAUSE_WAIT.as_secs()
+                ),
+            ));
+        }
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Every core's report, this one's included.

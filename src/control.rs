@@ -139,10 +139,21 @@ pub enum CoreMsg {
     Shutdown,
     /// The TLS offered to clients from now on (a reload read the certificate again).
     ClientTls(Option<crate::tls::ClientTls>),
+    /// PAUSE (`pause`) or RESUME of one database (`Some`) or all: while paused, work that
+    /// needs a new backend connection waits.
+    Pause {
+        database: Option<String>,
+        pause: bool,
+    },
+    /// KILL: end every session on this database now (57P01) and close its idle connections.
+    Kill(String),
+    /// RECONNECT: close the backend connections of this database (or all) once they are
+    /// released; new ones are made as needed.
+    Reconnect(Option<String>),
 }
 
 /// Messages to the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ControlMsg {
     /// SIGTERM / SIGINT or a caller's request: stop.
     Shutdown,
@@ -159,6 +170,13 @@ pub enum ControlMsg {
     Reload,
     /// The admin console asks what the control plane sees (backends, events).
     Describe(Mailbox<crate::admin::PlaneReport>),
+    /// An operator's command the control plane records as an event (PAUSE, RESUME, KILL,
+    /// RECONNECT) and passes on to every core.
+    Operator {
+        event: &'static str,
+        cause: String,
+        then: CoreMsg,
+    },
     /// The admin console's DETACH (`detach`) or ATTACH of the backend named `name`: a manual
     /// override the health checks respect until it is undone. The answer is an error's
     /// SQLSTATE and message, if refused.

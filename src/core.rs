@@ -17,6 +17,8 @@ use monoio::net::TcpStream;
 use pgpilot_protocol::encode;
 
 use crate::admin::{ClientCard, CoreReport, CoreStats};
+
+mod ops;
 use crate::config::Config;
 use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
@@ -75,6 +77,8 @@ pub struct Core {
     shutting_down: Cell<bool>,
     /// Shutdown's grace is over: sessions end whether idle or not.
     forced: Cell<bool>,
+    /// What PAUSE holds.
+    paused: RefCell<ops::Paused>,
     /// Clients this core's listener accepted.
     pub accepted: Cell<u64>,
     /// Per-database counters (SHOW STATS, the metrics).
@@ -117,6 +121,7 @@ impl Core {
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
             forced: Cell::new(false),
+            paused: RefCell::new(ops::Paused::default()),
             accepted: Cell::new(0),
             stats: CoreStats::default(),
             routes: RefCell::new([[0; 2]; Reason::ALL.len()]),
@@ -387,6 +392,9 @@ impl Core {
             CoreMsg::Report(reply) => {
                 let _ = reply.send(self.report());
             }
+            CoreMsg::Pause { database, pause } => self.pause(database, pause),
+            CoreMsg::Kill(database) => self.kill(&database),
+            CoreMsg::Reconnect(database) => self.reconnect(database.as_deref()),
         }
     }
 
@@ -417,6 +425,7 @@ impl Core {
             core: self.id,
             accepted: self.accepted.get(),
             accepting: !self.shutting_down(),
+            paused: self.paused(),
             stats: self.stats.totals(),
             averages: self.stats.averages(),
             routes: *self.routes.borrow(),

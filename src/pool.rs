@@ -51,6 +51,8 @@ pub struct Pool {
     permits: Rc<Permits>,
     /// How many: this core's share of `[pool] size`.
     size: usize,
+    /// RECONNECT: connections made before this close when next released.
+    retired: Cell<Option<Instant>>,
     idle_timeout: Duration,
     max_lifetime: Duration,
     /// Socket options for new connections.
@@ -84,6 +86,7 @@ impl Pool {
             idle: RefCell::new(Vec::new()),
             permits: Permits::new(size),
             size,
+            retired: Cell::new(None),
             idle_timeout,
             max_lifetime,
             dial,
@@ -182,6 +185,7 @@ impl Pool {
 
     fn is_fresh(&self, b: &Backend, now: Instant) -> bool {
         Some(b.state.addr) == self.addr.get()
+            && self.retired.get().is_none_or(|at| b.conn.created > at)
             && now.duration_since(b.conn.created) < self.max_lifetime
             && now.duration_since(b.conn.idle_since) < self.idle_timeout
     }
@@ -201,6 +205,12 @@ impl Pool {
     /// Closes every idle connection (its backend left the rotation).
     pub fn close_idle(&self) {
         self.idle.borrow_mut().clear();
+    }
+
+    /// RECONNECT: idle connections close now, those in use when they come back.
+    pub fn retire(&self) {
+        self.retired.set(Some(Instant::now()));
+        self.close_idle();
     }
 
     /// Idle connections right now.

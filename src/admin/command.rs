@@ -16,6 +16,14 @@ pub enum Command {
     Detach(String),
     /// `ATTACH name`: undo a `DETACH` (the checks decide again).
     Attach(String),
+    /// `PAUSE [db]`: new work waits; answered once the transactions under way have finished.
+    Pause(Option<String>),
+    /// `RESUME [db]`: the work that waits goes on.
+    Resume(Option<String>),
+    /// `KILL db`: every client of the database is ended now.
+    Kill(String),
+    /// `RECONNECT [db]`: backend connections are closed once released, and made anew.
+    Reconnect(Option<String>),
 }
 
 /// What `SHOW` shows.
@@ -84,7 +92,7 @@ fn parse_one(text: &str) -> Result<Command, Refused> {
         code: "42601",
         message: format!(
             "invalid command {text:?}; the console takes SHOW {{{}}}, SET, RELOAD, SHUTDOWN, \
-             DETACH name, ATTACH name",
+             DETACH name, ATTACH name, PAUSE [db], RESUME [db], KILL db, RECONNECT [db]",
             Show::names()
         ),
     };
@@ -101,6 +109,13 @@ fn parse_one(text: &str) -> Result<Command, Refused> {
         ("RELOAD", []) => Ok(Command::Reload),
         ("SHUTDOWN", []) => Ok(Command::Shutdown),
         ("DETACH", [name]) => Ok(Command::Detach(unquote(name))),
+        ("PAUSE", []) => Ok(Command::Pause(None)),
+        ("PAUSE", [db]) => Ok(Command::Pause(Some(unquote(db)))),
+        ("RESUME", []) => Ok(Command::Resume(None)),
+        ("RESUME", [db]) => Ok(Command::Resume(Some(unquote(db)))),
+        ("KILL", [db]) => Ok(Command::Kill(unquote(db))),
+        ("RECONNECT", []) => Ok(Command::Reconnect(None)),
+        ("RECONNECT", [db]) => Ok(Command::Reconnect(Some(unquote(db)))),
         ("ATTACH", [name]) => Ok(Command::Attach(unquote(name))),
         _ => Err(syntax()),
     }
@@ -135,6 +150,16 @@ mod tests {
         assert_eq!(parse("SET extra_float_digits = 3"), Ok(vec![Command::Set]));
         assert_eq!(parse("reload"), Ok(vec![Command::Reload]));
         assert_eq!(
+            parse("pause; PAUSE app; resume app; KILL app; RECONNECT"),
+            Ok(vec![
+                Command::Pause(None),
+                Command::Pause(Some("app".into())),
+                Command::Resume(Some("app".into())),
+                Command::Kill("app".into()),
+                Command::Reconnect(None)
+            ])
+        );
+        assert_eq!(
             parse("DETACH replica1; attach \"Replica-2\""),
             Ok(vec![
                 Command::Detach("replica1".into()),
@@ -156,6 +181,8 @@ mod tests {
             "RELOAD now",
             "DETACH",
             "ATTACH a b",
+            "KILL",
+            "PAUSE a b",
         ] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.code, "42601", "{bad}");

@@ -32,6 +32,8 @@ pub struct ClientCard {
     pub console: bool,
     /// The session's task, woken when shutdown begins and when it is forced.
     pub waker: std::cell::RefCell<Option<std::task::Waker>>,
+    /// KILL ended its database: the session ends at once.
+    pub killed: Cell<bool>,
 }
 
 impl ClientCard {
@@ -50,6 +52,7 @@ impl ClientCard {
             application_name: Box::from(""),
             console: false,
             waker: std::cell::RefCell::new(None),
+            killed: Cell::new(false),
         }
     }
 
@@ -161,6 +164,8 @@ pub struct CoreReport {
     pub accepted: u64,
     /// Whether it still accepts clients (no shutdown has begun).
     pub accepting: bool,
+    /// What a PAUSE holds: everything, and the databases paused one by one.
+    pub paused: (bool, Vec<String>),
     /// Counters by database, since start.
     pub stats: Vec<(String, super::Totals)>,
     /// Averages of the latest stats period by database (see [`super::Totals::averages`]).

@@ -213,9 +213,15 @@ pub fn databases(c: &Config, reports: &[CoreReport]) -> Table {
     for cl in clients(reports).filter(|cl| !cl.console) {
         current.entry(cl.database.clone()).or_default();
     }
+    // Paused on every core (a PAUSE reaches them all).
+    let paused = |db: &str| {
+        !reports.is_empty()
+            && (reports.iter()).all(|r| r.paused.0 || r.paused.1.iter().any(|p| p == db))
+    };
     let mut rows: Vec<Vec<Option<String>>> = current
         .into_iter()
         .map(|(db, n)| {
+            let held = paused(&db);
             vec![
                 text(db.clone()),
                 primary.map(|p| p.host.clone()),
@@ -228,7 +234,7 @@ pub fn databases(c: &Config, reports: &[CoreReport]) -> Table {
                 text(mode_name(c.server.pool_mode)),
                 num(0),
                 num(n),
-                num(0),
+                num(u8::from(held)),
                 num(0),
             ]
         })

@@ -68,6 +68,10 @@ pub fn run(
             Ok(ControlMsg::Describe(reply)) => {
                 let _ = reply.send(plane.describe());
             }
+            Ok(ControlMsg::Operator { event, cause, then }) => {
+                plane.record(event, "", String::new(), String::new(), cause);
+                plane.broadcast(then);
+            }
             Ok(ControlMsg::Override {
                 name,
                 detach,

@@ -180,6 +180,18 @@ impl Client {
             return Ok(checkout(backend, pool, on_replica));
         }
         let s = &self.session;
+        if s.core.is_paused(&s.database) {
+            // PAUSE: new work waits (shown as waiting) until RESUME, or shutdown.
+            let _waiting = Waiting::start(&s.card, &s.stats);
+            std::future::poll_fn(|cx| {
+                if !s.core.is_paused(&s.database) || s.core.shutting_down() || s.card.killed.get() {
+                    return std::task::Poll::Ready(());
+                }
+                s.card.listen(cx.waker());
+                std::task::Poll::Pending
+            })
+            .await;
+        }
         let mut state = s.core.state();
         let mut target = target;
         let mut retries = 1u32;

@@ -325,7 +325,7 @@ impl Client {
                 }
             }
             // Shutdown ends an idle session at once, and any session once its grace is over.
-            if core.shutting_down() && (idle || core.shutdown_forced()) {
+            if card.killed.get() || core.shutting_down() && (idle || core.shutdown_forced()) {
                 return Poll::Ready(Event::Shutdown);
             }
             card.listen(cx.waker());

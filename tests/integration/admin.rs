@@ -465,3 +465,94 @@ fn detach_takes_a_replica_out_until_attach_whatever_the_checks_say() {
         ]
     );
 }
+
+#[test]
+fn pause_waits_for_transactions_holds_new_work_until_resume_and_kill_and_reconnect_end_things() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            extra: ADMIN,
+            ..Opts::default()
+        },
+    );
+    let mut busy = common::client(&proxy);
+    busy.simple_query("BEGIN; SELECT 1").unwrap();
+    let paused = {
+        let mut console = console(&proxy, "pgpilot");
+        std::thread::spawn(move || {
+            console.simple_query("PAUSE").unwrap();
+            console
+        })
+    };
+    // PAUSE cannot be done while the transaction holds its backend.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !paused.is_finished(),
+        "PAUSE answered before the transaction ended"
+    );
+    busy.simple_query("COMMIT").unwrap();
+    let waiting = std::time::Instant::now();
+    while !paused.is_finished() {
+        assert!(waiting.elapsed().as_secs() < 30, "PAUSE never answered");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut console = paused.join().unwrap();
+
+    // New work waits, shown as waiting, until RESUME.
+    let held = std::thread::spawn(move || {
+        let rows = busy.simple_query("SELECT 41 + 1").unwrap();
+        matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))
+    });
+    let shown = common::eventually(std::time::Duration::from_secs(10), || {
+        let pools = show(&mut console, "SHOW POOLS");
+        (pools.1.iter())
+            .any(|r| cell(&pools, r, "database") == "app" && cell(&pools, r, "cl_waiting") == "1")
+    });
+    assert!(shown, "the held client is shown waiting");
+    let databases = show(&mut console, "SHOW DATABASES");
+    let app = (databases.1.iter())
+        .find(|r| cell(&databases, r, "name") == "app")
+        .unwrap();
+    assert_eq!(cell(&databases, app, "paused"), "1");
+    assert!(!held.is_finished(), "work went on during the pause");
+    console.simple_query("RESUME").unwrap();
+    assert!(held.join().unwrap(), "the held query ran after RESUME");
+
+    // RECONNECT: the connections served before are not served after.
+    let mut app = common::client(&proxy);
+    let pid = |app: &mut Client| -> String {
+        let rows = app.simple_query("SELECT pg_backend_pid()").unwrap();
+        match &rows[1] {
+            SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+            _ => panic!("no row"),
+        }
+    };
+    let before: std::collections::HashSet<String> = (0..10).map(|_| pid(&mut app)).collect();
+    console.simple_query("RECONNECT").unwrap();
+    let after: std::collections::HashSet<String> = (0..10).map(|_| pid(&mut app)).collect();
+    assert!(before.is_disjoint(&after), "{before:?} then {after:?}");
+
+    // KILL: the database's clients are ended at once.
+    let mut victim = crate::raw::Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    victim.query("SELECT 1").unwrap();
+    console.simple_query("KILL app").unwrap();
+    let frame = victim.recv().expect("told why");
+    let said = crate::raw::error_of(&frame).map(|(code, severity, _)| (code, severity));
+    assert_eq!(said, Some(("57P01".into(), "FATAL".into())));
+    assert!(victim.recv().is_none(), "closed after the FATAL");
+
+    let events = show(&mut console, "SHOW EVENTS");
+    let seen: Vec<(&str, &str)> = (events.1.iter())
+        .map(|r| (cell(&events, r, "event"), cell(&events, r, "cause")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("paused", "PAUSE from the admin console"),
+            ("resumed", "RESUME from the admin console"),
+            ("reconnect", "RECONNECT from the admin console"),
+            ("killed", "KILL app from the admin console")
+        ]
+    );
+}
