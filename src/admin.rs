@@ -91,46 +91,41 @@ pub async fn answer(core: &Rc<Core>, sql: &str, out: &mut BytesMut) {
             }
             Command::Pause(database) => {
                 let scope = scope_text(&database);
-                operator(
-                    core,
-                    "paused",
-                    format!("PAUSE{scope}"),
-                    CoreMsg::Pause {
-                        database: database.clone(),
-                        pause: true,
-                    },
-                );
-                if let Err(e) = drained(core, database.as_deref()).await {
+                let pause = CoreMsg::Pause {
+                    database: database.clone(),
+                    pause: true,
+                };
+                let done = operator(core, "paused", format!("PAUSE{scope}"), pause).await;
+                if let Err(e) = done.and(drained(core, database.as_deref()).await) {
                     return encode::error_response(out, &e);
                 }
                 encode::command_complete(out, b"PAUSE");
             }
             Command::Resume(database) => {
                 let scope = scope_text(&database);
-                operator(
-                    core,
-                    "resumed",
-                    format!("RESUME{scope}"),
-                    CoreMsg::Pause {
-                        database,
-                        pause: false,
-                    },
-                );
+                let resume = CoreMsg::Pause {
+                    database,
+                    pause: false,
+                };
+                if let Err(e) = operator(core, "resumed", format!("RESUME{scope}"), resume).await {
+                    return encode::error_response(out, &e);
+                }
                 encode::command_complete(out, b"RESUME");
             }
             Command::Kill(database) => {
                 let cause = format!("KILL {database}");
-                operator(core, "killed", cause, CoreMsg::Kill(database));
+                if let Err(e) = operator(core, "killed", cause, CoreMsg::Kill(database)).await {
+                    return encode::error_response(out, &e);
+                }
                 encode::command_complete(out, b"KILL");
             }
             Command::Reconnect(database) => {
                 let scope = scope_text(&database);
-                operator(
-                    core,
-                    "reconnect",
-                    format!("RECONNECT{scope}"),
-                    CoreMsg::Reconnect(database),
-                );
+                let reconnect = CoreMsg::Reconnect(database);
+                let done = operator(core, "reconnect", format!("RECONNECT{scope}"), reconnect);
+                if let Err(e) = done.await {
+                    return encode::error_response(out, &e);
+                }
                 encode::command_complete(out, b"RECONNECT");
             }
             Command::Show(what) => match table(core, what).await {
@@ -145,7 +140,7 @@ pub async fn answer(core: &Rc<Core>, sql: &str, out: &mut BytesMut) {
 }
 
 async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
-    let config = &core.config;
+    let config = &core.config();
     Ok(match what {
         Show::Version => show::version(),
         Show::Config => show::config(config),
@@ -168,12 +163,23 @@ fn scope_text(database: &Option<String>) -> String {
     database.as_ref().map_or(String::new(), |d| format!(" {d}"))
 }
 
-/// Has the control plane record an operator's command as an event and pass it to every core.
-fn operator(core: &Rc<Core>, event: &'static str, command: String, then: CoreMsg) {
+/// Passes an operator's command to every core, and has the control plane record it as an
+/// event. Returns once every core has applied it: a core's inbox is first in, first out, so
+/// its answer to a report asked after the command comes after the command.
+async fn operator(
+    core: &Rc<Core>,
+    event: &'static str,
+    command: String,
+    then: CoreMsg,
+) -> Result<(), ErrorFields> {
+    for peer in core.peers() {
+        let _ = peer.send(then.clone());
+    }
     let cause = format!("{command} from the admin console");
-    if !core.tell_control(ControlMsg::Operator { event, cause, then }) {
+    if !core.tell_control(ControlMsg::Note { event, cause }) {
         log::warn!("{command}: the control plane is gone");
     }
+    gather(core).await.map(|_| ())
 }
 
 /// How long PAUSE waits for the transactions under way.

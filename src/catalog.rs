@@ -27,7 +27,7 @@ pub async fn load(core: Rc<Core>, user: Rc<str>, database: Rc<str>) {
         user,
         database: database.clone(),
     });
-    let rows = match pool.checkout(core.config.pool.checkout_timeout).await {
+    let rows = match pool.checkout(core.config().pool.checkout_timeout).await {
         Ok(mut backend) => {
             let rows = backend.simple_query(VOLATILE_FUNCTIONS).await;
             if rows.is_ok() {
@@ -48,7 +48,7 @@ pub async fn load(core: Rc<Core>, user: Rc<str>, database: Rc<str>) {
                 names.len()
             );
             let functions: Functions = core
-                .config
+                .config()
                 .routing
                 .functions
                 .with_writes(names.iter().map(String::as_str));

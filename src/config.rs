@@ -232,6 +232,9 @@ pub struct BackendConfig {
     pub failover: bool,
     /// How its connections use TLS (`sslmode`, or `[tls] backend_mode`).
     pub tls: crate::tls::BackendTls,
+    /// Gone from the file at a reload: its place (its id) is kept so that no other backend is
+    /// renumbered, but it serves nothing and is not checked.
+    pub removed: bool,
 }
 
 /// The validated configuration.
@@ -266,6 +269,35 @@ pub struct Config {
 }
 
 impl Config {
+    /// This config with the backends of a reloaded file put in the places of `old`'s: a backend
+    /// keeps its id by name, a new one is added after the others, and one no longer in the file
+    /// stays as a removed place. Returns the names added and removed.
+    pub fn in_places_of(mut self, old: &Config) -> (Config, Vec<String>, Vec<String>) {
+        let mut placed: Vec<BackendConfig> = Vec::with_capacity(old.backends.len());
+        let mut fresh = std::mem::take(&mut self.backends);
+        let mut removed = Vec::new();
+        for was in &old.backends {
+            match fresh.iter().position(|b| b.name == was.name) {
+                Some(i) => placed.push(fresh.remove(i)),
+                None => {
+                    if !was.removed {
+                        removed.push(was.name.clone());
+                    }
+                    placed.push(BackendConfig {
+                        role: Role::Replica,
+                        weight: 0,
+                        removed: true,
+                        ..was.clone()
+                    });
+                }
+            }
+        }
+        let added: Vec<String> = fresh.iter().map(|b| b.name.clone()).collect();
+        placed.extend(fresh);
+        self.backends = placed;
+        (self, added, removed)
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Arc<Config>, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -385,6 +417,48 @@ role = "primary"
         let e = bad("backend_mode = \"verify\"");
         assert!(e.contains("verify-full"), "the choices are listed: {e}");
         assert!(parse(&format!("{MINIMAL}\n[tls]\nbackend_mode = \"require\"\n")).is_ok());
+    }
+
+    #[test]
+    fn a_reloaded_file_keeps_every_backend_in_its_place_by_name() {
+        let backends = |names: &[&str]| {
+            let mut t =
+                String::from("[[backends]]\nname = \"p\"\nhost = \"h\"\nrole = \"primary\"\n");
+            for n in names {
+                t.push_str(&format!(
+                    "\n[[backends]]\nname = \"{n}\"\nhost = \"h\"\nrole = \"replica\"\nweight = 1\n"
+                ));
+            }
+            Arc::try_unwrap(parse(&t).unwrap()).unwrap()
+        };
+        let names = |c: &Config| -> Vec<(String, bool)> {
+            c.backends
+                .iter()
+                .map(|b| (b.name.clone(), b.removed))
+                .collect()
+        };
+        let old = backends(&["r1", "r2"]);
+        let (next, added, removed) = backends(&["r3", "r2"]).in_places_of(&old);
+        let expected = [("p", false), ("r1", true), ("r2", false), ("r3", false)];
+        let expected: Vec<(String, bool)> =
+            expected.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        assert_eq!(names(&next), expected);
+        assert_eq!((added, removed), (vec!["r3".into()], vec!["r1".into()]));
+        let gone = &next.backends[1];
+        assert_eq!(
+            (gone.role, gone.weight),
+            (Role::Replica, 0),
+            "a removed place serves nothing"
+        );
+        // Another reload: the removed place stays, and is not reported again; r1 may return.
+        let (again, added, removed) = backends(&["r2", "r3"]).in_places_of(&next);
+        assert_eq!(names(&again), expected);
+        assert!(added.is_empty() && removed.is_empty());
+        let (back, added, _) = backends(&["r1", "r2", "r3"]).in_places_of(&again);
+        assert!(
+            !back.backends[1].removed && added.is_empty(),
+            "r1 is back in its place"
+        );
     }
 
     #[test]

@@ -91,10 +91,14 @@ impl ClusterState {
             .map(|(id, b)| BackendState {
                 id,
                 name: b.name.clone(),
-                addr: resolve(&b.host, b.port),
+                addr: if b.removed {
+                    None
+                } else {
+                    resolve(&b.host, b.port)
+                },
                 role: b.role,
                 weight: b.weight.saturating_mul(1000),
-                status: Status::Up,
+                status: if b.removed { Status::Down } else { Status::Up },
                 lsn: None,
             })
             .collect();
@@ -145,6 +149,9 @@ pub enum CoreMsg {
         database: Option<String>,
         pause: bool,
     },
+    /// A reload's configuration: new sessions and connections follow it, pools take their new
+    /// sizes and passwords (connections made with an old password close when released).
+    Config(Arc<Config>),
     /// KILL: end every session on this database now (57P01) and close its idle connections.
     Kill(String),
     /// RECONNECT: close the backend connections of this database (or all) once they are
@@ -170,13 +177,9 @@ pub enum ControlMsg {
     Reload,
     /// The admin console asks what the control plane sees (backends, events).
     Describe(Mailbox<crate::admin::PlaneReport>),
-    /// An operator's command the control plane records as an event (PAUSE, RESUME, KILL,
-    /// RECONNECT) and passes on to every core.
-    Operator {
-        event: &'static str,
-        cause: String,
-        then: CoreMsg,
-    },
+    /// An operator's command (PAUSE, RESUME, KILL, RECONNECT), for the control plane to record
+    /// as an event. The console passes the command to the cores itself.
+    Note { event: &'static str, cause: String },
     /// The admin console's DETACH (`detach`) or ATTACH of the backend named `name`: a manual
     /// override the health checks respect until it is undone. The answer is an error's
     /// SQLSTATE and message, if refused.

@@ -52,8 +52,8 @@ pub struct Core {
     pub id: usize,
     /// Number of worker cores.
     pub workers: usize,
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force (a reload replaces it).
+    config: RefCell<Arc<Config>>,
     state: RefCell<Arc<ClusterState>>,
     pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
     sessions: RefCell<HashMap<u32, SessionEntry>>,
@@ -71,7 +71,7 @@ pub struct Core {
     /// Writing functions per database: the configured ones, plus the catalog's once loaded.
     functions: RefCell<HashMap<Rc<str>, Rc<Functions>>>,
     /// The configured functions, for databases whose catalog is not loaded (yet).
-    configured_functions: Rc<Functions>,
+    configured_functions: RefCell<Rc<Functions>>,
     /// Sessions pinned to their backend since start (transaction mode).
     pins: Cell<u64>,
     shutting_down: Cell<bool>,
@@ -106,7 +106,7 @@ impl Core {
         Core {
             id,
             workers,
-            config,
+            config: RefCell::new(config),
             state: RefCell::new(state),
             pools: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
@@ -117,7 +117,7 @@ impl Core {
             client_tls: RefCell::new(client_tls),
             benched: RefCell::new(HashMap::new()),
             functions: RefCell::new(HashMap::new()),
-            configured_functions,
+            configured_functions: RefCell::new(configured_functions),
             pins: Cell::new(0),
             shutting_down: Cell::new(false),
             forced: Cell::new(false),
@@ -128,6 +128,11 @@ impl Core {
             shutdown_wakers: RefCell::new(HashMap::new()),
             rng: Cell::new(seed),
         }
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
     }
 
     /// The current cluster snapshot.
@@ -200,11 +205,11 @@ impl Core {
             .backends
             .get(key.backend_id)
             .and_then(|b| b.addr);
-        let password = self
-            .config
+        let config = self.config();
+        let password = config
             .user(&key.user)
             .map(|u| Rc::<str>::from(u.password.as_str()));
-        let cfg = &self.config.pool;
+        let cfg = &config.pool;
         let size = core_share(cfg.size, self.workers, self.id);
         let pool = Rc::new(Pool::new(
             key.clone(),
@@ -214,9 +219,8 @@ impl Core {
             cfg.idle_timeout,
             cfg.max_lifetime,
             crate::pool::Dial {
-                tcp: self.config.server.tcp,
-                tls: self
-                    .config
+                tcp: config.server.tcp,
+                tls: config
                     .backends
                     .get(key.backend_id)
                     .map_or_else(crate::tls::BackendTls::disabled, |b| b.tls.clone()),
@@ -228,7 +232,7 @@ impl Core {
 
     /// Counts a new client; `false` when `max_client_connections` is reached (not counted then).
     pub fn admit_client(&self) -> bool {
-        let max = self.config.server.max_client_connections;
+        let max = self.config().server.max_client_connections;
         let prev = self.clients.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.clients.fetch_sub(1, Ordering::AcqRel);
@@ -298,13 +302,13 @@ impl Core {
         }
         self.functions
             .borrow_mut()
-            .insert(database.clone(), self.configured_functions.clone());
+            .insert(database.clone(), self.configured_functions.borrow().clone());
         monoio::spawn(crate::catalog::load(
             self.clone(),
             user.clone(),
             database.clone(),
         ));
-        self.configured_functions.clone()
+        self.configured_functions.borrow().clone()
     }
 
     /// Installs what the catalog says of a database's functions.
@@ -394,6 +398,7 @@ impl Core {
             }
             CoreMsg::Pause { database, pause } => self.pause(database, pause),
             CoreMsg::Kill(database) => self.kill(&database),
+            CoreMsg::Config(config) => self.reconfigure(config),
             CoreMsg::Reconnect(database) => self.reconnect(database.as_deref()),
         }
     }

@@ -76,7 +76,7 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
             None => return,
             Some(Ok((stream, _))) => {
                 core.accepted.set(core.accepted.get().wrapping_add(1));
-                if let Err(e) = tcp::apply_to(&stream, &core.config.server.tcp) {
+                if let Err(e) = tcp::apply_to(&stream, &core.config().server.tcp) {
                     log::warn!("core {}: cannot set TCP options on a client: {e}", core.id);
                 }
                 monoio::spawn(session::run(core.clone(), stream));

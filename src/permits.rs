@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub struct Permits {
     free: Cell<usize>,
     waiters: RefCell<VecDeque<Rc<Slot>>>,
+    /// Permits to take back as they are released (a reload made the pool smaller than what is
+    /// in use).
+    owed: Cell<usize>,
 }
 
 /// A place in the queue.
@@ -73,6 +76,7 @@ impl Permits {
         Rc::new(Permits {
             free: Cell::new(n),
             waiters: RefCell::new(VecDeque::new()),
+            owed: Cell::new(0),
         })
     }
 
@@ -140,7 +144,31 @@ impl Permits {
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s.since))
     }
 
+    /// Grows or shrinks the number of permits from `from` to `to`: new ones go to waiters
+    /// first; ones in use that are too many are taken back as they are released.
+    pub fn resize(&self, from: usize, to: usize) {
+        if to > from {
+            let mut more = to - from;
+            // Owed permits are forgiven before new ones are made.
+            let forgiven = more.min(self.owed.get());
+            self.owed.set(self.owed.get() - forgiven);
+            more -= forgiven;
+            for _ in 0..more {
+                self.release();
+            }
+        } else {
+            let fewer = from - to;
+            let now = fewer.min(self.free.get());
+            self.free.set(self.free.get() - now);
+            self.owed.set(self.owed.get() + fewer - now);
+        }
+    }
+
     fn release(&self) {
+        if self.owed.get() > 0 {
+            self.owed.set(self.owed.get() - 1);
+            return;
+        }
         let next = self.waiters.borrow_mut().pop_front();
         match next {
             Some(slot) => {
@@ -221,5 +249,31 @@ mod tests {
             }
             assert_eq!(permits.available(), 1, "the unclaimed grant came back");
         });
+    }
+
+    #[test]
+    fn a_pool_grows_at_once_and_shrinks_as_permits_come_back() {
+        let permits = Permits::new(2);
+        let a = permits.try_acquire().unwrap();
+        let b = permits.try_acquire().unwrap();
+        assert!(permits.try_acquire().is_none());
+        permits.resize(2, 3);
+        let c = permits.try_acquire().expect("a third permit after growing");
+        // Down to 1 while 3 are in use: the first two that come back are kept.
+        permits.resize(3, 1);
+        drop(a);
+        drop(b);
+        assert!(permits.try_acquire().is_none(), "two taken back");
+        drop(c);
+        let d = permits.try_acquire().expect("the one that stays");
+        assert!(permits.try_acquire().is_none());
+        // Growing again forgives what is still owed first.
+        permits.resize(1, 1);
+        drop(d);
+        assert_eq!(permits.available(), 1);
+        permits.resize(1, 0);
+        assert_eq!(permits.available(), 0);
+        permits.resize(0, 2);
+        assert_eq!(permits.available(), 2);
     }
 }

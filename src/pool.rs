@@ -15,7 +15,7 @@ use crate::permits::Permits;
 use crate::tls::BackendTls;
 
 /// How a pool's new connections are made: socket options and TLS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dial {
     pub tcp: TcpOptions,
     pub tls: BackendTls,
@@ -43,20 +43,21 @@ pub fn core_share(size: usize, workers: usize, core: usize) -> usize {
 pub struct Pool {
     /// What it pools.
     pub key: PoolKey,
-    password: Option<Rc<str>>,
+    /// The password new connections log in with (a reload may change it).
+    password: RefCell<Option<Rc<str>>>,
     /// Current address; idle connections to an older address are dropped.
     addr: Cell<Option<SocketAddr>>,
     idle: RefCell<Vec<Backend>>,
     /// One permit per connection that may be checked out.
     permits: Rc<Permits>,
     /// How many: this core's share of `[pool] size`.
-    size: usize,
+    size: Cell<usize>,
     /// RECONNECT: connections made before this close when next released.
     retired: Cell<Option<Instant>>,
-    idle_timeout: Duration,
-    max_lifetime: Duration,
-    /// Socket options for new connections.
-    dial: Dial,
+    idle_timeout: Cell<Duration>,
+    max_lifetime: Cell<Duration>,
+    /// Socket options and TLS for new connections.
+    dial: RefCell<Dial>,
     /// The ParameterStatus set a backend reported after a client parameter set was applied,
     /// by the set's hash: lets later logins with the same set skip the backend.
     logins: RefCell<HashMap<u64, ParamSet>>,
@@ -81,15 +82,15 @@ impl Pool {
     ) -> Pool {
         Pool {
             key,
-            password,
+            password: RefCell::new(password),
             addr: Cell::new(addr),
             idle: RefCell::new(Vec::new()),
             permits: Permits::new(size),
-            size,
+            size: Cell::new(size),
             retired: Cell::new(None),
-            idle_timeout,
-            max_lifetime,
-            dial,
+            idle_timeout: Cell::new(idle_timeout),
+            max_lifetime: Cell::new(max_lifetime),
+            dial: RefCell::new(dial),
             logins: RefCell::new(HashMap::new()),
         }
     }
@@ -139,22 +140,19 @@ impl Pool {
             }
         }
         let addr = self.addr.get().ok_or(Error::NoBackend)?;
+        // Copies: a reload may change them while this connection is being made.
+        let password = self.password.borrow().clone();
+        let dial = self.dial.borrow().clone();
         let login = Login {
             user: &self.key.user,
-            password: self.password.as_deref(),
+            password: password.as_deref(),
             database: &self.key.database,
             application_name: None,
         };
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let connect = Backend::connect(
-            addr,
-            self.key.backend_id,
-            &login,
-            &self.dial.tcp,
-            &self.dial.tls,
-        );
+        let connect = Backend::connect(addr, self.key.backend_id, &login, &dial.tcp, &dial.tls);
         let mut b = match monoio::time::timeout(left, connect).await {
             Ok(result) => result?,
             Err(_) => {
@@ -186,8 +184,8 @@ impl Pool {
     fn is_fresh(&self, b: &Backend, now: Instant) -> bool {
         Some(b.state.addr) == self.addr.get()
             && self.retired.get().is_none_or(|at| b.conn.created > at)
-            && now.duration_since(b.conn.created) < self.max_lifetime
-            && now.duration_since(b.conn.idle_since) < self.idle_timeout
+            && now.duration_since(b.conn.created) < self.max_lifetime.get()
+            && now.duration_since(b.conn.idle_since) < self.idle_timeout.get()
     }
 
     /// Closes idle connections past their idle timeout or lifetime.
@@ -207,6 +205,31 @@ impl Pool {
         self.idle.borrow_mut().clear();
     }
 
+    /// A reload's new settings. A new password or new TLS settings retire the connections
+    /// made with the old ones; a new size takes effect as connections come and go.
+    pub fn reconfigure(
+        &self,
+        password: Option<Rc<str>>,
+        size: usize,
+        timeouts: (Duration, Duration),
+        dial: Dial,
+    ) {
+        let (idle_timeout, max_lifetime) = timeouts;
+        let old_size = self.size.replace(size);
+        if old_size != size {
+            self.permits.resize(old_size, size);
+        }
+        self.idle_timeout.set(idle_timeout);
+        self.max_lifetime.set(max_lifetime);
+        let new_password = *self.password.borrow() != password;
+        let new_dial = *self.dial.borrow() != dial;
+        *self.password.borrow_mut() = password;
+        *self.dial.borrow_mut() = dial;
+        if new_password || new_dial {
+            self.retire();
+        }
+    }
+
     /// RECONNECT: idle connections close now, those in use when they come back.
     pub fn retire(&self) {
         self.retired.set(Some(Instant::now()));
@@ -224,8 +247,8 @@ impl Pool {
             backend_id: self.key.backend_id,
             user: self.key.user.to_string(),
             database: self.key.database.to_string(),
-            size: self.size,
-            active: self.size.saturating_sub(self.permits.available()),
+            size: self.size.get(),
+            active: self.size.get().saturating_sub(self.permits.available()),
             idle: self.idle_count(),
             waiting: self.permits.waiting(),
             max_wait: self.permits.longest_wait(now),

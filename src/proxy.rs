@@ -219,7 +219,7 @@ fn spawn_worker(
         monoio::spawn(core.clone().follow_control(rx));
         monoio::spawn(core.clone().reap());
         listener::serve(core.clone(), listener).await;
-        let deadline = Instant::now() + core.config.server.shutdown_timeout;
+        let deadline = Instant::now() + core.config().server.shutdown_timeout;
         while core.session_count() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -66,6 +66,14 @@ pub struct BackendTls {
     config: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
+/// The same mode towards the same host name. (A reload builds a new rustls configuration each
+/// time; new connections use it, but it alone is no reason to drop the pooled ones.)
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && self.host == other.host
+    }
+}
+
 impl fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendTls")

@@ -188,6 +188,8 @@ pub struct BackendFigures {
     pub status: Status,
     /// Detached by an operator (DETACH), until ATTACH.
     pub detached_by_hand: bool,
+    /// Removed from the config at a reload (its place is kept: ids never move). Not shown.
+    pub removed: bool,
     /// The configured weight.
     pub weight: u32,
     /// The share of reads it takes now, in thousandths of its weight's worth (less while slow

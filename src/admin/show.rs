@@ -156,11 +156,14 @@ pub fn config(c: &Config) -> Table {
     let rows = settings(c)
         .into_iter()
         .map(|(key, value)| {
-            let changeable = if key == "tls.client_mode" {
-                "yes"
-            } else {
-                "no"
-            };
+            // What a running process cannot change (see control::plane::reload).
+            let fixed = [
+                "server.listen",
+                "server.workers",
+                "server.listen_backlog",
+                "server.pool_mode",
+            ];
+            let changeable = if fixed.contains(&key) { "no" } else { "yes" };
             vec![
                 text(key),
                 text(value),
@@ -495,6 +498,7 @@ pub fn backends(p: &PlaneReport) -> Table {
     let rows = p
         .backends
         .iter()
+        .filter(|b| !b.removed)
         .map(|b| {
             vec![
                 text(b.name.clone()),

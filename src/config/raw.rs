@@ -420,6 +420,7 @@ fn validate_backends(
         }
         let failover = b.failover.unwrap_or(b.role == Role::Replica);
         out.push(BackendConfig {
+            removed: false,
             name: b.name,
             host: b.host,
             port: b.port,

@@ -29,13 +29,7 @@ pub fn run(
     latest: Latest,
 ) {
     let mut plane = Plane::new(config.clone(), state, cores, latest);
-    let checks = match checker::spawn(config, plane.addrs.clone(), tx) {
-        Ok(checks) => Some(checks),
-        Err(e) => {
-            log::error!("cannot start the health checks: {e}; backends are taken as healthy");
-            None
-        }
-    };
+    let mut checks = start_checks(config, &plane.addrs, &tx);
     let mut next_resolve = Instant::now() + RESOLVE_INTERVAL;
     let mut last_resolve = Instant::now();
     let mut last_fenced: Option<Instant> = None;
@@ -64,13 +58,20 @@ pub fn run(
                 }
                 plane.checked(id, &check, started, Instant::now());
             }
-            Ok(ControlMsg::Reload) => plane.reload(),
+            Ok(ControlMsg::Reload) => {
+                if let Some(config) = plane.reload() {
+                    // The checks follow the new backends and [health] settings.
+                    if let Some(old) = checks.take() {
+                        old.stop();
+                    }
+                    checks = start_checks(config, &plane.addrs, &tx);
+                }
+            }
             Ok(ControlMsg::Describe(reply)) => {
                 let _ = reply.send(plane.describe());
             }
-            Ok(ControlMsg::Operator { event, cause, then }) => {
+            Ok(ControlMsg::Note { event, cause }) => {
                 plane.record(event, "", String::new(), String::new(), cause);
-                plane.broadcast(then);
             }
             Ok(ControlMsg::Override {
                 name,
@@ -115,12 +116,40 @@ pub fn run(
     }
 }
 
+/// Starts the health checks of `config`'s backends.
+fn start_checks(
+    config: Arc<Config>,
+    addrs: &Addresses,
+    tx: &Sender<ControlMsg>,
+) -> Option<checker::Checks> {
+    match checker::spawn(config, addrs.clone(), tx.clone()) {
+        Ok(checks) => Some(checks),
+        Err(e) => {
+            log::error!("cannot start the health checks: {e}; backends are taken as healthy");
+            None
+        }
+    }
+}
+
 /// The latest snapshot the control plane published, for readers off the data path (tests,
 /// the admin console). Cores get theirs through their channels.
 pub type Latest = Arc<Mutex<Arc<ClusterState>>>;
 
 /// At most one fencing event, and one lookup for it, this often.
 const FENCE_QUIET: Duration = Duration::from_secs(1);
+
+mod reload;
+
+/// Each backend's health rules under `config`.
+fn rules_of(config: &Config) -> Vec<Rules> {
+    (config.backends.iter())
+        .map(|b| {
+            let replica = b.role == Role::Replica;
+            // The platform fails the primary over, never the proxy.
+            Rules::new(&config.health, b.failover && replica, replica)
+        })
+        .collect()
+}
 
 /// How often a ramping replica's share is raised.
 const RAMP_STEP: Duration = Duration::from_millis(250);
@@ -157,15 +186,7 @@ impl Plane {
         cores: Vec<CoreSender>,
         latest: Latest,
     ) -> Plane {
-        let rules = config
-            .backends
-            .iter()
-            .map(|b| {
-                let replica = b.role == Role::Replica;
-                // The platform fails the primary over, never the proxy.
-                Rules::new(&config.health, b.failover && replica, replica)
-            })
-            .collect();
+        let rules = rules_of(&config);
         Plane {
             health: vec![Tracker::default(); config.backends.len()],
             last_checks: vec![None; config.backends.len()],
@@ -262,11 +283,10 @@ impl Plane {
         detach: bool,
         now: Instant,
     ) -> Result<(), (&'static str, String)> {
-        let Some(id) = self.config.backends.iter().position(|b| b.name == name) else {
-            let names: Vec<&str> = self
-                .config
-                .backends
-                .iter()
+        let backends = &self.config.backends;
+        let Some(id) = (backends.iter()).position(|b| b.name == name && !b.removed) else {
+            let names: Vec<&str> = (backends.iter())
+                .filter(|b| !b.removed)
                 .map(|b| b.name.as_str())
                 .collect();
             return Err((
@@ -339,8 +359,13 @@ impl Plane {
             port: c.port,
             addr: b.addr,
             role: c.role,
-            status: if *by_hand { Status::Down } else { h.status() },
+            status: if *by_hand || c.removed {
+                Status::Down
+            } else {
+                h.status()
+            },
             detached_by_hand: *by_hand,
+            removed: c.removed,
             weight: c.weight,
             share: h.share(c.weight, r, now),
             lag_bytes: h.lag,
@@ -405,6 +430,10 @@ impl Plane {
             b.lsn = *lsn;
             b.status = if *by_hand { Status::Down } else { h.status() };
             b.weight = h.share(c.weight, r, now);
+            if c.removed {
+                // Gone at a reload: it keeps its place and serves nothing.
+                (b.addr, b.status, b.weight) = (None, Status::Down, 0);
+            }
         }
         if next == self.state.backends {
             return;
@@ -416,41 +445,6 @@ impl Plane {
             *latest = snapshot.clone();
         }
         self.broadcast(CoreMsg::State(snapshot));
-    }
-
-    /// Reads the config file again. Today only the certificate and key shown to clients (and
-    /// `tls.client_mode`) take effect; a file that does not load changes nothing.
-    fn reload(&mut self) {
-        let path = self.config.path.clone();
-        match Config::load(&path) {
-            Ok(next) => {
-                let mode = next
-                    .client_tls
-                    .as_ref()
-                    .map_or("disable", |t| t.mode.as_str());
-                self.record(
-                    "reload",
-                    "",
-                    String::new(),
-                    String::new(),
-                    format!(
-                        "{}: TLS towards clients is now {mode}; other changes need a restart",
-                        path.display()
-                    ),
-                );
-                self.broadcast(CoreMsg::ClientTls(next.client_tls.clone()));
-            }
-            Err(e) => {
-                log::error!("reload failed, the running configuration stays: {e}");
-                self.record(
-                    "reload_failed",
-                    "",
-                    String::new(),
-                    String::new(),
-                    e.to_string(),
-                );
-            }
-        }
     }
 
     fn broadcast(&self, msg: CoreMsg) {

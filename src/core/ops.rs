@@ -1,9 +1,12 @@
 //! An operator's PAUSE, RESUME, KILL and RECONNECT, as each core carries them out.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::Core;
 use crate::admin::ClientCard;
+use crate::config::Config;
+use crate::pool::{core_share, Dial};
 
 /// What PAUSE holds: every database, or some.
 #[derive(Debug, Default)]
@@ -69,6 +72,30 @@ impl Core {
             if database.is_none_or(|d| d == &*pool.key.database) {
                 pool.retire();
             }
+        }
+    }
+}
+
+impl Core {
+    /// A reload: the new configuration is in force for what starts from now (sessions, logins,
+    /// connections, routing); pools take their new sizes, timeouts, passwords and TLS.
+    pub(super) fn reconfigure(&self, config: Arc<Config>) {
+        *self.config.borrow_mut() = config.clone();
+        *self.configured_functions.borrow_mut() = Rc::new(config.routing.functions.clone());
+        // The catalogs are read again, with the new routing lists on top.
+        self.functions.borrow_mut().clear();
+        let size = core_share(config.pool.size, self.workers, self.id);
+        for pool in self.pools.borrow().values() {
+            let password = config
+                .user(&pool.key.user)
+                .map(|u| Rc::<str>::from(u.password.as_str()));
+            let dial = Dial {
+                tcp: config.server.tcp,
+                tls: (config.backends.get(pool.key.backend_id))
+                    .map_or_else(crate::tls::BackendTls::disabled, |b| b.tls.clone()),
+            };
+            let timeouts = (config.pool.idle_timeout, config.pool.max_lifetime);
+            pool.reconfigure(password, size, timeouts, dial);
         }
     }
 }

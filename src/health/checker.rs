@@ -50,7 +50,9 @@ pub fn spawn(
         .name("pgpilot-health".into())
         .spawn(move || {
             crate::worker::block_on(async move {
+                // A backend removed at a reload keeps its place, unchecked.
                 let tasks: Vec<_> = (0..config.backends.len())
+                    .filter(|id| config.backends.get(*id).is_some_and(|b| !b.removed))
                     .map(|id| {
                         let (config, addrs, control, stop) =
                             (config.clone(), addrs.clone(), control.clone(), flag.clone());

@@ -60,12 +60,14 @@ struct PoolSum {
 pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, u64)>) -> String {
     let mut t = Text(String::with_capacity(8192));
     let backends = &plane.backends;
+    // Backends removed at a reload keep their places (pools name them by id), unshown.
+    let shown = || backends.iter().filter(|b| !b.removed);
     t.family(
         "pgpilot_backend_info",
         "gauge",
         "Each backend, with its role and configured host (always 1).",
     );
-    for b in backends {
+    for b in shown() {
         let role = if b.role == Role::Primary {
             "primary"
         } else {
@@ -83,7 +85,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "1 while the backend is in the rotation (not down or unavailable).",
     );
-    for b in backends {
+    for b in shown() {
         let up = !matches!(b.status, Status::Down | Status::Unavailable);
         t.sample("pgpilot_backend_up", &[("backend", &b.name)], u8::from(up));
     }
@@ -92,7 +94,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "1 for the backend's current state, 0 for the others.",
     );
-    for b in backends {
+    for b in shown() {
         for s in STATES {
             let state = s.to_string();
             let on = u8::from(b.status == s);
@@ -108,7 +110,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "1 while DETACH (admin console) holds the backend out.",
     );
-    for b in backends {
+    for b in shown() {
         t.sample(
             "pgpilot_backend_detached_by_hand",
             &[("backend", &b.name)],
@@ -120,7 +122,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "The configured weight (share of reads).",
     );
-    for b in backends {
+    for b in shown() {
         t.sample("pgpilot_backend_weight", &[("backend", &b.name)], b.weight);
     }
     t.family(
@@ -132,7 +134,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         .filter(|b| b.status.takes_reads())
         .map(|b| u64::from(b.share))
         .sum();
-    for b in backends {
+    for b in shown() {
         let share = match total {
             0 => f64::from(u8::from(b.role == Role::Primary)),
             _ if !b.status.takes_reads() => 0.0,
@@ -149,7 +151,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "How far a replica's replay is behind the primary's WAL.",
     );
-    for b in backends {
+    for b in shown() {
         if let Some(lag) = b.lag_bytes {
             t.sample("pgpilot_backend_lag_bytes", &[("backend", &b.name)], lag);
         }
@@ -159,7 +161,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "How long a replica's replay has been behind what it received.",
     );
-    for b in backends {
+    for b in shown() {
         if let Some(ms) = b.replay_delay_ms {
             t.sample(
                 "pgpilot_backend_replay_delay_seconds",
@@ -173,7 +175,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "The health check's answer time, smoothed.",
     );
-    for b in backends {
+    for b in shown() {
         if let Some(d) = b.answer {
             t.sample(
                 "pgpilot_backend_check_duration_seconds",
@@ -187,7 +189,7 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "Consecutive failed health checks.",
     );
-    for b in backends {
+    for b in shown() {
         t.sample(
             "pgpilot_backend_check_failures",
             &[("backend", &b.name)],

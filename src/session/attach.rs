@@ -202,7 +202,7 @@ impl<L> Session<L> {
             return;
         }
         let reset = match self.mode {
-            PoolMode::Session if !self.core.config.pool.reset_query.is_empty() => {
+            PoolMode::Session if !self.core.config().pool.reset_query.is_empty() => {
                 Some(Reset::Configured)
             }
             PoolMode::Transaction if self.pinned => Some(Reset::DiscardAll),

@@ -219,7 +219,7 @@ impl Client {
                 if last.is_empty() {
                     "its health checks fail".clone_into(&mut last);
                 }
-                hold(&mut held, core.config.health.write_hold, last.clone()).await?;
+                hold(&mut held, core.config().health.write_hold, last.clone()).await?;
                 state = core.state();
                 continue;
             }
@@ -229,7 +229,7 @@ impl Client {
                     // No address for the primary (its name does not resolve): hold.
                     hold(
                         &mut held,
-                        core.config.health.write_hold,
+                        core.config().health.write_hold,
                         "no address".into(),
                     )
                     .await?;
@@ -248,7 +248,7 @@ impl Client {
                 database: s.database.clone(),
             };
             let pool = core.pool(key);
-            let wait = core.config.pool.checkout_timeout;
+            let wait = core.config().pool.checkout_timeout;
             let checkout_result = {
                 // Shown as waiting (SHOW CLIENTS, SHOW POOLS) until a connection is had.
                 let _waiting = Waiting::start(&s.card, &s.stats);
@@ -307,7 +307,7 @@ impl Client {
                 // state), up to `write_hold_ms`.
                 Err(e) if e.is_retryable() => {
                     last = e.to_string();
-                    hold(&mut held, core.config.health.write_hold, last.clone()).await?;
+                    hold(&mut held, core.config().health.write_hold, last.clone()).await?;
                     state = core.state();
                 }
                 Err(e) => return Err(e),

@@ -271,8 +271,8 @@ impl<L> Session<L> {
         let gucs = Rc::new(start.gucs);
         let stats = core.stats.for_database(&start.database);
         let mut s = Session {
-            mode: core.config.server.pool_mode,
-            max_message: core.config.server.max_message_bytes,
+            mode: core.config().server.pool_mode,
+            max_message: core.config().server.max_message_bytes,
             core,
             pid: start.pid,
             cbuf: start.input,

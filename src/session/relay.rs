@@ -125,7 +125,7 @@ impl<L> Session<L> {
                 "53400",
                 format!(
                     "too many prepared statements in this session (routing.max_client_statements = {}); close some first",
-                    self.core.config.routing.max_client_statements
+                    self.core.config().routing.max_client_statements
                 ),
             );
             self.drop_unit(&unit, &e);
@@ -213,7 +213,7 @@ impl<L> Session<L> {
         }
         {
             let mut rw = Rewrite {
-                cap: self.core.config.routing.max_prepared_statements,
+                cap: self.core.config().routing.max_prepared_statements,
                 prepared: &mut att.backend.prepared,
                 slots: &mut att.slots,
                 skipping: &mut att.skipping,

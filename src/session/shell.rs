@@ -261,9 +261,10 @@ impl Client {
         let Some((mut backend, pool)) = held.rejoin(state).await else {
             return;
         };
+        let config = self.session.core.config();
         let sql = match reset {
             None => return pool.checkin(backend),
-            Some(Reset::Configured) => self.session.core.config.pool.reset_query.as_str(),
+            Some(Reset::Configured) => config.pool.reset_query.as_str(),
             Some(Reset::DiscardAll) => "DISCARD ALL",
         };
         if backend.simple_query(sql).await.is_ok() {

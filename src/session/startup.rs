@@ -23,7 +23,7 @@ const STARTUP_READ: usize = 1024;
 
 /// Runs startup within `startup_timeout_ms`; `None` when the client goes away or is refused.
 pub(super) async fn start(core: Rc<Core>, stream: TcpStream) -> Option<Client> {
-    let config = core.config.clone();
+    let config = core.config();
     // The TLS offered now, for the whole of this handshake.
     let tls = core.client_tls();
     let mut hs = Handshake::offering(&config, tls.as_ref().map(|t| t.mode));
@@ -194,7 +194,7 @@ async fn session(
     mut admission: Admission,
 ) -> Option<Client> {
     let console = crate::admin::is_console(&st.database);
-    if console && !core.config.admin.users.contains(&st.user) {
+    if console && !core.config().admin.users.contains(&st.user) {
         log::info!("client refused: {} may not open the admin console", st.user);
         let mut out = BytesMut::new();
         let message = format!(

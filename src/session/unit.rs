@@ -152,7 +152,7 @@ impl<L> Session<L> {
                     } else if name.is_empty() {
                         self.unnamed = t;
                     } else if self.statements.len()
-                        >= self.core.config.routing.max_client_statements
+                        >= self.core.config().routing.max_client_statements
                         && !self.statements.contains_key(name)
                     {
                         unit.over_limit = true;
@@ -202,7 +202,8 @@ impl<L> Session<L> {
     /// window after a write (`"time"`), or (`"lsn"`) until every replica that may serve reads
     /// has replayed a primary position taken after the write was acknowledged.
     fn must_read_on_primary(&mut self) -> bool {
-        let routing = &self.core.config.routing;
+        let config = self.core.config();
+        let routing = &config.routing;
         match routing.read_your_writes {
             ReadYourWrites::Off => false,
             ReadYourWrites::Time => {

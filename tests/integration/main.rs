@@ -19,6 +19,7 @@ mod metrics;
 mod pgbench;
 mod pooling;
 mod primary;
+mod reload;
 mod routing;
 mod runtime;
 mod shutdown;
