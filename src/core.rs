@@ -81,6 +81,8 @@ pub struct Core {
     paused: RefCell<ops::Paused>,
     /// Clients this core's listener accepted.
     pub accepted: Cell<u64>,
+    /// Clients in startup (not yet sessions): a shutdown waits for them too.
+    starting: Cell<usize>,
     /// Per-database counters (SHOW STATS, the metrics).
     pub stats: CoreStats,
     /// Statements sent, by route reason and target (SHOW ROUTES, the metrics).
@@ -123,6 +125,7 @@ impl Core {
             forced: Cell::new(false),
             paused: RefCell::new(ops::Paused::default()),
             accepted: Cell::new(0),
+            starting: Cell::new(0),
             stats: CoreStats::default(),
             routes: RefCell::new([[0; 2]; Reason::ALL.len()]),
             shutdown_wakers: RefCell::new(HashMap::new()),
@@ -268,9 +271,15 @@ impl Core {
         self.shutdown_wakers.borrow_mut().remove(&pid);
     }
 
-    /// Number of live sessions on this core.
+    /// Number of live sessions on this core, and of clients still in startup.
     pub fn session_count(&self) -> usize {
-        self.sessions.borrow().len()
+        self.sessions.borrow().len() + self.starting.get()
+    }
+
+    /// Counts a client in startup until the guard is dropped.
+    pub fn starting(self: &Rc<Self>) -> Starting {
+        self.starting.set(self.starting.get() + 1);
+        Starting(self.clone())
     }
 
     /// Handles a CancelRequest that arrived on this core: cancels here or forwards to the owner.
@@ -471,6 +480,15 @@ impl Core {
                 .borrow_mut()
                 .retain(|_, pool| Rc::strong_count(pool) > 1 || pool.idle_count() > 0);
         }
+    }
+}
+
+/// A client in startup, counted by its core (see [`Core::starting`]).
+pub struct Starting(Rc<Core>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0.starting.set(self.0.starting.get().saturating_sub(1));
     }
 }
 

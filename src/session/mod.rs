@@ -256,6 +256,10 @@ pub struct Session<L> {
     /// The unit at the front of the input was sent again after its replica failed: it is not
     /// retried a second time.
     retried: bool,
+    /// A unit of its has been sent to a backend. A shutdown ends an idle session only once it
+    /// has: a client that has just logged in (maybe one the kernel handed this process as it
+    /// closed its listeners) gets its first answer first.
+    served: bool,
 }
 
 /// The message tags in a buffer of whole frames, for trace logs.
@@ -300,9 +304,16 @@ impl<L> Session<L> {
             card,
             stats,
             retried: false,
+            served: false,
         };
         s.note_gucs();
         s
+    }
+
+    /// Whether shutdown may end the session now that it is idle: not before its first unit
+    /// (until `shutdown_timeout_ms` forces it).
+    pub fn may_end_when_idle(&self) -> bool {
+        self.served
     }
 
     /// Client bytes not handled yet; the shell appends what it reads.

@@ -201,6 +201,7 @@ impl<L> Session<L> {
         };
         // A second unit behind the first: the backend's failure would touch both.
         att.retry = None;
+        self.served = true;
         if att.pending == 0 && rfqs > 0 {
             let now = std::time::Instant::now();
             att.query_since = Some(now);

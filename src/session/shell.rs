@@ -98,12 +98,16 @@ enum Event {
 /// back its client slot, cancel entry and pool permits.
 pub fn run(core: Rc<Core>, client: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = client.set_nodelay(true);
+    // Counted until its startup is over, so that a shutdown lets it finish.
+    let starting = core.starting();
     let startup = Box::pin(contain(
         || "client startup".to_owned(),
         super::startup::start(core, client),
     ));
     async move {
-        let Some(Some(client)) = startup.await else {
+        let started = startup.await;
+        drop(starting);
+        let Some(Some(client)) = started else {
             return;
         };
         // On the heap, and the ending boxed too: while the session idles, the task's own
@@ -306,7 +310,7 @@ impl Client {
                 att.link.start_read(buf);
             }
         }
-        let idle = s.is_idle();
+        let idle = s.is_idle() && s.may_end_when_idle();
         let (core, card) = (&s.core, &s.card);
         let (reader, tls, attached) = (&mut self.reader, &mut self.tls, &mut s.attached);
         poll_fn(|cx| {

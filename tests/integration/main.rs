@@ -20,6 +20,7 @@ mod pgbench;
 mod pooling;
 mod primary;
 mod reload;
+mod restart;
 mod routing;
 mod runtime;
 mod shutdown;
