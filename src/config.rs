@@ -13,7 +13,9 @@ use pgpilot_protocol::scram::{MockAuth, ScramSecret};
 use serde::Deserialize;
 
 mod admin;
-pub use admin::{AdminConfig, EventsConfig, MetricsConfig, CONSOLE_DATABASES};
+pub use admin::{
+    AdminConfig, EventsConfig, MetricsConfig, PeersConfig, CONSOLE_DATABASES, MAX_PEERS,
+};
 mod health;
 pub use health::HealthConfig;
 mod raw;
@@ -266,6 +268,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[events]`.
     pub events: EventsConfig,
+    /// `[peers]`.
+    pub peers: PeersConfig,
 }
 
 impl Config {
@@ -417,6 +421,25 @@ role = "primary"
         let e = bad("backend_mode = \"verify\"");
         assert!(e.contains("verify-full"), "the choices are listed: {e}");
         assert!(parse(&format!("{MINIMAL}\n[tls]\nbackend_mode = \"require\"\n")).is_ok());
+    }
+
+    #[test]
+    fn peers_name_this_instance_in_a_list_of_addresses() {
+        let peers = |body: &str| parse(&format!("{MINIMAL}\n[peers]\n{body}\n"));
+        let ok = peers("id = 2\ninstances = [\"10.0.0.1:6432\", \"10.0.0.2:6432\"]").unwrap();
+        assert_eq!((ok.peers.id, ok.peers.instances.len()), (2, 2));
+        for (body, key) in [
+            (
+                "id = 3\ninstances = [\"10.0.0.1:6432\", \"10.0.0.2:6432\"]",
+                "peers.id",
+            ),
+            ("id = 0\ninstances = [\"10.0.0.1:6432\"]", "peers.id"),
+            ("id = 1\ninstances = [\"pgpilot-0\"]", "peers.instances[0]"),
+        ] {
+            let e = peers(body).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+        }
+        assert_eq!(parse(MINIMAL).unwrap().peers.id, 0, "no peering by default");
     }
 
     #[test]

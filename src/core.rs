@@ -24,6 +24,15 @@ use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender
 use crate::pool::{core_share, Pool, PoolKey};
 use pgpilot_protocol::classify::{Functions, Reason};
 
+/// A BackendKeyData pid: bits 26..31 the instance (`[peers] id`, 0 without peers), 19..26 the
+/// core, 0..19 the session's number on its core. Bit 31 stays 0: the pid is positive.
+const INSTANCE_SHIFT: u32 = 26;
+const CORE_SHIFT: u32 = 19;
+const CORE_MASK: u32 = 0x7f;
+const SESSION_MASK: u32 = (1 << CORE_SHIFT) - 1;
+/// The most worker cores a pid can tell apart.
+pub const MAX_WORKERS: usize = CORE_MASK as usize + 1;
+
 /// How long a core leaves alone a replica it could not reach.
 const BENCH_TIME: Duration = Duration::from_secs(5);
 /// How often idle backend connections are reaped.
@@ -52,6 +61,8 @@ pub struct Core {
     pub id: usize,
     /// Number of worker cores.
     pub workers: usize,
+    /// `[peers] id` (0 without peers), in every session's pid.
+    instance: usize,
     /// The configuration in force (a reload replaces it).
     config: RefCell<Arc<Config>>,
     state: RefCell<Arc<ClusterState>>,
@@ -108,6 +119,7 @@ impl Core {
         Core {
             id,
             workers,
+            instance: config.peers.id,
             config: RefCell::new(config),
             state: RefCell::new(state),
             pools: RefCell::new(HashMap::new()),
@@ -255,9 +267,9 @@ impl Core {
         let secret = u32::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<4>());
         let mut sessions = self.sessions.borrow_mut();
         loop {
-            let n = self.next_session.get().wrapping_add(1) & 0x00ff_ffff;
+            let n = self.next_session.get().wrapping_add(1) & SESSION_MASK;
             self.next_session.set(n);
-            let pid = ((self.id as u32) << 24) | n;
+            let pid = self.session_pid(n);
             if n != 0 && !sessions.contains_key(&pid) {
                 sessions.insert(pid, SessionEntry { secret, card });
                 return (pid, secret);
@@ -282,9 +294,30 @@ impl Core {
         Starting(self.clone())
     }
 
-    /// Handles a CancelRequest that arrived on this core: cancels here or forwards to the owner.
+    /// The BackendKeyData pid of this core's session number `n`: the instance (`[peers] id`),
+    /// the core, and `n`. Number 0 is never a session's.
+    pub fn session_pid(&self, n: u32) -> u32 {
+        let instance = (self.instance as u32) << INSTANCE_SHIFT;
+        instance | ((self.id as u32) << CORE_SHIFT) | (n & SESSION_MASK)
+    }
+
+    /// Handles a CancelRequest that arrived on this core: cancels here, or forwards it to the
+    /// core or the instance (`[peers]`) that owns the session.
     pub fn cancel(&self, pid: u32, secret: u32) {
-        let owner = (pid >> 24) as usize;
+        let instance = (pid >> INSTANCE_SHIFT) as usize;
+        if instance != self.instance {
+            let owner = instance
+                .checked_sub(1)
+                .and_then(|i| self.config().peers.instances.get(i).copied());
+            match owner {
+                Some(addr) => {
+                    monoio::spawn(send_cancel(CancelTarget { addr, pid, secret }));
+                }
+                None => log::warn!("cancel request for unknown instance {instance}"),
+            }
+            return;
+        }
+        let owner = ((pid >> CORE_SHIFT) & CORE_MASK) as usize;
         if owner != self.id {
             match self.peers.get(owner) {
                 Some(peer) => {

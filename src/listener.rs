@@ -62,7 +62,8 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
             return;
         }
     };
-    let wake_key = (core.id as u32) << 24;
+    // Session number 0 is never a session's: the listener's key.
+    let wake_key = core.session_pid(0);
     loop {
         let shutdown = poll_fn(|cx| {
             if core.shutting_down() {

@@ -64,6 +64,13 @@ impl Proxy {
                 .min(cpus.len().max(1)),
             n => n,
         };
+        if workers > crate::core::MAX_WORKERS {
+            log::warn!(
+                "{workers} workers asked; at most {} run (a cancel key tells that many apart)",
+                crate::core::MAX_WORKERS
+            );
+        }
+        let workers = workers.min(crate::core::MAX_WORKERS);
         let addr = config.server.listen;
         let listeners = listener::bind(addr, config.server.listen_backlog, workers)
             .map_err(|source| StartError::Bind { addr, source })?;

@@ -95,3 +95,55 @@ pub(super) fn validate_metrics(
     })?;
     Ok(MetricsConfig { listen: Some(addr) })
 }
+
+/// The most instances `[peers]` can tell apart (their id is 5 bits of every cancel key).
+pub const MAX_PEERS: usize = 31;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPeers {
+    id: usize,
+    instances: Vec<String>,
+}
+
+/// `[peers]`: several instances behind one address, forwarding each other's CancelRequests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeersConfig {
+    /// This instance's id, 1-based into `instances`; 0 = no peering.
+    pub id: usize,
+    /// Every instance's address (this one's included), the same list on each.
+    pub instances: Vec<std::net::SocketAddr>,
+}
+
+/// Checks `[peers]`: `id` names one of `instances` (at most [`MAX_PEERS`]), each an address.
+pub(super) fn validate_peers(p: RawPeers, err: Problem<'_>) -> Result<PeersConfig, ConfigError> {
+    if p.instances.len() > MAX_PEERS {
+        return Err(err(
+            "peers.instances",
+            format!("at most {MAX_PEERS} instances (the id is 5 bits of each cancel key)"),
+        ));
+    }
+    let mut instances = Vec::with_capacity(p.instances.len());
+    for (i, a) in p.instances.iter().enumerate() {
+        let addr = a.parse().map_err(|_| {
+            err(
+                &format!("peers.instances[{i}]"),
+                format!("{a:?} is not an address with a port (e.g. \"10.0.0.12:6432\")"),
+            )
+        })?;
+        instances.push(addr);
+    }
+    if p.id > instances.len() || (p.id == 0 && !instances.is_empty()) {
+        return Err(err(
+            "peers.id",
+            format!(
+                "must be this instance's place in peers.instances (1 to {})",
+                instances.len()
+            ),
+        ));
+    }
+    Ok(PeersConfig {
+        id: p.id,
+        instances,
+    })
+}

@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     metrics: super::admin::RawMetrics,
     #[serde(default)]
     events: super::admin::RawEvents,
+    #[serde(default)]
+    peers: super::admin::RawPeers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +205,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         admin: super::admin::validate(raw.admin, &names, &err)?,
         metrics: super::admin::validate_metrics(raw.metrics, &err)?,
         events: raw.events.into(),
+        peers: super::admin::validate_peers(raw.peers, &err)?,
         users: validate_users(raw.users, path, env, &err)?,
         mock_auth: MockAuth::random(),
         pool: validate_pool(raw.pool, &err)?,

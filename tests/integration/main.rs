@@ -16,6 +16,7 @@ mod hostile_auth;
 mod limits;
 mod loadtest;
 mod metrics;
+mod peers;
 mod pgbench;
 mod pooling;
 mod primary;

@@ -10,7 +10,7 @@ use crate::common::{self, Child, Opts};
 use crate::pgbench::{pgbench_data, run_pgbench};
 
 /// Starts the pgpilot binary on `port` with `env` set, logging to `log`.
-fn start(config: &Path, log: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+pub fn start(config: &Path, log: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgpilot"));
     cmd.env("RUST_LOG", "info")
         .env_remove(pgpilot::worker::DRIVER_ENV);

@@ -3,8 +3,8 @@
 //! dropping a client: backends keep their ids by name (one added goes after the others, one
 //! removed keeps its place and serves nothing), weights, roles, users, pools, routing,
 //! health settings, the events command and TLS follow it. What a running process cannot
-//! change (its listen address, workers, backlog, pool mode, metrics address) stays, and the
-//! event says that it needs a restart.
+//! change (its listen address, workers, backlog, pool mode, metrics address, peer id) stays,
+//! and the event says that it needs a restart.
 
 use std::sync::Arc;
 
@@ -105,6 +105,11 @@ impl Plane {
         if new.pool_mode != old.pool_mode {
             differ.push("server.pool_mode");
             new.pool_mode = old.pool_mode;
+        }
+        if next.peers.id != self.config.peers.id {
+            // Every session's cancel key carries the id.
+            differ.push("peers.id");
+            next.peers.id = self.config.peers.id;
         }
         if next.metrics != self.config.metrics {
             differ.push("metrics.listen");
