@@ -23,7 +23,7 @@ use crate::core::Core;
 use command::{Command, Show};
 pub use report::{
     BackendFigures, ClientCard, ClientFigures, CoreReport, EventRecord, PlaneReport, PoolFigures,
-    Waiting,
+    ServerFigures, Waiting,
 };
 pub use show::{is_console, utc_seconds};
 pub use stats::{CoreStats, DbStats, Totals};
@@ -155,6 +155,7 @@ async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
         Show::StatsTotals => show::stats(&gather(core).await?, show::StatsKind::Totals),
         Show::StatsAverages => show::stats(&gather(core).await?, show::StatsKind::Averages),
         Show::Routes => show::routes(&gather(core).await?),
+        Show::Servers => show::servers(&core.state(), &gather(core).await?),
     })
 }
 

@@ -96,6 +96,7 @@ impl Backend {
         };
         if tls.mode != SslMode::Disable {
             b.tls = b.negotiate(tls).await?.map(Box::new);
+            b.state.encrypted = b.tls.is_some();
         }
         let mut out = BytesMut::new();
         let mut params = vec![("user", login.user), ("database", login.database)];

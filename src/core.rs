@@ -485,6 +485,10 @@ impl Core {
             clients: (self.sessions.borrow().iter())
                 .map(|(pid, e)| e.card.figures(*pid, now))
                 .collect(),
+            servers: (self.pools.borrow().values())
+                .flat_map(|p| p.idle_servers(now))
+                .chain((self.sessions.borrow().iter()).filter_map(|(pid, e)| e.card.server(*pid)))
+                .collect(),
         }
     }
 

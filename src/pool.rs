@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::admin::PoolFigures;
+use crate::admin::{PoolFigures, ServerFigures};
 use crate::backend::{Backend, Login};
 use crate::config::TcpOptions;
 use crate::error::Error;
@@ -239,6 +239,25 @@ impl Pool {
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()
+    }
+
+    /// Its idle connections, as SHOW SERVERS shows them.
+    pub fn idle_servers(&self, now: Instant) -> Vec<ServerFigures> {
+        let wall = std::time::SystemTime::now();
+        (self.idle.borrow().iter())
+            .map(|b| ServerFigures {
+                backend_id: self.key.backend_id,
+                user: self.key.user.to_string(),
+                database: self.key.database.to_string(),
+                client: None,
+                addr: b.state.addr,
+                local: b.stream.local_addr().ok(),
+                connected: b.state.connected,
+                request: Some(wall - now.saturating_duration_since(b.conn.idle_since)),
+                remote_pid: b.state.key.0,
+                encrypted: b.state.encrypted,
+            })
+            .collect()
     }
 
     /// What the admin console shows of this pool.

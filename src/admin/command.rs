@@ -42,10 +42,11 @@ pub enum Show {
     StatsTotals,
     StatsAverages,
     Routes,
+    Servers,
 }
 
 impl Show {
-    const ALL: [(&'static str, Show); 13] = [
+    const ALL: [(&'static str, Show); 14] = [
         ("POOLS", Show::Pools),
         ("CLIENTS", Show::Clients),
         ("DATABASES", Show::Databases),
@@ -59,6 +60,7 @@ impl Show {
         ("STATS_TOTALS", Show::StatsTotals),
         ("STATS_AVERAGES", Show::StatsAverages),
         ("ROUTES", Show::Routes),
+        ("SERVERS", Show::Servers),
     ];
 
     /// The names `SHOW` takes, for the error that lists them.

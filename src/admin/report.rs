@@ -34,6 +34,9 @@ pub struct ClientCard {
     pub waker: std::cell::RefCell<Option<std::task::Waker>>,
     /// KILL ended its database: the session ends at once.
     pub killed: Cell<bool>,
+    /// The backend connection serving it now: its backend, when it was made, whether it is
+    /// encrypted (the address and server pid are in `cancel`).
+    pub server: Cell<Option<(usize, SystemTime, bool)>>,
 }
 
 impl ClientCard {
@@ -53,6 +56,7 @@ impl ClientCard {
             console: false,
             waker: std::cell::RefCell::new(None),
             killed: Cell::new(false),
+            server: Cell::new(None),
         }
     }
 
@@ -69,6 +73,27 @@ impl ClientCard {
         if let Some(w) = self.waker.borrow().as_ref() {
             w.wake_by_ref();
         }
+    }
+
+    /// The backend connection serving it now, as SHOW SERVERS shows it.
+    pub fn server(&self, pid: u32) -> Option<ServerFigures> {
+        let target = self.cancel.get()?;
+        let (backend_id, connected, encrypted) = self.server.get()?;
+        Some(ServerFigures {
+            backend_id,
+            user: self.user.to_string(),
+            database: self.database.to_string(),
+            client: Some(pid),
+            addr: target.addr,
+            local: None,
+            connected,
+            request: self
+                .request
+                .get()
+                .map(|at| SystemTime::now() - at.elapsed()),
+            remote_pid: target.pid,
+            encrypted,
+        })
     }
 
     /// What the console shows of it.
@@ -116,6 +141,23 @@ impl Drop for Waiting<'_> {
         self.card.waiting.set(None);
         self.stats.waited(self.since.elapsed());
     }
+}
+
+/// A backend connection, as reported.
+#[derive(Debug, Clone)]
+pub struct ServerFigures {
+    pub backend_id: usize,
+    pub user: String,
+    pub database: String,
+    /// Serving the client with this pid, or idle in its pool.
+    pub client: Option<u32>,
+    pub addr: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub connected: SystemTime,
+    /// When it last went idle, or last got a request.
+    pub request: Option<SystemTime>,
+    pub remote_pid: u32,
+    pub encrypted: bool,
 }
 
 /// A client, as reported.
@@ -174,6 +216,8 @@ pub struct CoreReport {
     pub routes: [[u64; 2]; pgpilot_protocol::classify::Reason::ALL.len()],
     pub pools: Vec<PoolFigures>,
     pub clients: Vec<ClientFigures>,
+    /// Its backend connections: idle in the pools, and serving clients.
+    pub servers: Vec<ServerFigures>,
 }
 
 /// One backend as the control plane sees it.

@@ -407,7 +407,8 @@ pub fn clients_table(state: &ClusterState, reports: &[CoreReport]) -> Table {
                 num(wait.subsec_micros()),
                 num(0),
                 text(format!("0x{:08x}", cl.pid)),
-                cl.backend.map(|(_, pid)| pid.to_string()),
+                // The ptr of the server connection serving it (SHOW SERVERS).
+                cl.backend.map(|(_, pid)| format!("0x{pid:08x}")),
                 num(0),
                 cl.tls.clone(),
                 text(cl.application_name.clone()),
@@ -418,31 +419,78 @@ pub fn clients_table(state: &ClusterState, reports: &[CoreReport]) -> Table {
         }
     }
     Table {
-        columns: vec![
-            ("type", TEXT),
-            ("user", TEXT),
-            ("database", TEXT),
-            ("state", TEXT),
-            ("addr", TEXT),
-            ("port", INT4),
-            ("local_addr", TEXT),
-            ("local_port", INT4),
-            ("connect_time", TEXT),
-            ("request_time", TEXT),
-            ("wait", INT4),
-            ("wait_us", INT4),
-            ("close_needed", INT4),
-            ("ptr", TEXT),
-            ("link", TEXT),
-            ("remote_pid", INT4),
-            ("tls", TEXT),
-            ("application_name", TEXT),
-            ("pid", INT8),
-            ("core", INT4),
-            ("backend", TEXT),
-        ],
+        columns: clients_columns(),
         rows,
     }
+}
+
+/// How many of `SHOW CLIENTS`' columns are PgBouncer's (pgpilot's follow).
+const CLIENTS_PGBOUNCER: usize = 18;
+
+/// `SHOW CLIENTS`' columns: PgBouncer's, then `pid`, `core`, `backend`.
+fn clients_columns() -> Vec<(&'static str, u32)> {
+    vec![
+        ("type", TEXT),
+        ("user", TEXT),
+        ("database", TEXT),
+        ("state", TEXT),
+        ("addr", TEXT),
+        ("port", INT4),
+        ("local_addr", TEXT),
+        ("local_port", INT4),
+        ("connect_time", TEXT),
+        ("request_time", TEXT),
+        ("wait", INT4),
+        ("wait_us", INT4),
+        ("close_needed", INT4),
+        ("ptr", TEXT),
+        ("link", TEXT),
+        ("remote_pid", INT4),
+        ("tls", TEXT),
+        ("application_name", TEXT),
+        ("pid", INT8),
+        ("core", INT4),
+        ("backend", TEXT),
+    ]
+}
+
+/// `SHOW SERVERS`: `SHOW CLIENTS`' columns for every backend connection (type `S`): those
+/// serving a client (`active`, `link` the client's `ptr`) and those idle in a pool.
+pub fn servers(state: &ClusterState, reports: &[CoreReport]) -> Table {
+    let mut rows = Vec::new();
+    for r in reports {
+        for s in &r.servers {
+            let [addr, port] = addr_port(Some(s.addr));
+            let [local_addr, local_port] = addr_port(s.local);
+            let backend = state.backends.get(s.backend_id).map(|b| b.name.clone());
+            rows.push(vec![
+                text("S"),
+                text(s.user.clone()),
+                text(s.database.clone()),
+                text(if s.client.is_some() { "active" } else { "idle" }),
+                addr,
+                port,
+                local_addr,
+                local_port,
+                text(utc(s.connected)),
+                text(utc(s.request.unwrap_or(s.connected))),
+                num(0),
+                num(0),
+                num(0),
+                text(format!("0x{:08x}", s.remote_pid)),
+                s.client.map(|pid| format!("0x{pid:08x}")),
+                num(s.remote_pid),
+                s.encrypted.then(|| "TLS".to_owned()),
+                text(""),
+                backend,
+                num(r.core),
+            ]);
+        }
+    }
+    let mut columns = clients_columns();
+    columns.truncate(CLIENTS_PGBOUNCER);
+    columns.extend([("backend", TEXT), ("core", INT4)]);
+    Table { columns, rows }
 }
 
 pub fn lists(c: &Config, reports: &[CoreReport]) -> Table {

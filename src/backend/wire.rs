@@ -28,6 +28,9 @@ pub struct Wire {
     /// A primary connection that answered a write with 25006 (read-only) and never said it is
     /// no standby: it runs no more work once the statement in hand is done, and is closed.
     pub fenced: bool,
+    /// When the connection was made, and whether it is encrypted (SHOW SERVERS).
+    pub connected: std::time::SystemTime,
+    pub encrypted: bool,
 }
 
 impl Wire {
@@ -42,6 +45,8 @@ impl Wire {
             applied: 0,
             prepared: Prepared::default(),
             fenced: false,
+            connected: std::time::SystemTime::now(),
+            encrypted: false,
         }
     }
 }

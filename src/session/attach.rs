@@ -97,6 +97,9 @@ impl<L> Session<L> {
             on_replica,
         } = checkout;
         let (pid, secret) = backend.key;
+        self.card
+            .server
+            .set(Some((backend.id, backend.connected, backend.encrypted)));
         self.card.cancel.set(Some(CancelTarget {
             addr: backend.addr,
             pid,

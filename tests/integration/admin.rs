@@ -163,6 +163,29 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
         .expect("the console itself");
     assert_eq!(cell(&clients, admin, "addr"), "127.0.0.1");
 
+    // The connection serving the open transaction, linked both ways; idle ones in the pools.
+    let servers = show(&mut console, "SHOW SERVERS");
+    assert!(starts_with(&servers.0, CLIENTS), "{:?}", servers.0);
+    let active: Vec<_> = (servers.1.iter())
+        .filter(|r| cell(&servers, r, "state") == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{:?}", servers.1);
+    let (server_ptr, client_ptr) = (
+        cell(&servers, active[0], "ptr"),
+        cell(&servers, active[0], "link"),
+    );
+    let holder = (clients.1.iter())
+        .find(|r| cell(&clients, r, "ptr") == client_ptr)
+        .expect("the client it serves");
+    assert_eq!(cell(&clients, holder, "link"), server_ptr);
+    assert_eq!(cell(&servers, active[0], "type"), "S");
+    let idle = servers
+        .1
+        .iter()
+        .filter(|r| cell(&servers, r, "state") == "idle")
+        .count();
+    assert!(idle >= 1, "the reads left idle connections");
+
     let databases = show(&mut console, "SHOW DATABASES");
     assert_eq!(databases.0, DATABASES);
     let names: Vec<&str> = (databases.1.iter())
