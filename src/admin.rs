@@ -156,6 +156,7 @@ async fn table(core: &Rc<Core>, what: Show) -> Result<Table, ErrorFields> {
         Show::StatsAverages => show::stats(&gather(core).await?, show::StatsKind::Averages),
         Show::Routes => show::routes(&gather(core).await?),
         Show::Servers => show::servers(&core.state(), &gather(core).await?),
+        Show::Pins => show::pins(&core.state(), &gather(core).await?),
     })
 }
 

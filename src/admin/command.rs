@@ -43,10 +43,11 @@ pub enum Show {
     StatsAverages,
     Routes,
     Servers,
+    Pins,
 }
 
 impl Show {
-    const ALL: [(&'static str, Show); 14] = [
+    const ALL: [(&'static str, Show); 15] = [
         ("POOLS", Show::Pools),
         ("CLIENTS", Show::Clients),
         ("DATABASES", Show::Databases),
@@ -61,6 +62,7 @@ impl Show {
         ("STATS_AVERAGES", Show::StatsAverages),
         ("ROUTES", Show::Routes),
         ("SERVERS", Show::Servers),
+        ("PINS", Show::Pins),
     ];
 
     /// The names `SHOW` takes, for the error that lists them.

@@ -37,6 +37,8 @@ pub struct ClientCard {
     /// The backend connection serving it now: its backend, when it was made, whether it is
     /// encrypted (the address and server pid are in `cancel`).
     pub server: Cell<Option<(usize, SystemTime, bool)>>,
+    /// Pinned to its backend: since when, and by what.
+    pub pinned: std::cell::RefCell<Option<(SystemTime, Box<str>)>>,
 }
 
 impl ClientCard {
@@ -57,7 +59,13 @@ impl ClientCard {
             waker: std::cell::RefCell::new(None),
             killed: Cell::new(false),
             server: Cell::new(None),
+            pinned: std::cell::RefCell::new(None),
         }
+    }
+
+    /// The session is pinned to its backend from now on, by `cause`.
+    pub fn pin(&self, cause: &str) {
+        *self.pinned.borrow_mut() = Some((SystemTime::now(), cause.into()));
     }
 
     /// Remembers the task to wake at shutdown (a pointer comparison when it is the same).
@@ -117,6 +125,7 @@ impl ClientCard {
             tls: self.tls.as_deref().map(str::to_owned),
             application_name: self.application_name.to_string(),
             console: self.console,
+            pinned: (self.pinned.borrow().as_ref()).map(|(at, why)| (*at, why.to_string())),
         }
     }
 }
@@ -178,6 +187,8 @@ pub struct ClientFigures {
     pub tls: Option<String>,
     pub application_name: String,
     pub console: bool,
+    /// Pinned to its backend: since when, and by what.
+    pub pinned: Option<(SystemTime, String)>,
 }
 
 /// One pool of one core: connections to one backend for one user and database.

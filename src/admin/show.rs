@@ -493,6 +493,43 @@ pub fn servers(state: &ClusterState, reports: &[CoreReport]) -> Table {
     Table { columns, rows }
 }
 
+/// `SHOW PINS`: the sessions pinned to their backend connection (in transaction pooling it
+/// serves them alone from then on), since when and by what statement.
+pub fn pins(state: &ClusterState, reports: &[CoreReport]) -> Table {
+    let mut rows = Vec::new();
+    for r in reports {
+        for cl in &r.clients {
+            let Some((since, cause)) = &cl.pinned else {
+                continue;
+            };
+            let backend = (cl.backend)
+                .and_then(|(addr, _)| state.backends.iter().find(|b| b.addr == Some(addr)))
+                .map(|b| b.name.clone());
+            rows.push(vec![
+                num(cl.pid),
+                text(cl.user.clone()),
+                text(cl.database.clone()),
+                text(utc(*since)),
+                text(cause.clone()),
+                backend,
+                num(r.core),
+            ]);
+        }
+    }
+    Table {
+        columns: vec![
+            ("pid", INT8),
+            ("user", TEXT),
+            ("database", TEXT),
+            ("since", TEXT),
+            ("cause", TEXT),
+            ("backend", TEXT),
+            ("core", INT4),
+        ],
+        rows,
+    }
+}
+
 pub fn lists(c: &Config, reports: &[CoreReport]) -> Table {
     let pools = pools_by_key(reports).len();
     let mut databases: Vec<&str> = reports

@@ -355,6 +355,11 @@ impl<L> Session<L> {
             if !self.pinned {
                 self.pinned = true;
                 self.core.note_pin();
+                self.card.pin(if status != TransactionStatus::Idle {
+                    "SET left in an open transaction block"
+                } else {
+                    "more session-level SETs than pgpilot replays"
+                });
             }
             return;
         }

@@ -46,6 +46,8 @@ pub(super) struct Unit {
     pub(super) drops_statements: bool,
     /// Its statements by route: `[reason][primary, replica]` (SHOW ROUTES, the metrics).
     pub(super) routes: Routes,
+    /// The start of the statement that would pin the session (SHOW PINS).
+    pub(super) pin_cause: Option<Box<str>>,
 }
 
 /// Statements by route reason and target, counted per unit and then per core.
@@ -76,14 +78,32 @@ impl Unit {
                 self.changes.push(SettingChange::ResetAll);
             }
         }
+        let mut pins = effect == SessionEffect::Pin;
         if effect == SessionEffect::Settings {
             match setting_changes(sql) {
                 Some(changes) => self.changes.extend(changes),
-                None => self.effect = SessionEffect::Pin,
+                None => {
+                    self.effect = SessionEffect::Pin;
+                    pins = true;
+                }
             }
+        }
+        if pins && self.pin_cause.is_none() {
+            self.pin_cause = Some(statement_start(sql));
         }
         self.effect = self.effect.max(effect);
     }
+}
+
+/// The first words of a statement, on one line, for SHOW PINS.
+fn statement_start(sql: &[u8]) -> Box<str> {
+    let text = String::from_utf8_lossy(sql);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut start: String = words.join(" ").chars().take(60).collect();
+    if start.len() < words.join(" ").len() {
+        start.push('…');
+    }
+    start.into_boxed_str()
 }
 
 fn join(a: Option<Target>, b: Target) -> Option<Target> {
@@ -109,6 +129,7 @@ impl<L> Session<L> {
             replica_hint: false,
             drops_statements: false,
             routes: [[0; 2]; Reason::ALL.len()],
+            pin_cause: None,
         };
         let mut target = None;
         let functions = &*Core::functions_for(&self.core, &self.user, &self.database);
@@ -302,6 +323,9 @@ impl<L> Session<L> {
         if effect == SessionEffect::Pin && !self.pinned {
             self.pinned = true;
             self.core.note_pin();
+            let cause = unit.pin_cause.take();
+            self.card
+                .pin(cause.as_deref().unwrap_or("SET inside a transaction block"));
             log::debug!(
                 "session={} pinned to backend {}",
                 self.pid,

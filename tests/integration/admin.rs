@@ -279,6 +279,16 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
         [("replica", "plain_read", "16"), ("primary", "write", "1")]
     );
 
+    // LISTEN pins a client to its backend: SHOW PINS says who and why.
+    apps[1].simple_query("LISTEN console_test").unwrap();
+    let pins = show(&mut console, "SHOW PINS");
+    assert_eq!(
+        pins.0,
+        ["pid", "user", "database", "since", "cause", "backend", "core"]
+    );
+    let causes: Vec<&str> = pins.1.iter().map(|r| cell(&pins, r, "cause")).collect();
+    assert_eq!(causes, ["LISTEN console_test"]);
+
     let version = show(&mut console, "SHOW VERSION");
     assert_eq!(version.0, ["version"]);
     assert!(cell(&version, &version.1[0], "version").starts_with("pgpilot "));
