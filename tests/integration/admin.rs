@@ -378,6 +378,50 @@ fn only_admin_users_get_in_and_drivers_see_the_parameters_they_look_for() {
         .expect("a wrong password");
     assert_eq!(code, "28P01");
 
+    // psql, as operators use it: every command.
+    for command in [
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW STATS",
+        "SHOW STATS_TOTALS",
+        "SHOW STATS_AVERAGES",
+        "SHOW DATABASES",
+        "SHOW LISTS",
+        "SHOW USERS",
+        "SHOW CONFIG",
+        "SHOW VERSION",
+        "SHOW BACKENDS",
+        "SHOW EVENTS",
+        "SHOW ROUTES",
+        "SHOW PINS",
+        "SET application_name = 'x'",
+        "PAUSE app",
+        "RESUME app",
+        "RECONNECT app",
+        "KILL nothing_here",
+        "DETACH b2",
+        "ATTACH b2",
+        "RELOAD",
+    ] {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &proxy.addr().port().to_string(),
+            ])
+            .args(["-U", "admin", "-d", "pgpilot", "-c", command])
+            .env("PGPASSWORD", "secret")
+            .output()
+            .expect("psql runs");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.is_empty(),
+            "psql {command}: {said}"
+        );
+    }
     // psql, as operators use it.
     let out = std::process::Command::new("psql")
         .args([
