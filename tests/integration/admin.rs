@@ -102,6 +102,17 @@ pub fn cell<'a>(answer: &'a Answer, row: &'a [Option<String>], column: &str) -> 
     row.get(i).and_then(|v| v.as_deref()).unwrap_or("")
 }
 
+/// A proxy in front of the test cluster with an admin user.
+fn admin_proxy(c: &common::Cluster) -> pgpilot::Proxy {
+    common::proxy(
+        c,
+        &Opts {
+            extra: ADMIN,
+            ..Opts::default()
+        },
+    )
+}
+
 pub fn console(proxy: &pgpilot::Proxy, database: &str) -> Client {
     let dsn = format!(
         "host=127.0.0.1 port={} user=admin password=secret dbname={database} connect_timeout=10",
@@ -117,13 +128,7 @@ fn starts_with(columns: &[String], expected: &[&str]) -> bool {
 #[test]
 fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(
-        c,
-        &Opts {
-            extra: ADMIN,
-            ..Opts::default()
-        },
-    );
+    let proxy = admin_proxy(c);
     // 16 clients, spread over both cores by SO_REUSEPORT; one holds a transaction open.
     let mut apps: Vec<Client> = (0..16).map(|_| common::client(&proxy)).collect();
     for app in &mut apps {
@@ -346,13 +351,7 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
 #[test]
 fn only_admin_users_get_in_and_drivers_see_the_parameters_they_look_for() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(
-        c,
-        &Opts {
-            extra: ADMIN,
-            ..Opts::default()
-        },
-    );
+    let proxy = admin_proxy(c);
     let raw = Raw::connect(proxy.addr(), "admin", "secret", &[("database", "pgpilot")])
         .expect("admin logs in");
     let version = raw.param("server_version").unwrap_or_default();
@@ -546,13 +545,7 @@ fn detach_takes_a_replica_out_until_attach_whatever_the_checks_say() {
 #[test]
 fn pause_waits_for_transactions_holds_new_work_until_resume_and_kill_and_reconnect_end_things() {
     let Some(c) = common::cluster() else { return };
-    let proxy = common::proxy(
-        c,
-        &Opts {
-            extra: ADMIN,
-            ..Opts::default()
-        },
-    );
+    let proxy = admin_proxy(c);
     let mut busy = common::client(&proxy);
     busy.simple_query("BEGIN; SELECT 1").unwrap();
     let paused = {

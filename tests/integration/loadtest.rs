@@ -25,7 +25,8 @@ fn settings(workload: Workload, clients: usize) -> Settings {
     }
 }
 
-fn target(proxy: &pgpilot::Proxy) -> Target {
+/// The load generator's target: the proxy, as `app`, in plaintext.
+pub fn target(proxy: &pgpilot::Proxy) -> Target {
     Target {
         name: "pgpilot".into(),
         addr: proxy.addr(),

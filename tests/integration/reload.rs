@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use pgpilot::control::{ControlMsg, Status};
 use pgpilot::{Config, Proxy};
-use pgpilot_loadtest::client::Target;
 use pgpilot_loadtest::workload::{Settings, Workload};
 
 use crate::admin::{cell, console, show, ADMIN};
@@ -58,14 +57,7 @@ fn a_reload_under_load_changes_backends_users_and_pools_and_fails_nothing() {
     let path = dir.join("pgpilot.toml");
     std::fs::write(&path, text(c, &[(1, 1)], "")).unwrap();
     let proxy = Proxy::start(Config::load(&path).unwrap()).unwrap();
-    let target = Target {
-        name: "pgpilot".into(),
-        addr: proxy.addr(),
-        user: "app".into(),
-        password: "app".into(),
-        database: "app".into(),
-        tls: None,
-    };
+    let target = crate::loadtest::target(&proxy);
     let load = std::thread::spawn(move || {
         let settings = Settings {
             workload: Workload::Mixed,
