@@ -64,7 +64,10 @@ pub struct Core {
     /// `[peers] id` (0 without peers), in every session's pid.
     instance: usize,
     /// The configuration in force (a reload replaces it).
-    config: RefCell<Arc<Config>>,
+    /// In an `Rc` of this core's own: sessions take it with a count no other core touches (an
+    /// `Arc` clone per statement would bounce its count between the cores).
+    #[allow(clippy::redundant_allocation)] // the second allocation is the core-local count
+    config: RefCell<Rc<Arc<Config>>>,
     state: RefCell<Arc<ClusterState>>,
     pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
     sessions: RefCell<HashMap<u32, SessionEntry>>,
@@ -120,7 +123,7 @@ impl Core {
             id,
             workers,
             instance: config.peers.id,
-            config: RefCell::new(config),
+            config: RefCell::new(Rc::new(config)),
             state: RefCell::new(state),
             pools: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
@@ -146,7 +149,8 @@ impl Core {
     }
 
     /// The configuration in force now.
-    pub fn config(&self) -> Arc<Config> {
+    #[allow(clippy::redundant_allocation)] // see the field
+    pub fn config(&self) -> Rc<Arc<Config>> {
         self.config.borrow().clone()
     }
 

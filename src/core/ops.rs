@@ -80,7 +80,7 @@ impl Core {
     /// A reload: the new configuration is in force for what starts from now (sessions, logins,
     /// connections, routing); pools take their new sizes, timeouts, passwords and TLS.
     pub(super) fn reconfigure(&self, config: Arc<Config>) {
-        *self.config.borrow_mut() = config.clone();
+        *self.config.borrow_mut() = Rc::new(config.clone());
         *self.configured_functions.borrow_mut() = Rc::new(config.routing.functions.clone());
         // The catalogs are read again, with the new routing lists on top.
         self.functions.borrow_mut().clear();
