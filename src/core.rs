@@ -68,7 +68,9 @@ pub struct Core {
     /// `Arc` clone per statement would bounce its count between the cores).
     #[allow(clippy::redundant_allocation)] // the second allocation is the core-local count
     config: RefCell<Rc<Arc<Config>>>,
-    state: RefCell<Arc<ClusterState>>,
+    /// The latest snapshot, in an `Rc` of this core's own (as `config`).
+    #[allow(clippy::redundant_allocation)] // the second allocation is the core-local count
+    state: RefCell<Rc<Arc<ClusterState>>>,
     pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
     sessions: RefCell<HashMap<u32, SessionEntry>>,
     next_session: Cell<u32>,
@@ -124,7 +126,7 @@ impl Core {
             workers,
             instance: config.peers.id,
             config: RefCell::new(Rc::new(config)),
-            state: RefCell::new(state),
+            state: RefCell::new(Rc::new(state)),
             pools: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
             next_session: Cell::new(0),
@@ -155,7 +157,8 @@ impl Core {
     }
 
     /// The current cluster snapshot.
-    pub fn state(&self) -> Arc<ClusterState> {
+    #[allow(clippy::redundant_allocation)] // see the field
+    pub fn state(&self) -> Rc<Arc<ClusterState>> {
         self.state.borrow().clone()
     }
 
@@ -434,7 +437,7 @@ impl Core {
                         pool.close_idle();
                     }
                 }
-                *self.state.borrow_mut() = state;
+                *self.state.borrow_mut() = Rc::new(state);
             }
             CoreMsg::Cancel { pid, secret } => self.cancel(pid, secret),
             CoreMsg::Shutdown => self.begin_shutdown(),
