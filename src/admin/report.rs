@@ -282,3 +282,19 @@ pub struct PlaneReport {
     /// The latest events, oldest first.
     pub events: Vec<EventRecord>,
 }
+
+impl PlaneReport {
+    /// The share of reads `b` takes now: its weight as lowered by slowness or a slow start,
+    /// over the sum of those that take reads; with none, the primary takes them all.
+    pub fn read_share(&self, b: &BackendFigures) -> f64 {
+        let total: u64 = (self.backends.iter())
+            .filter(|b| b.status.takes_reads())
+            .map(|b| u64::from(b.share))
+            .sum();
+        match total {
+            0 => f64::from(u8::from(b.role == Role::Primary)),
+            _ if !b.status.takes_reads() => 0.0,
+            _ => b.share as f64 / total as f64,
+        }
+    }
+}

@@ -130,20 +130,12 @@ pub fn render(cores: &[CoreReport], plane: &PlaneReport, netstat: &Option<(u64, 
         "gauge",
         "The share of reads the backend takes now.",
     );
-    let total: u64 = (backends.iter())
-        .filter(|b| b.status.takes_reads())
-        .map(|b| u64::from(b.share))
-        .sum();
     for b in shown() {
-        let share = match total {
-            0 => f64::from(u8::from(b.role == Role::Primary)),
-            _ if !b.status.takes_reads() => 0.0,
-            _ => b.share as f64 / total as f64,
-        };
+        let labels = [("backend", b.name.as_str())];
         t.sample(
             "pgpilot_backend_read_share_ratio",
-            &[("backend", &b.name)],
-            share,
+            &labels,
+            plane.read_share(b),
         );
     }
     t.family(

@@ -3,23 +3,9 @@
 use pgpilot_protocol::classify::Reason;
 
 use super::{num, role_name, text, utc};
-use crate::admin::{
-    BackendFigures, CoreReport, EventRecord, PlaneReport, Table, INT4, INT8, NUMERIC, TEXT,
-};
-use crate::config::Role;
+use crate::admin::{CoreReport, EventRecord, PlaneReport, Table, INT4, INT8, NUMERIC, TEXT};
 
 pub fn backends(p: &PlaneReport) -> Table {
-    // The share of reads each takes now: its weight as lowered by slowness or a slow start,
-    // over the sum of those that take reads; with none, the primary takes them all.
-    let total: u64 = (p.backends.iter())
-        .filter(|b| b.status.takes_reads())
-        .map(|b| u64::from(b.share))
-        .sum();
-    let share = |b: &BackendFigures| match total {
-        0 => f64::from(u8::from(b.role == Role::Primary)),
-        _ if !b.status.takes_reads() => 0.0,
-        _ => b.share as f64 / total as f64,
-    };
     let rows = p
         .backends
         .iter()
@@ -32,7 +18,7 @@ pub fn backends(p: &PlaneReport) -> Table {
                 text(role_name(b.role)),
                 text(b.status.to_string()),
                 num(b.weight),
-                text(format!("{:.3}", share(b))),
+                text(format!("{:.3}", p.read_share(b))),
                 b.lag_bytes.map(|l| l.to_string()),
                 b.replay_delay_ms
                     .map(|d| format!("{:.3}", d as f64 / 1000.0)),
