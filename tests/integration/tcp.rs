@@ -68,14 +68,17 @@ fn client_and_backend_sockets_get_keepalive_and_user_timeout() {
     let proxy = Proxy::start(config).unwrap();
     let mut client = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     // The port the backend sees its client (the proxy) on is the proxy's end of that socket.
-    let backend_side = client.query("SELECT inet_client_port()").unwrap();
-    let backend_local: u16 = backend_side[0].parse().unwrap();
-    let server = c
-        .ports
-        .iter()
-        .copied()
-        .find(|&p| inode_of(backend_local, p).is_some())
-        .expect("the backend socket goes to one of the servers");
+    // Both ends come from the server itself: another test's proxy in this process may hold a
+    // socket from the same local port to a different server, so guessing the server is wrong.
+    let ends = client
+        .query("SELECT inet_client_port() || ' ' || inet_server_port()")
+        .unwrap();
+    let (local, remote) = ends[0].split_once(' ').unwrap();
+    let (backend_local, server): (u16, u16) = (local.parse().unwrap(), remote.parse().unwrap());
+    assert!(
+        c.ports.contains(&server),
+        "the backend is one of the cluster's servers"
+    );
     let client_port = client.stream.local_addr().unwrap().port();
     assert_eq!(
         options_of(proxy.addr().port(), client_port),
