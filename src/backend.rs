@@ -22,7 +22,7 @@ use crate::tls::{self, BackendTls, SslMode};
 
 mod negotiate;
 mod wire;
-pub use wire::{Prepared, ServerParams, Wire};
+pub use wire::{client_parsed, Has, Prepared, ServerParams, Wire};
 
 /// Backends are trusted; their messages are bounded only by PostgreSQL's own limit.
 pub const MAX_BACKEND_MESSAGE: u32 = 1 << 30;

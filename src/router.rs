@@ -18,13 +18,7 @@ pub fn pick(
     let reachable = |b: &&BackendState| b.addr.is_some() && !benched(b.id);
     let usable = |b: &&BackendState| b.status.takes_reads() && reachable(b);
     if target == Target::Replica {
-        let total: u64 = state
-            .backends
-            .iter()
-            .filter(usable)
-            .filter(|b| b.role == Role::Replica)
-            .map(|b| u64::from(b.weight))
-            .sum();
+        let total = read_weight(state, &benched);
         if total > 0 {
             let mut at = roll % total;
             for b in state
@@ -43,6 +37,17 @@ pub fn pick(
     // The primary is never detached: whatever its checks say, work that needs it goes there
     // (the platform fails it over, and the proxy follows its name).
     state.primary().filter(reachable).map(|b| b.id)
+}
+
+/// The weight of the replicas that take reads now: 0 when reads would go to the primary.
+pub fn read_weight(state: &ClusterState, benched: impl Fn(usize) -> bool) -> u64 {
+    state
+        .backends
+        .iter()
+        .filter(|b| b.role == Role::Replica && b.status.takes_reads())
+        .filter(|b| b.addr.is_some() && !benched(b.id))
+        .map(|b| u64::from(b.weight))
+        .sum()
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub enum ProtocolError {
     Malformed { tag: u8, what: &'static str },
     /// A startup packet with a protocol version or request code we do not speak.
     UnsupportedVersion { code: u32 },
+    /// A startup packet whose parameter list is not NUL-terminated name/value pairs ending in
+    /// a lone NUL.
+    StartupLayout,
 }
 
 impl fmt::Display for ProtocolError {
@@ -38,6 +41,10 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::UnsupportedVersion { code } => {
                 write!(f, "unsupported protocol version or request code {code}")
+            }
+            // PostgreSQL's own words for any packet it cannot split into parameters.
+            ProtocolError::StartupLayout => {
+                f.write_str("invalid startup packet layout: expected terminator as last byte")
             }
         }
     }

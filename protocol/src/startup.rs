@@ -92,7 +92,7 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> {
             })
         }
         code if code >> 16 == 3 => {
-            let params = parse_params(rest).ok_or(bad("bad parameter list"))?;
+            let params = parse_params(rest).ok_or(ProtocolError::StartupLayout)?;
             Ok(StartupPacket::Startup(StartupMessage {
                 major: 3,
                 minor: (code & 0xffff) as u16,
@@ -155,6 +155,21 @@ mod tests {
         assert_eq!((msg.major, msg.minor), (3, 0));
         assert_eq!(msg.param("user"), Some("app"));
         assert_eq!(msg.param("database"), Some("db"));
+    }
+
+    #[test]
+    fn a_parameter_list_without_its_terminator_is_postgres_layout_error() {
+        for params in [&b"user\0app"[..], b"user\0app\0", b"user\0", b""] {
+            let mut wire = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+            wire.extend_from_slice(&0x0003_0000u32.to_be_bytes());
+            wire.extend_from_slice(params);
+            let e = parse(&wire).unwrap_err();
+            assert_eq!(e, ProtocolError::StartupLayout, "{params:?}");
+            assert_eq!(
+                e.to_string(),
+                "invalid startup packet layout: expected terminator as last byte"
+            );
+        }
     }
 
     #[test]

@@ -91,30 +91,89 @@ impl ServerParams {
 }
 
 /// The shared prepared statements of one backend, by query hash, with their last use so that
-/// the least recently used one is closed when there are too many.
+/// the least recently used one is closed when there are too many, and when each was prepared
+/// so that one prepared before a client's own Parse of the same text (which may follow DDL
+/// that changed what the text means) is prepared again before it runs.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    used: std::collections::HashMap<u64, u64>,
+    /// Hash → (last use, this core's parse epoch when it was prepared).
+    used: std::collections::HashMap<u64, (u64, u64)>,
     tick: u64,
 }
 
-impl Prepared {
-    /// Whether the backend has the statement; counts as a use.
-    pub fn contains(&mut self, hash: u64) -> bool {
-        self.tick += 1;
-        match self.used.get_mut(&hash) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
+/// Whether a backend has a statement, and whether as the text means now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Has {
+    /// Prepared since the latest Parse of its text by a client of this core.
+    Fresh,
+    /// Prepared before it: closed and prepared again before use.
+    Stale,
+    /// Not there.
+    No,
+}
+
+/// This core's parse epochs: when a client last sent its own Parse of each statement text.
+/// A core is one thread, and its backends serve only its clients.
+struct Epochs {
+    at: std::collections::HashMap<u64, u64>,
+    now: u64,
+    /// Every statement prepared before this is stale (the map was cleared to stay bounded).
+    floor: u64,
+}
+
+/// Texts whose epochs a core remembers; past it all are forgotten and every backend statement
+/// counts as stale once, which costs Parses, never correctness.
+const MAX_EPOCHS: usize = 65_536;
+
+thread_local!(static EPOCHS: std::cell::RefCell<Epochs> = std::cell::RefCell::new(Epochs {
+    at: std::collections::HashMap::new(),
+    now: 0,
+    floor: 0,
+}));
+
+/// A client of this core sent its own Parse of the statement `hash`: every backend's copy
+/// prepared before now is stale.
+pub fn client_parsed(hash: u64) {
+    EPOCHS.with(|e| {
+        let mut e = e.borrow_mut();
+        e.now += 1;
+        let now = e.now;
+        if e.at.len() >= MAX_EPOCHS && !e.at.contains_key(&hash) {
+            e.at.clear();
+            e.floor = now;
         }
+        e.at.insert(hash, now);
+    });
+}
+
+/// The epoch a statement prepared now gets, and the one a copy needs to be fresh.
+fn epochs(hash: u64) -> (u64, u64) {
+    EPOCHS.with(|e| {
+        let e = e.borrow();
+        (e.now, e.at.get(&hash).copied().unwrap_or(e.floor))
+    })
+}
+
+impl Prepared {
+    /// Whether the backend has the statement, fresh or stale; a fresh one counts as a use.
+    pub fn has(&mut self, hash: u64) -> Has {
+        self.tick += 1;
+        let Some((used, epoch)) = self.used.get_mut(&hash) else {
+            return Has::No;
+        };
+        // Epoch 0: kept after a skipped Close, stale whatever the epochs say.
+        if *epoch == 0 || *epoch < epochs(hash).1 {
+            return Has::Stale;
+        }
+        *used = self.tick;
+        Has::Fresh
     }
 
-    /// Records a statement; returns the least recently used one to close when more than `cap`.
+    /// Records a statement prepared now; returns the least recently used one to close when
+    /// more than `cap`.
     pub fn insert(&mut self, hash: u64, cap: usize) -> Option<u64> {
         self.tick += 1;
-        self.used.insert(hash, self.tick);
+        self.used.insert(hash, (self.tick, epochs(hash).0.max(1)));
         if self.used.len() <= cap.max(1) {
             return None;
         }
@@ -122,12 +181,18 @@ impl Prepared {
             .used
             .iter()
             .filter(|(h, _)| **h != hash)
-            .min_by_key(|(_, t)| **t)?;
+            .min_by_key(|(_, (t, _))| *t)?;
         self.used.remove(&oldest);
         Some(oldest)
     }
 
-    /// Forgets a statement (its Parse failed).
+    /// Records that the backend still has a statement whose Close it skipped (after an
+    /// error), as stale: it is closed again before it is prepared again.
+    pub fn kept(&mut self, hash: u64) {
+        self.used.insert(hash, (self.tick, 0));
+    }
+
+    /// Forgets a statement (its Parse failed, or it was closed).
     pub fn remove(&mut self, hash: u64) {
         self.used.remove(&hash);
     }

@@ -30,10 +30,15 @@ impl<L> Session<L> {
         match (got, waiting) {
             (Ok(checkout), None) => self.install(checkout),
             (Err(e), None) => log::warn!("session={} parked backend unusable: {e}", self.pid),
+            (Err(Error::PoolTimeout), Some(w)) if w.parses.is_some() => {
+                self.answer_parses(&w.unit, w.parses.unwrap_or_default())
+            }
             (Err(e), Some(w)) => self.fail_unit(&w.unit, e),
             (Ok(checkout), Some(w)) => {
                 self.install(checkout);
-                let Waiting { mut unit, begin } = *w;
+                let Waiting {
+                    mut unit, begin, ..
+                } = *w;
                 let begin_sent = begin.clone();
                 if let (Some(begin), Some(att)) = (begin, self.attached.as_mut()) {
                     att.hidden = att.hidden.saturating_add(1);
@@ -120,6 +125,8 @@ impl<L> Session<L> {
             changes: None,
             changes_failed: false,
             changes_settled: None,
+            after: Vec::new(),
+            failed_parses: Vec::new(),
             outbox: Default::default(),
             streaming: 0,
             retry: None,

@@ -248,7 +248,11 @@ impl Client {
                 database: s.database.clone(),
             };
             let pool = core.pool(key);
-            let wait = core.config().pool.checkout_timeout;
+            let wait = if s.impatient() {
+                Duration::ZERO
+            } else {
+                core.config().pool.checkout_timeout
+            };
             let checkout_result = {
                 // Shown as waiting (SHOW CLIENTS, SHOW POOLS) until a connection is had.
                 let _waiting = Waiting::start(&s.card, &s.stats);
@@ -327,9 +331,7 @@ impl Client {
 
 /// Whether some replica takes reads now.
 fn takes_reads(state: &ClusterState) -> bool {
-    state.backends.iter().any(|b| {
-        b.role == Role::Replica && b.status.takes_reads() && b.addr.is_some() && b.weight > 0
-    })
+    router::read_weight(state, |_| false) > 0
 }
 
 /// How long a held unit waits between tries of the primary.

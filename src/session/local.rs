@@ -10,10 +10,15 @@ use pgpilot_protocol::encode::{self, ErrorFields};
 use pgpilot_protocol::frame::FrameScan;
 use pgpilot_protocol::frontend::{query_sql, statement_of, FrontendTag};
 
+use bytes::BytesMut;
+
 use super::login::intern_code;
 use super::relay::Held;
+use super::statements::close_statement;
 use super::unit::Unit;
 use super::{Intake, Session};
+use crate::backend::Has;
+use crate::config::PoolMode;
 use crate::error::Error;
 
 impl<L> Session<L> {
@@ -106,6 +111,16 @@ impl<L> Session<L> {
         None
     }
 
+    /// Answers PQprepare's Parse + Sync of `parses` named statements when no backend was free
+    /// at once: they are checked where they first run.
+    pub(super) fn answer_parses(&mut self, unit: &Unit, parses: usize) {
+        let _ = self.cbuf.split_to(unit.len);
+        for _ in 0..parses {
+            encode::parse_complete(&mut self.out);
+        }
+        encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+    }
+
     /// `DEALLOCATE name` of a statement the proxy prepared under a shared name (or `DEALLOCATE
     /// ALL` when nothing SQL-level was prepared) is answered by the proxy, since the backend
     /// knows the statement by another name and shares it. `Some` when this unit is one.
@@ -119,18 +134,37 @@ impl<L> Session<L> {
         }
     }
 
-    /// Answers a [`Session::local_deallocate`] unit: the client's name is forgotten.
+    /// Answers a [`Session::local_deallocate`] unit: the client's name is forgotten, and the
+    /// attached backend's statement closed (behind the answer) unless another of the client's
+    /// names shares it. Backends in the pools keep theirs: other clients may share them.
     pub(super) fn answer_deallocate(&mut self, unit: &Unit, which: Deallocate) {
+        let mut work = BytesMut::new();
         let tag: &[u8] = match which {
             Deallocate::Name(name) => {
-                self.statements.remove(name.as_slice());
+                let gone = self.statements.remove(name.as_slice()).map(|s| s.hash);
+                let shared = |h: u64| self.statements.values().any(|s| s.hash == h);
+                if let (Some(h), Some(att)) = (gone, self.attached.as_mut()) {
+                    if !shared(h) && att.backend.prepared.has(h) != Has::No {
+                        att.backend.prepared.remove(h);
+                        close_statement(&mut work, h);
+                        encode::sync(&mut work);
+                    }
+                }
                 b"DEALLOCATE"
             }
             Deallocate::All => {
                 self.statements.clear();
+                // Session mode: the backend is the client's own, and is cleared too.
+                if let (PoolMode::Session, Some(att)) = (self.mode, self.attached.as_mut()) {
+                    att.backend.prepared.clear();
+                    encode::query(&mut work, b"DEALLOCATE ALL");
+                }
                 b"DEALLOCATE ALL"
             }
         };
+        if let (false, Some(att)) = (work.is_empty(), self.attached.as_mut()) {
+            att.after.push((work.freeze(), false));
+        }
         let _ = self.cbuf.split_to(unit.len);
         encode::command_complete(&mut self.out, tag);
         let status = self
@@ -138,6 +172,7 @@ impl<L> Session<L> {
             .as_ref()
             .map_or(TransactionStatus::Idle, |a| a.status);
         encode::ready_for_query(&mut self.out, status);
+        self.send_after();
     }
 
     /// Answers a unit with an error instead of running it; the rest of an extended unit is

@@ -81,6 +81,13 @@ pub struct Attached<L> {
     changes_failed: bool,
     /// The transaction status when the unit carrying `changes` ended.
     changes_settled: Option<TransactionStatus>,
+    /// Work of the proxy's own for this backend, hidden from the client, each piece ending in
+    /// one ReadyForQuery, sent as soon as nothing is owed before it: the query that gives
+    /// settings a RESET sent to the server's defaults their startup values back (`true`), and
+    /// the Close of a statement the client deallocated.
+    after: Vec<(Bytes, bool)>,
+    /// Statements of the client's own Parse messages that failed, for the session to forget.
+    failed_parses: Vec<u64>,
     /// Client frames not yet written to the backend.
     outbox: outbox::Outbox,
     /// Bytes of a long backend message still to pass through unparsed (see `responses`).
@@ -183,6 +190,16 @@ enum Seen {
 struct Waiting {
     unit: Unit,
     begin: Option<Bytes>,
+    /// The unit is PQprepare's Parse + Sync of this many named statements: it takes a backend
+    /// only if one is free at once, and is otherwise answered here (see `relay`).
+    parses: Option<usize>,
+}
+
+impl<L> Session<L> {
+    /// Whether the unit waiting for a backend takes one only if it is free at once.
+    pub fn impatient(&self) -> bool {
+        matches!(&self.intake, Intake::Attaching(w) if w.parses.is_some())
+    }
 }
 
 /// What the core needs to know of the client when it starts.

@@ -4,6 +4,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
+use pgpilot_protocol::classify::SettingChange;
+
 /// Startup parameters that are not GUCs.
 const NOT_GUCS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -68,23 +70,44 @@ impl Gucs {
         if applied != 0 {
             sql.push_str("RESET ALL;");
         }
-        if !self.list.is_empty() {
-            let calls: Vec<String> = self
-                .list
-                .iter()
-                .map(|(n, v)| {
-                    format!(
-                        "pg_catalog.set_config({}, {}, false)",
-                        quote_literal(n),
-                        quote_literal(v)
-                    )
-                })
-                .collect();
-            sql.push_str("SELECT ");
-            sql.push_str(&calls.join(", "));
-        }
+        sql.push_str(&set_sql(self.list.iter()));
         sql
     }
+
+    /// The startup values of the settings a `RESET name`, `RESET ALL` or `DISCARD ALL` (in
+    /// `changes`, in order) sent back to the server's defaults, where a later `SET` of the
+    /// same unit did not replace them: PostgreSQL resets to the startup packet's values.
+    pub fn reset_to_startup(&self, changes: &[SettingChange]) -> Vec<(String, String)> {
+        let mut back: Vec<&(String, String)> = Vec::new();
+        for change in changes {
+            match change {
+                SettingChange::Set { name, .. } => back.retain(|(n, _)| n != name),
+                SettingChange::Reset { name } => {
+                    back.retain(|(n, _)| n != name);
+                    back.extend(self.list.iter().find(|(n, _)| n == name));
+                }
+                SettingChange::ResetAll => back = self.list.iter().collect(),
+            }
+        }
+        back.into_iter().cloned().collect()
+    }
+}
+
+/// One `SELECT` of `set_config` calls for these settings (empty for none).
+pub fn set_sql<'a>(settings: impl Iterator<Item = &'a (String, String)>) -> String {
+    let calls: Vec<String> = settings
+        .map(|(n, v)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(n),
+                quote_literal(v)
+            )
+        })
+        .collect();
+    if calls.is_empty() {
+        return String::new();
+    }
+    format!("SELECT {}", calls.join(", "))
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` says.
@@ -191,6 +214,38 @@ mod tests {
         );
         assert_eq!(Gucs::overlay(&base, &[]), base);
         assert_ne!(g.hash, base.hash);
+    }
+
+    #[test]
+    fn resets_go_back_to_startup_values_unless_set_again() {
+        let g = Gucs::from_startup(&[("DateStyle", "German"), ("TimeZone", "UTC")]).unwrap();
+        let set = |n: &str| SettingChange::Set {
+            name: n.into(),
+            value: "x".into(),
+        };
+        let reset = |n: &str| SettingChange::Reset { name: n.into() };
+        let names = |c: &[SettingChange]| -> Vec<String> {
+            g.reset_to_startup(c)
+                .into_iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect()
+        };
+        assert_eq!(
+            names(&[SettingChange::ResetAll]),
+            ["datestyle=German", "timezone=UTC"]
+        );
+        assert_eq!(names(&[reset("datestyle")]), ["datestyle=German"]);
+        assert!(names(&[reset("work_mem")]).is_empty());
+        assert_eq!(
+            names(&[SettingChange::ResetAll, set("timezone")]),
+            ["datestyle=German"]
+        );
+        assert!(names(&[set("datestyle")]).is_empty());
+        assert_eq!(
+            set_sql(g.list.iter().take(1)),
+            "SELECT pg_catalog.set_config('datestyle', 'German', false)"
+        );
+        assert_eq!(set_sql(std::iter::empty()), "");
     }
 
     #[test]

@@ -143,13 +143,14 @@ impl<L> Session<L> {
             }
         }
         let Some(att) = self.attached.as_ref() else {
-            if let Some(parses) = self.only_named_parses(&unit) {
-                // A lone Sync (parses = 0), or PQprepare's Parse + Sync of named statements:
-                // nothing to run; the statements are prepared lazily where they are used.
+            if self.only_named_parses(&unit) == Some(0) {
+                // A lone Sync: nothing to run. A Parse goes to a backend, even PQprepare's lone
+                // one, so that its errors are the client's answer to it; but only to one that is
+                // free at once: a client that drives several connections from one thread (pgbench
+                // -M prepared) blocks in PQprepare while its other connections hold every
+                // backend, and waiting would hang them all. With none free, it is answered here
+                // and the statement is checked where it first runs.
                 let _ = self.cbuf.split_to(unit.len);
-                for _ in 0..parses {
-                    encode::parse_complete(&mut self.out);
-                }
                 encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
                 return Ok(None);
             }
@@ -158,12 +159,17 @@ impl<L> Session<L> {
         let free = !mid_unit && !self.pinned && att.status == TransactionStatus::Idle;
         let must_move = free && att.on_replica && unit.target == Target::Primary;
         // Session mode holds its primary; an autocommit read moves to a replica when the
-        // primary is idle (in transaction mode an idle backend has been released already).
+        // primary is idle (in transaction mode an idle backend has been released already),
+        // and only when a replica takes reads: otherwise it would move to a second primary
+        // connection, and the unnamed statement would stay behind on the first.
         let may_move = free
             && self.mode == PoolMode::Session
             && !att.on_replica
             && unit.target == Target::Replica
-            && att.is_idle();
+            && att.is_idle()
+            && (self.parked.as_ref().is_some_and(|p| p.on_replica)
+                || crate::router::read_weight(&self.core.state(), |id| self.core.is_benched(id))
+                    > 0);
         if must_move || may_move {
             if !att.is_idle() {
                 self.intake = Intake::Blocked;
@@ -183,7 +189,12 @@ impl<L> Session<L> {
     /// The unit waits while the shell attaches a backend for it.
     fn attach_for(&mut self, unit: super::Unit, begin: Option<bytes::Bytes>) -> Pump<L> {
         let target = unit.target;
-        self.intake = Intake::Attaching(Box::new(Waiting { unit, begin }));
+        let parses = self.only_named_parses(&unit).filter(|&n| n > 0);
+        self.intake = Intake::Attaching(Box::new(Waiting {
+            unit,
+            begin,
+            parses,
+        }));
         Pump::Attach {
             target,
             reuse: None,

@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgpilot_protocol::backend::{BackendMessage, BackendTag, TransactionStatus};
+use pgpilot_protocol::encode;
 use pgpilot_protocol::frame::{split_frame, FrameScan};
 use pgpilot_protocol::{Header, ProtocolError};
 
 use super::lost::server_going_away;
+use super::params;
 use super::statements::{put_fake, start_copy_in, Slot};
 use super::{Attached, Gucs, Seen, Session};
 use crate::admin::DbStats;
@@ -33,6 +35,8 @@ struct SlotQueue<'a> {
     slots: &'a mut VecDeque<Slot>,
     prepared: &'a mut Prepared,
     skipping: &'a mut bool,
+    /// Statements of the client's own Parse messages that failed or were skipped.
+    failed: &'a mut Vec<u64>,
 }
 
 impl SlotQueue<'_> {
@@ -48,13 +52,16 @@ impl SlotQueue<'_> {
             return true;
         };
         if tag == Some(BackendTag::ErrorResponse) && !slot.is_sync_point() {
-            drop_until_sync(self.slots, self.prepared, self.skipping);
+            drop_until_sync(self.slots, self.prepared, self.skipping, self.failed);
             return true;
         }
         if tag.is_some_and(|tag| slot.ends_with(tag)) {
             self.slots.pop_front();
         }
-        !matches!(slot, Slot::Parse { visible: false, .. } | Slot::HiddenClose)
+        !matches!(
+            slot,
+            Slot::Parse { visible: false, .. } | Slot::Close { visible: false, .. }
+        )
     }
 }
 
@@ -80,14 +87,31 @@ fn put_due_fakes(
 }
 
 /// After an error PostgreSQL skips to the next Sync: the responses the skipped messages would
-/// have had never come, and statements they would have prepared do not exist.
-fn drop_until_sync(slots: &mut VecDeque<Slot>, prepared: &mut Prepared, skipping: &mut bool) {
+/// have had never come, and statements they would have prepared do not exist; those the client
+/// asked for itself go to `failed`, for the client's names of them to be forgotten too.
+fn drop_until_sync(
+    slots: &mut VecDeque<Slot>,
+    prepared: &mut Prepared,
+    skipping: &mut bool,
+    failed: &mut Vec<u64>,
+) {
     while let Some(slot) = slots.front().copied() {
         if slot.is_sync_point() {
             return;
         }
-        if let Slot::Parse { hash: Some(h), .. } = slot {
-            prepared.remove(h);
+        match slot {
+            Slot::Parse {
+                hash: Some(h),
+                visible,
+            } => {
+                prepared.remove(h);
+                if visible {
+                    failed.push(h);
+                }
+            }
+            // The backend skipped the Close: it still has the statement.
+            Slot::Close { hash, .. } => prepared.kept(hash),
+            _ => {}
         }
         slots.pop_front();
     }
@@ -170,6 +194,7 @@ impl<L> Attached<L> {
                     slots: &mut self.slots,
                     prepared: &mut self.backend.prepared,
                     skipping: &mut self.skipping,
+                    failed: &mut self.failed_parses,
                 };
                 keep = q.follow(tag, &mut self.pending, &mut self.copy_in);
             }
@@ -204,7 +229,7 @@ impl<L> Attached<L> {
             }
             let plain_front = !matches!(
                 self.slots.front(),
-                Some(Slot::Fake(_) | Slot::CopyEnd | Slot::HiddenClose)
+                Some(Slot::Fake(_) | Slot::CopyEnd | Slot::Close { visible: false, .. })
                     | Some(Slot::Parse { visible: false, .. })
             );
             if streamable && plain_front {
@@ -279,6 +304,10 @@ impl<L> Session<L> {
         if att.backend.fenced && !was_fenced {
             self.core.fence(att.backend.id, self.pid);
         }
+        // A statement whose Parse failed does not exist, under any of the client's names.
+        for hash in att.failed_parses.drain(..) {
+            self.statements.retain(|_, s| s.hash != hash);
+        }
         self.settle_changes();
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
@@ -319,6 +348,7 @@ impl<L> Session<L> {
         );
         self.pass_on(batch);
         self.answer_fakes();
+        self.send_after();
         if self.mode == PoolMode::Transaction && idle && !self.pinned {
             self.release();
         }
@@ -364,10 +394,19 @@ impl<L> Session<L> {
             return;
         }
         // A RESET on this backend goes back to *its* startup values, not the client's: the
-        // backend no longer matches and is set up again at its next attach.
+        // backend no longer matches and is set up again at its next attach. A backend the
+        // client keeps (session mode, pinned) gets the client's startup values back at once.
         let resets = changes
             .iter()
             .any(|c| !matches!(c, SettingChange::Set { .. }));
+        if resets && (self.mode == PoolMode::Session || self.pinned) {
+            let sql = params::set_sql(self.startup.reset_to_startup(&changes).iter());
+            if !sql.is_empty() {
+                let mut q = BytesMut::new();
+                encode::query(&mut q, sql.as_bytes());
+                att.after.push((q.freeze(), true));
+            }
+        }
         for change in changes {
             match change {
                 SettingChange::Set { name, value } => {
@@ -384,6 +423,26 @@ impl<L> Session<L> {
             return;
         };
         att.backend.applied = if resets { u64::MAX } else { self.gucs.hash };
+        self.send_after();
+    }
+
+    /// Sends the proxy's own pending work once the backend owes nothing before it: its
+    /// answers are then the next to come, and swallowed as a setup's are.
+    pub(super) fn send_after(&mut self) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        if att.pending > 0 || att.hidden > 0 || att.unsynced || !att.outbox.is_empty() {
+            return;
+        }
+        for (work, restores) in att.after.drain(..) {
+            att.hidden = att.hidden.saturating_add(1);
+            att.outbox.push(work);
+            if restores {
+                // What the backend has once it ran: the startup set and the session's SETs.
+                att.backend.applied = self.gucs.hash;
+            }
+        }
     }
 
     /// Sends the made-up responses at the head of the queue: nothing is owed before them.

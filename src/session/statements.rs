@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pgpilot_protocol::classify::Target;
 use pgpilot_protocol::frame::FrameScan;
 
-use crate::backend::Prepared;
+use crate::backend::{client_parsed, Has, Prepared};
 use pgpilot_protocol::backend::BackendTag;
 use pgpilot_protocol::frontend::{describe_target, statement_of, FrontendTag, KIND_STATEMENT};
 
@@ -55,8 +55,9 @@ pub(super) enum Slot {
     Pass(FrontendTag),
     /// A response the proxy makes up (ParseComplete, CloseComplete) when its turn comes.
     Fake(BackendTag),
-    /// A Close the proxy sent to evict a statement: its CloseComplete is hidden.
-    HiddenClose,
+    /// A Close of the shared statement `hash`: the client's own (`visible`), or one the proxy
+    /// sent to evict a statement or replace a stale one, whose CloseComplete is hidden.
+    Close { hash: u64, visible: bool },
     /// The client ended a COPY (CopyDone / CopyFail): no response of its own, but it marks
     /// where copy-in mode, in which PostgreSQL ignores Sync and Flush, ended.
     CopyEnd,
@@ -74,7 +75,7 @@ impl Slot {
                 tag,
                 B::CommandComplete | B::EmptyQueryResponse | B::PortalSuspended
             ),
-            Slot::Pass(FrontendTag::Close) | Slot::HiddenClose => tag == B::CloseComplete,
+            Slot::Pass(FrontendTag::Close) | Slot::Close { .. } => tag == B::CloseComplete,
             Slot::Pass(_) => tag == B::ReadyForQuery,
             Slot::Fake(_) | Slot::CopyEnd => false,
         }
@@ -131,30 +132,36 @@ impl Rewrite<'_> {
         self.slots.push_back(slot);
     }
 
-    /// Makes sure the backend has `stmt`, adding a hidden Parse to `out` if not.
+    /// Makes sure the backend has `stmt` as its text means now, adding a hidden Parse to `out`
+    /// if not.
     fn ensure(&mut self, stmt: &Stmt, out: &mut BytesMut) {
-        if *self.skipping || self.prepared.contains(stmt.hash) {
+        if *self.skipping || self.prepared.has(stmt.hash) == Has::Fresh {
             return;
         }
         self.prepare(stmt, out, false);
     }
 
-    /// Sends a Parse under the shared name, closing the least recently used statement first
-    /// when the backend has too many.
+    /// Sends a Parse under the shared name, closing first the backend's older copy, if any,
+    /// and the least recently used statement when the backend has too many.
     fn prepare(&mut self, stmt: &Stmt, out: &mut BytesMut, visible: bool) {
+        if self.prepared.has(stmt.hash) != Has::No {
+            self.close(stmt.hash, out, false);
+        }
         if let Some(evicted) = self.prepared.insert(stmt.hash, self.cap) {
-            let mut msg = BytesMut::with_capacity(26);
-            msg.put_u8(KIND_STATEMENT);
-            msg.put_slice(&backend_name(evicted));
-            msg.put_u8(0);
-            put_tagged(out, FrontendTag::Close as u8, &msg);
-            self.push(Slot::HiddenClose);
+            self.close(evicted, out, false);
         }
         put_parse(out, stmt);
         self.push(Slot::Parse {
             hash: Some(stmt.hash),
             visible,
         });
+    }
+
+    /// Sends a Close of the shared statement `hash`; the backend no longer has it.
+    fn close(&mut self, hash: u64, out: &mut BytesMut, visible: bool) {
+        close_statement(out, hash);
+        self.prepared.remove(hash);
+        self.push(Slot::Close { hash, visible });
     }
 
     /// Rewrites one unit for this backend; returns the bytes to send.
@@ -218,9 +225,10 @@ impl Rewrite<'_> {
         }
     }
 
-    /// Parse of a named statement: sent under the shared name, or answered here if the backend
-    /// has it already.
-    fn parse(&mut self, body: &[u8], stmts: &HashMap<Bytes, Stmt>, out: &mut BytesMut) -> bool {
+    /// Parse of a named statement: sent under the shared name, always: the client's own Parse
+    /// sees the catalog as it is now (after a DROP TYPE / CREATE TYPE, say), and from now on
+    /// every backend's older copy of the text is stale.
+    fn parse(&mut self, body: &[u8], stmts: &mut HashMap<Bytes, Stmt>, out: &mut BytesMut) -> bool {
         let name = statement_of(body).map(|(n, _)| n).unwrap_or_default();
         let Some(stmt) = (!name.is_empty()).then(|| stmts.get(name)).flatten() else {
             self.push(Slot::Parse {
@@ -229,11 +237,13 @@ impl Rewrite<'_> {
             });
             return true;
         };
-        if *self.skipping || self.prepared.contains(stmt.hash) {
-            self.push(Slot::Fake(BackendTag::ParseComplete));
-        } else {
-            self.prepare(stmt, out, true);
+        if *self.skipping {
+            // The backend skips it after an error: PostgreSQL never creates the statement.
+            stmts.remove(name);
+            return false;
         }
+        client_parsed(stmt.hash);
+        self.prepare(stmt, out, true);
         false
     }
 
@@ -259,8 +269,9 @@ impl Rewrite<'_> {
         false
     }
 
-    /// Describe or Close of a statement. Close of a named one only forgets the client's name
-    /// (the backend statement is shared) and is answered here.
+    /// Describe or Close of a statement. Close of a named one forgets the client's name, and
+    /// closes the backend's statement unless another of the client's names shares it (other
+    /// clients that share it prepare it again where they need it).
     fn describe_or_close(
         &mut self,
         tag: FrontendTag,
@@ -277,8 +288,19 @@ impl Rewrite<'_> {
             return true;
         }
         if tag == FrontendTag::Close {
-            stmts.remove(name);
-            self.push(Slot::Fake(BackendTag::CloseComplete));
+            if *self.skipping {
+                // Skipped after an error: PostgreSQL closes nothing and answers nothing.
+                return false;
+            }
+            let hash = stmts.remove(name).map(|s| s.hash);
+            match hash {
+                Some(h)
+                    if !stmts.values().any(|s| s.hash == h) && self.prepared.has(h) != Has::No =>
+                {
+                    self.close(h, out, true)
+                }
+                _ => self.push(Slot::Fake(BackendTag::CloseComplete)),
+            }
             return false;
         }
         let Some(stmt) = stmts.get(name) else {
@@ -294,6 +316,15 @@ impl Rewrite<'_> {
         self.push(Slot::Pass(FrontendTag::Describe));
         false
     }
+}
+
+/// A Close of the shared statement `hash`.
+pub(super) fn close_statement(out: &mut BytesMut, hash: u64) {
+    let mut msg = BytesMut::with_capacity(26);
+    msg.put_u8(KIND_STATEMENT);
+    msg.put_slice(&backend_name(hash));
+    msg.put_u8(0);
+    put_tagged(out, FrontendTag::Close as u8, &msg);
 }
 
 fn put_parse(out: &mut BytesMut, stmt: &Stmt) {
@@ -430,7 +461,13 @@ mod tests {
                 ],
             ),
             (Slot::Pass(F::Close), &[B::CloseComplete]),
-            (Slot::HiddenClose, &[B::CloseComplete]),
+            (
+                Slot::Close {
+                    hash: 1,
+                    visible: false,
+                },
+                &[B::CloseComplete],
+            ),
             (Slot::Pass(F::Sync), &[B::ReadyForQuery]),
             (Slot::Pass(F::Query), &[B::ReadyForQuery]),
             (Slot::Pass(F::FunctionCall), &[B::ReadyForQuery]),
@@ -481,7 +518,8 @@ mod tests {
             ]
         );
 
-        // Next unit on the same backend: Bind needs no Parse; Close is answered by the proxy.
+        // Next unit on the same backend: Bind needs no Parse; the client's Close closes the
+        // backend's statement, whose CloseComplete is the client's.
         be.slots.clear();
         let mut unit = BytesMut::new();
         encode::bind(&mut unit, b"", b"s1", &[Some(b"7")]);
@@ -489,17 +527,78 @@ mod tests {
         encode::close(&mut unit, KIND_STATEMENT, b"s1");
         encode::sync(&mut unit);
         let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
-        assert_eq!(tags(&sent), [F::Bind, F::Execute, F::Sync]);
+        assert_eq!(tags(&sent), [F::Bind, F::Execute, F::Close, F::Sync]);
+        assert_eq!(sent[2].1, [&[KIND_STATEMENT][..], &name, &[0]].concat());
         assert_eq!(
             be.slots,
             [
                 Slot::Pass(F::Bind),
                 Slot::Pass(F::Execute),
-                Slot::Fake(BackendTag::CloseComplete),
+                Slot::Close {
+                    hash,
+                    visible: true
+                },
                 Slot::Pass(F::Sync)
             ]
         );
         assert!(stmts.is_empty());
+        assert_eq!(be.prepared.has(hash), Has::No);
+
+        // A Close of a name the backend does not have is answered by the proxy.
+        be.slots.clear();
+        let mut unit = BytesMut::new();
+        encode::close(&mut unit, KIND_STATEMENT, b"s1");
+        encode::sync(&mut unit);
+        let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
+        assert_eq!(tags(&sent), [F::Sync]);
+        assert_eq!(be.slots[0], Slot::Fake(BackendTag::CloseComplete));
+    }
+
+    #[test]
+    fn a_clients_own_parse_always_reaches_the_backend_and_makes_older_copies_stale() {
+        let mut p = BytesMut::new();
+        encode::parse(&mut p, b"s", b"SELECT 1", &[]);
+        encode::sync(&mut p);
+        let body = frames(&p)[0].1.clone();
+        let record = |stmts: &mut HashMap<Bytes, Stmt>| {
+            let stmt = Stmt::from_parse(&body, 1, Target::Primary, 0);
+            let hash = stmt.hash;
+            stmts.insert(Bytes::from_static(b"s"), stmt);
+            hash
+        };
+        let (mut one, mut two) = (Fake::default(), Fake::default());
+        let mut stmts = HashMap::new();
+        let hash = record(&mut stmts);
+        assert_eq!(
+            tags(&frames(&one.rewrite(p.clone().freeze(), &mut stmts))),
+            [F::Parse, F::Sync]
+        );
+        // Another backend prepares it for a Bind, hidden.
+        let mut run = BytesMut::new();
+        encode::bind(&mut run, b"", b"s", &[]);
+        encode::sync(&mut run);
+        assert_eq!(
+            tags(&frames(&two.rewrite(run.clone().freeze(), &mut stmts))),
+            [F::Parse, F::Bind, F::Sync]
+        );
+        assert_eq!(two.prepared.has(hash), Has::Fresh);
+        // The client prepares the same text again (after DDL, say): the backend it goes to
+        // closes its copy and parses it anew, and the other backend's copy is stale.
+        record(&mut stmts);
+        one.slots.clear();
+        let sent = frames(&one.rewrite(p.clone().freeze(), &mut stmts));
+        assert_eq!(tags(&sent), [F::Close, F::Parse, F::Sync]);
+        assert_eq!(
+            one.slots[0],
+            Slot::Close {
+                hash,
+                visible: false
+            }
+        );
+        assert_eq!(two.prepared.has(hash), Has::Stale);
+        let sent = frames(&two.rewrite(run.freeze(), &mut stmts));
+        assert_eq!(tags(&sent), [F::Close, F::Parse, F::Bind, F::Sync]);
+        assert_eq!(two.prepared.has(hash), Has::Fresh);
     }
 
     #[test]

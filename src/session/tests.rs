@@ -112,13 +112,13 @@ fn named_statements_are_prepared_where_they_run_and_closed_for_the_client_alone(
     s.send(&prepare("s1", "select 1")).unwrap();
     assert_eq!(
         seen(&mut s).0,
-        "1I",
-        "PQprepare is answered without a backend"
+        "S1I",
+        "PQprepare is answered by a backend, which checks the statement"
     );
-    assert!(s.backends().is_empty());
+    assert_eq!(s.backends().len(), 1);
     s.send(&run_named("s1")).unwrap();
-    // The backend got a Parse of its own first; its ParseComplete is hidden.
-    assert_eq!(seen(&mut s), ("S2DCI".to_owned(), vec![]));
+    // The backend that checked it has it, and runs it.
+    assert_eq!(seen(&mut s), ("2DCI".to_owned(), vec![]));
     s.send(&run_named("s1")).unwrap();
     assert_eq!(
         seen(&mut s),
@@ -286,7 +286,7 @@ fn a_read_whose_replica_fails_before_answering_goes_elsewhere_unseen_but_only_on
     s.lose_backend().unwrap();
     assert_eq!(
         seen(&mut s),
-        ("S2DCI".to_owned(), vec![]),
+        ("2DCI".to_owned(), vec![]),
         "answered, no error"
     );
     s.mute = true;
@@ -383,7 +383,34 @@ fn too_many_named_statements_are_refused() {
         s.send(&prepare(name, "select 1")).unwrap();
     }
     let (tags, codes) = seen(&mut s);
-    assert_eq!((tags.as_str(), codes), ("1I1IEI", vec!["53400".to_owned()]));
+    assert_eq!(
+        (tags.as_str(), codes),
+        ("S1I1IEI", vec!["53400".to_owned()])
+    );
+}
+
+#[test]
+fn a_parse_that_fails_is_answered_with_its_error_and_leaves_no_statement() {
+    let mut s = transaction();
+    s.send(&prepare("bad", "select fail")).unwrap();
+    let (tags, codes) = seen(&mut s);
+    assert_eq!((tags.as_str(), codes), ("SEI", vec!["42601".to_owned()]));
+    s.send(&run_named("bad")).unwrap();
+    assert_eq!(
+        seen(&mut s).1,
+        ["26000"],
+        "the failed statement does not exist"
+    );
+    // A Parse the backend skips after an earlier error of the same pipeline is not created
+    // either.
+    let mut input = BytesMut::new();
+    encode::parse(&mut input, b"", b"select fail", &[]);
+    encode::parse(&mut input, b"later", b"select 1", &[]);
+    encode::sync(&mut input);
+    s.send(&input).unwrap();
+    assert_eq!(seen(&mut s).1, ["42601"]);
+    s.send(&run_named("later")).unwrap();
+    assert_eq!(seen(&mut s).1, ["26000"], "a skipped Parse leaves nothing");
 }
 
 #[test]

@@ -322,6 +322,13 @@ fn startup_and_protocol_violations_are_answered_as_postgres_answers() {
             ],
         ),
         (
+            "startup parameters without their terminator",
+            vec![
+                Step::Send(untagged(196_608, b"user\0app\0database\0app")),
+                Step::Frames,
+            ],
+        ),
+        (
             "startup packet without user",
             vec![Step::Send(startup(&[("database", "app")])), Step::Frames],
         ),

@@ -27,3 +27,4 @@ mod runtime;
 mod shutdown;
 mod tcp;
 mod tls;
+mod transparency;

@@ -100,10 +100,10 @@ fn pgbench_in_transaction_mode() {
         run_pgbench(proxy.addr().port(), &["-S", "-M", protocol]);
         run_pgbench(proxy.addr().port(), &["-M", protocol]);
     }
-    // pgbench -M prepared prepares each statement with a blocking PQprepare inside its first
-    // transaction while other clients of the same thread hold backends: the proxy answers a
-    // named Parse + Sync itself (statements are prepared lazily where they run), so 8 clients
-    // on 4 backends get through.
+    // pgbench -M prepared prepares each statement with a blocking PQprepare while other
+    // clients of the same thread hold backends: a named Parse + Sync takes a backend only if
+    // one is free at once, and is answered by the proxy otherwise, so 8 clients on 4 backends
+    // get through.
     run_pgbench(proxy.addr().port(), &["-S", "-M", "prepared"]);
     run_pgbench(proxy.addr().port(), &["-M", "prepared"]);
 }

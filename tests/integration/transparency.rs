@@ -1,0 +1,367 @@
+//! What a client sees through pgpilot is what PostgreSQL itself would show it: statements it
+//! prepares and closes, its startup parameters after RESET, a backend that dies under it or
+//! in the pool, and the backends a session-mode client holds. Where PostgreSQL can be asked
+//! directly, the same steps run against the primary and the answers are compared.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgpilot_protocol::encode;
+use pgpilot_protocol::Frame;
+
+use crate::common::{self, Cluster, Opts};
+use crate::health::one;
+use crate::raw::{error_of, rows_of, Raw};
+
+type Answer = Result<Vec<String>, (String, String, String)>;
+
+fn primary(c: &Cluster) -> SocketAddr {
+    format!("127.0.0.1:{}", c.ports[0]).parse().unwrap()
+}
+
+/// A proxy whose replicas take no reads: every statement runs on the primary.
+fn primary_only(c: &Cluster, pool_mode: &'static str) -> pgpilot::Proxy {
+    common::proxy(
+        c,
+        &Opts {
+            pool_mode,
+            workers: 1,
+            replica_weights: [0, 0],
+            ..Opts::default()
+        },
+    )
+}
+
+/// Ends a server process as an administrator would, and waits until it is gone.
+fn terminate(c: &Cluster, pid: &str) {
+    let mut admin = common::direct(c, 0);
+    admin
+        .execute(&format!("SELECT pg_terminate_backend({pid})"), &[])
+        .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            admin
+                .query(
+                    &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"),
+                    &[],
+                )
+                .unwrap()
+                .is_empty()
+        }),
+        "backend {pid} is gone"
+    );
+}
+
+/// Parse of a named statement and Sync, as PQprepare sends them.
+fn prepare(raw: &mut Raw, name: &str, sql: &str) -> Answer {
+    let mut out = BytesMut::new();
+    encode::parse(&mut out, name.as_bytes(), sql.as_bytes(), &[]);
+    encode::sync(&mut out);
+    raw.send(&out);
+    rows_of(&raw.until_ready())
+}
+
+/// Bind with one text parameter, Execute, Sync.
+fn execute(raw: &mut Raw, name: &str, param: &str) -> Answer {
+    let mut out = BytesMut::new();
+    encode::bind(&mut out, b"", name.as_bytes(), &[Some(param.as_bytes())]);
+    encode::execute(&mut out, b"", 0);
+    encode::sync(&mut out);
+    raw.send(&out);
+    rows_of(&raw.until_ready())
+}
+
+/// Close of a named statement and Sync.
+fn close(raw: &mut Raw, name: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode::close(&mut out, b'S', name.as_bytes());
+    encode::sync(&mut out);
+    raw.send(&out);
+    raw.until_ready().iter().map(|f| f.tag).collect()
+}
+
+fn code(a: &Answer) -> &str {
+    a.as_ref().err().map_or("", |e| e.0.as_str())
+}
+
+/// Every message until the connection closes (at most 50).
+fn rest(raw: &mut Raw) -> Vec<Frame> {
+    std::iter::from_fn(|| raw.recv()).take(50).collect()
+}
+
+#[test]
+fn a_failed_parse_is_answered_at_once_and_leaves_no_statement() {
+    let Some(c) = common::cluster() else { return };
+    for mode in ["transaction", "session"] {
+        let proxy = common::proxy(
+            c,
+            &Opts {
+                pool_mode: mode,
+                ..Opts::default()
+            },
+        );
+        for addr in [primary(c), proxy.addr()] {
+            let mut raw = Raw::connect(addr, "app", "app", &[]).unwrap();
+            let bad = prepare(&mut raw, "bad", "SELEC 1");
+            assert_eq!(code(&bad), "42601", "{mode} {addr}: the Parse's own answer");
+            let run = execute(&mut raw, "bad", "1");
+            assert_eq!(
+                code(&run),
+                "26000",
+                "{mode} {addr}: the statement does not exist"
+            );
+            // The name is free: preparing it again works.
+            prepare(&mut raw, "bad", "SELECT $1::int + 1").unwrap();
+            assert_eq!(execute(&mut raw, "bad", "1").unwrap(), ["2"]);
+        }
+    }
+}
+
+#[test]
+fn a_statement_prepared_again_after_ddl_sees_the_new_types_and_a_closed_one_is_gone() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut setup = common::direct(c, 0);
+    setup
+        .batch_execute(
+            "DROP TYPE IF EXISTS tp_mood; CREATE TYPE tp_mood AS ENUM ('calm', 'busy'); \
+             GRANT USAGE ON TYPE tp_mood TO app",
+        )
+        .unwrap();
+    let replicated = |setup: &mut postgres::Client| {
+        let oid: String = one(setup, "SELECT 'tp_mood'::regtype::oid::text");
+        for i in 1..c.ports.len() {
+            let mut r = common::direct(c, i);
+            let seen = common::eventually(Duration::from_secs(20), || {
+                r.query_one("SELECT to_regtype('tp_mood')::oid::text", &[])
+                    .ok()
+                    .and_then(|row| row.get::<_, Option<String>>(0))
+                    == Some(oid.clone())
+            });
+            assert!(seen, "replica {i} has the type");
+        }
+    };
+    replicated(&mut setup);
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    prepare(&mut raw, "m", "SELECT $1::tp_mood::text").unwrap();
+    // Run it on several backends, so that more than one has it.
+    for _ in 0..8 {
+        assert_eq!(execute(&mut raw, "m", "busy").unwrap(), ["busy"]);
+    }
+    setup
+        .batch_execute(
+            "DROP TYPE tp_mood; CREATE TYPE tp_mood AS ENUM ('calm', 'busy'); \
+             GRANT USAGE ON TYPE tp_mood TO app",
+        )
+        .unwrap();
+    replicated(&mut setup);
+    // The same text prepared again, under a new name or the closed one, means the new type,
+    // on whichever backend runs it (the backends that ran it before had the old plan).
+    for name in ["m2", "m"] {
+        if name == "m" {
+            assert_eq!(close(&mut raw, "m"), b"3Z", "CloseComplete, ReadyForQuery");
+            assert_eq!(
+                code(&execute(&mut raw, "m", "busy")),
+                "26000",
+                "closed: gone"
+            );
+        }
+        prepare(&mut raw, name, "SELECT $1::tp_mood::text").unwrap();
+        for i in 0..8 {
+            let got = execute(&mut raw, name, "calm");
+            assert_eq!(got.unwrap(), ["calm"], "{name}, run {i}");
+        }
+    }
+    // DEALLOCATE of a protocol-level statement forgets it too.
+    raw.query("DEALLOCATE m").unwrap();
+    assert_eq!(code(&execute(&mut raw, "m", "calm")), "26000");
+}
+
+#[test]
+fn closed_statements_leave_the_session_mode_backend() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = primary_only(c, "session");
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let count = |raw: &mut Raw| {
+        raw.query("SELECT count(*) FROM pg_prepared_statements")
+            .unwrap()
+    };
+    prepare(&mut raw, "a", "SELECT 1").unwrap();
+    prepare(&mut raw, "b", "SELECT 2").unwrap();
+    assert_eq!(count(&mut raw), ["2"]);
+    assert_eq!(close(&mut raw, "a"), b"3Z");
+    assert_eq!(count(&mut raw), ["1"], "Close reached the backend");
+    raw.query("DEALLOCATE b").unwrap();
+    assert_eq!(count(&mut raw), ["0"], "DEALLOCATE reached the backend");
+    prepare(&mut raw, "c", "SELECT 3").unwrap();
+    raw.query("DEALLOCATE ALL").unwrap();
+    assert_eq!(count(&mut raw), ["0"], "DEALLOCATE ALL reached the backend");
+}
+
+#[test]
+fn session_mode_without_a_replica_holds_one_backend() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = primary_only(c, "session");
+    let name = "transparency-one-backend";
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[("application_name", name)]).unwrap();
+    let pid = raw.query("SELECT pg_backend_pid()").unwrap();
+    raw.query("CREATE TEMP TABLE tp_w (v int)").unwrap();
+    assert_eq!(
+        raw.query("SELECT pg_backend_pid()").unwrap(),
+        pid,
+        "a read after a write"
+    );
+    // The unnamed statement, parsed in one write and run in the next, stays where it was made.
+    let mut parse = BytesMut::new();
+    encode::parse(&mut parse, b"", b"SELECT pg_backend_pid()", &[]);
+    raw.send(&parse);
+    let mut run = BytesMut::new();
+    encode::bind(&mut run, b"", b"", &[]);
+    encode::execute(&mut run, b"", 0);
+    encode::sync(&mut run);
+    raw.send(&run);
+    assert_eq!(rows_of(&raw.until_ready()).unwrap(), pid);
+    let mut admin = common::direct(c, 0);
+    let held = one(
+        &mut admin,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'"),
+    );
+    assert_eq!(held, "1", "one backend for the session");
+}
+
+#[test]
+fn reset_goes_back_to_the_startup_values() {
+    let Some(c) = common::cluster() else { return };
+    let steps = [
+        "SET DateStyle = 'SQL, MDY'",
+        "SHOW DateStyle",
+        "RESET DateStyle",
+        "SHOW DateStyle",
+        "SET DateStyle = 'Postgres, YMD'",
+        "SET TimeZone = 'Asia/Tokyo'",
+        "RESET ALL",
+        "SHOW DateStyle",
+        "SHOW TimeZone",
+        "SET DateStyle = 'SQL, MDY'",
+        "DISCARD ALL",
+        "SHOW DateStyle",
+        // A client pinned (a temporary table) keeps its backend; RESET works there too.
+        "CREATE TEMP TABLE tp_pin (v int)",
+        "SET DateStyle = 'SQL, MDY'",
+        "RESET ALL",
+        "SHOW DateStyle",
+        "SHOW TimeZone",
+    ];
+    let startup = [
+        ("DateStyle", "German, DMY"),
+        ("options", "-c TimeZone=Pacific/Auckland"),
+    ];
+    let run = |addr: SocketAddr| -> Vec<String> {
+        let mut raw = Raw::connect(addr, "app", "app", &startup).unwrap();
+        let mut seen: Vec<String> = steps
+            .iter()
+            .map(|sql| format!("{sql}: {:?}", raw.query(sql)))
+            .collect();
+        // What the client was last told of DateStyle.
+        raw.query("SELECT 1").unwrap();
+        seen.push(format!("DateStyle reported: {:?}", raw.param("DateStyle")));
+        seen
+    };
+    let want = run(primary(c));
+    assert!(want.iter().any(|s| s.contains("German, DMY")), "{want:#?}");
+    for mode in ["transaction", "session"] {
+        let proxy = common::proxy(
+            c,
+            &Opts {
+                pool_mode: mode,
+                ..Opts::default()
+            },
+        );
+        assert_eq!(run(proxy.addr()), want, "{mode} mode");
+    }
+}
+
+#[test]
+fn a_pooled_connection_that_died_is_never_handed_out() {
+    let Some(c) = common::cluster() else { return };
+    for mode in ["transaction", "session"] {
+        let proxy = primary_only(c, mode);
+        let mut first = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+        let pid = first.query("SELECT pg_backend_pid()").unwrap().remove(0);
+        drop(first);
+        // Session mode: the connection goes back to the pool when its client leaves.
+        std::thread::sleep(Duration::from_millis(200));
+        terminate(c, &pid);
+        let mut next = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+        let now = next.query("SELECT pg_backend_pid()").unwrap().remove(0);
+        assert_ne!(now, pid, "{mode}: a new backend serves");
+        assert_eq!(next.query("SELECT 1").unwrap(), ["1"], "{mode}");
+    }
+}
+
+#[test]
+fn a_backends_fatal_reaches_its_client_once_and_ends_the_connection() {
+    let Some(c) = common::cluster() else { return };
+    let told = |frames: &[Frame]| -> Vec<(String, String)> {
+        frames
+            .iter()
+            .filter_map(error_of)
+            .map(|(code, severity, _)| (code, severity))
+            .collect()
+    };
+    let fatal = vec![("57P01".to_owned(), "FATAL".to_owned())];
+    // Its backend ended under a session-mode client: the server's FATAL, nothing invented.
+    let proxy = primary_only(c, "session");
+    for addr in [primary(c), proxy.addr()] {
+        let mut raw = Raw::connect(addr, "app", "app", &[]).unwrap();
+        let pid = raw.query("SELECT pg_backend_pid()").unwrap().remove(0);
+        terminate(c, &pid);
+        let mut q = BytesMut::new();
+        encode::query(&mut q, b"SELECT 1");
+        raw.send(&q);
+        assert_eq!(told(&rest(&mut raw)), fatal, "session mode, {addr}");
+    }
+    // A FATAL while running the client's statement, transaction mode: passed on, and the
+    // client's connection ends as PostgreSQL's would.
+    let proxy = common::proxy(c, &Opts::default());
+    for addr in [primary(c), proxy.addr()] {
+        let mut raw = Raw::connect(addr, "app", "app", &[]).unwrap();
+        raw.query("BEGIN").unwrap();
+        let mut q = BytesMut::new();
+        encode::query(&mut q, b"SELECT pg_terminate_backend(pg_backend_pid())");
+        raw.send(&q);
+        assert_eq!(told(&rest(&mut raw)), fatal, "transaction mode, {addr}");
+    }
+    // A client pinned after SET ROLE whose backend dies never goes on as the login user.
+    common::direct(c, 0)
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tp_reader') \
+             THEN CREATE ROLE tp_reader NOLOGIN; END IF; END $$; GRANT tp_reader TO app",
+        )
+        .unwrap();
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    raw.query("SET ROLE tp_reader").unwrap();
+    assert_eq!(raw.query("SELECT current_user").unwrap(), ["tp_reader"]);
+    let pid = raw.query("SELECT pg_backend_pid()").unwrap().remove(0);
+    let mut admin = common::direct(c, 0);
+    let on_primary = !admin
+        .query(
+            &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"),
+            &[],
+        )
+        .unwrap()
+        .is_empty();
+    assert!(on_primary, "SET ROLE pinned the client to the primary");
+    terminate(c, &pid);
+    let mut q = BytesMut::new();
+    encode::query(&mut q, b"SELECT current_user");
+    raw.send(&q);
+    let after = rest(&mut raw);
+    assert!(
+        rows_of(&after).is_err() && !told(&after).is_empty(),
+        "an error, never a row as someone else: {:?}",
+        rows_of(&after)
+    );
+    assert!(raw.recv().is_none(), "and the connection ends");
+}
