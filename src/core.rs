@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::control::{ClusterState, ControlMsg, CoreMsg, CoreReceiver, CoreSender, Status};
 use crate::pool::{core_share, Pool, PoolKey};
 use pgpilot_protocol::classify::{Functions, Reason};
-pub use sessions::{Starting, MAX_WORKERS};
+pub use sessions::{Starting, FAKE_PIDS, MAX_WORKERS};
 
 /// How long a core leaves alone a replica it could not reach.
 const BENCH_TIME: Duration = Duration::from_secs(5);

@@ -62,8 +62,7 @@ pub async fn serve(core: Rc<Core>, listener: std::net::TcpListener) {
             return;
         }
     };
-    // Session number 0 is never a session's: the listener's key.
-    let wake_key = core.session_pid(0);
+    let wake_key = crate::core::FAKE_PIDS;
     loop {
         let shutdown = poll_fn(|cx| {
             if core.shutting_down() {

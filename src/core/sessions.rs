@@ -13,30 +13,62 @@ use super::{CancelTarget, Core, SessionEntry};
 use crate::admin::ClientCard;
 use crate::control::CoreMsg;
 
-/// A BackendKeyData pid: bits 26..31 the instance (`[peers] id`, 0 without peers), 19..26 the
-/// core, 0..19 the session's number on its core. Bit 31 stays 0: the pid is positive.
-const INSTANCE_SHIFT: u32 = 26;
-const CORE_SHIFT: u32 = 19;
+/// BackendKeyData. The secret says where the session lives: bits 25..30 the instance
+/// (`[peers] id`, 0 without peers), 18..25 the core; its other 20 bits are random. The pid is
+/// the session's own: in session mode the real pid of the primary backend that serves it (so
+/// that `pg_terminate_backend`, `pg_stat_activity` and NOTIFY agree with what the client was
+/// told), otherwise a number from [`FAKE_PIDS`] up, which no process id can be (Linux's
+/// `pid_max` is at most 2^22), so that the client's pid never names someone else's backend;
+/// bits 23..30 of a made-up pid are the core, so that no two cores make the same one.
+const INSTANCE_SHIFT: u32 = 25;
+const CORE_SHIFT: u32 = 18;
 const CORE_MASK: u32 = 0x7f;
-const SESSION_MASK: u32 = (1 << CORE_SHIFT) - 1;
-/// The most worker cores a pid can tell apart.
+const INSTANCE_MASK: u32 = 0x1f;
+const ROUTE_MASK: u32 = (INSTANCE_MASK << INSTANCE_SHIFT) | (CORE_MASK << CORE_SHIFT);
+/// Where made-up pids start; they stay below 2^31, so that the pid is positive. This one is
+/// never a session's: the listener's key for its shutdown waker.
+pub const FAKE_PIDS: u32 = 1 << 30;
+const FAKE_CORE_SHIFT: u32 = 23;
+const FAKE_SESSION_MASK: u32 = (1 << FAKE_CORE_SHIFT) - 1;
+/// The most worker cores a key can tell apart.
 pub const MAX_WORKERS: usize = CORE_MASK as usize + 1;
 
 impl Core {
     /// Registers a session (for cancellation and the console); returns its BackendKeyData
-    /// `(pid, secret)`.
+    /// `(pid, secret)` with a made-up pid.
     pub fn register_session(&self, card: Rc<ClientCard>) -> (u32, u32) {
-        let secret = u32::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<4>());
+        let random = u32::from_ne_bytes(pgpilot_protocol::scram::random_bytes::<4>());
+        let secret = (random & !ROUTE_MASK) | self.route_bits();
         let mut sessions = self.sessions.borrow_mut();
         loop {
-            let n = self.next_session.get().wrapping_add(1) & SESSION_MASK;
+            let n = self.next_session.get().wrapping_add(1) & FAKE_SESSION_MASK;
             self.next_session.set(n);
-            let pid = self.session_pid(n);
+            let pid = FAKE_PIDS | ((self.id as u32 & CORE_MASK) << FAKE_CORE_SHIFT) | n;
             if n != 0 && !sessions.contains_key(&pid) {
                 sessions.insert(pid, SessionEntry { secret, card });
                 return (pid, secret);
             }
         }
+    }
+
+    /// Moves a session to the pid of the backend that serves it (session mode); `false`,
+    /// and nothing changes, when another session of this core has that pid already (a
+    /// backend of an earlier primary, after a failover).
+    pub fn adopt_pid(&self, pid: u32, real: u32) -> bool {
+        let mut sessions = self.sessions.borrow_mut();
+        if real == 0 || real >= FAKE_PIDS || sessions.contains_key(&real) {
+            return false;
+        }
+        let Some(entry) = sessions.remove(&pid) else {
+            return false;
+        };
+        sessions.insert(real, entry);
+        drop(sessions);
+        let mut wakers = self.shutdown_wakers.borrow_mut();
+        if let Some(w) = wakers.remove(&pid) {
+            wakers.insert(real, w);
+        }
+        true
     }
 
     /// Forgets a session.
@@ -56,17 +88,16 @@ impl Core {
         Starting(self.clone())
     }
 
-    /// The BackendKeyData pid of this core's session number `n`: the instance (`[peers] id`),
-    /// the core, and `n`. Number 0 is never a session's.
-    pub fn session_pid(&self, n: u32) -> u32 {
-        let instance = (self.instance as u32) << INSTANCE_SHIFT;
-        instance | ((self.id as u32) << CORE_SHIFT) | (n & SESSION_MASK)
+    /// The bits of this core's secrets that name the instance and the core.
+    fn route_bits(&self) -> u32 {
+        let instance = (self.instance as u32 & INSTANCE_MASK) << INSTANCE_SHIFT;
+        instance | ((self.id as u32 & CORE_MASK) << CORE_SHIFT)
     }
 
     /// Handles a CancelRequest that arrived on this core: cancels here, or forwards it to the
-    /// core or the instance (`[peers]`) that owns the session.
+    /// core or the instance (`[peers]`) that owns the session, as its secret says.
     pub fn cancel(&self, pid: u32, secret: u32) {
-        let instance = (pid >> INSTANCE_SHIFT) as usize;
+        let instance = ((secret >> INSTANCE_SHIFT) & INSTANCE_MASK) as usize;
         if instance != self.instance {
             let owner = instance
                 .checked_sub(1)
@@ -79,7 +110,7 @@ impl Core {
             }
             return;
         }
-        let owner = ((pid >> CORE_SHIFT) & CORE_MASK) as usize;
+        let owner = ((secret >> CORE_SHIFT) & CORE_MASK) as usize;
         if owner != self.id {
             match self.peers.get(owner) {
                 Some(peer) => {

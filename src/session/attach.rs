@@ -17,7 +17,7 @@ impl<L> Session<L> {
     /// backend (behind the held BEGIN, if any) or, with no backend, is answered with the error.
     /// A session's own backend that could not be set up again is only logged: the unit is
     /// scanned again and attaches a new one.
-    pub fn attached(&mut self, got: Result<Checkout<L>, Error>) {
+    pub fn attached(&mut self, got: Result<Checkout<L>, Error>) -> Result<(), Error> {
         // Whether the unit that waited was sent once already; only it is concerned.
         let again = std::mem::take(&mut self.retried);
         let waiting = match std::mem::replace(&mut self.intake, Intake::Open) {
@@ -27,8 +27,25 @@ impl<L> Session<L> {
                 None
             }
         };
+        let rejoined = self.rejoining.take();
         match (got, waiting) {
             (Ok(checkout), None) => self.install(checkout),
+            (Err(e), None) if self.mode == PoolMode::Session && rejoined == Some(false) => {
+                // The session's primary, with its state, is gone while the client read from a
+                // replica: the session ends, as it would had it used the primary, with what the
+                // server said if it said it (its FATAL).
+                let said = self.last_words.take();
+                let at = super::lost::fatal_at(&said);
+                if at < said.len() {
+                    self.pass_on(said.slice(at..));
+                } else {
+                    self.queue_error(&pgpilot_protocol::encode::ErrorFields::fatal(
+                        "08006",
+                        format!("lost the connection to the server: {e}"),
+                    ));
+                }
+                return Err(e);
+            }
             (Err(e), None) => log::warn!("session={} parked backend unusable: {e}", self.pid),
             (Err(Error::PoolTimeout), Some(w)) if w.parses.is_some() => {
                 self.answer_parses(&w.unit, w.parses.unwrap_or_default())
@@ -52,6 +69,7 @@ impl<L> Session<L> {
                 }
             }
         }
+        Ok(())
     }
 
     /// Whether the unit at the front of the input may be sent again elsewhere if its backend
@@ -171,6 +189,7 @@ impl<L> Session<L> {
             self.give_back(*other);
             return None;
         }
+        self.rejoining = Some(other.on_replica);
         Some(Pump::Attach {
             target,
             reuse: Some(other),

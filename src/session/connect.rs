@@ -106,10 +106,10 @@ impl Held {
         }
     }
 
-    /// Calls off the read in flight and joins the socket again. `None` when the backend is not
-    /// clean: bytes arrived meanwhile (part of a message, a notice, an error), the socket failed,
-    /// or a write had not finished.
-    pub(super) async fn rejoin(self, mut state: Wire) -> Option<(Backend, Rc<Pool>)> {
+    /// Calls off the read in flight and joins the socket again. `Err` when the backend is not
+    /// clean: bytes arrived meanwhile (part of a message, a notice, an error: they are in the
+    /// `Err` when the read finished with them), the socket failed, or a write had not finished.
+    pub(super) async fn rejoin(self, mut state: Wire) -> Result<(Backend, Rc<Pool>), BytesMut> {
         let Held {
             conn,
             pool,
@@ -118,6 +118,7 @@ impl Held {
             cancel,
             mut tls,
         } = self;
+        let unclean = BytesMut::new;
         if reader.is_busy() {
             let _ = cancel.cancel();
             match (reader.settle().await, tls.as_mut()) {
@@ -128,23 +129,28 @@ impl Held {
                 (Some((Err(e), cipher)), Some(t)) if e.raw_os_error() == Some(ECANCELED) => {
                     match t.cancelled(&cipher) {
                         Some(plain) => state.rbuf = plain,
-                        None => return None,
+                        None => return Err(unclean()),
                     }
                 }
-                _ => return None,
+                // Plaintext the server sent while the backend was parked (its FATAL, say).
+                (Some((Ok(n), buf)), None) if n > 0 => return Err(buf),
+                _ => return Err(unclean()),
             }
         }
         if tls.as_ref().is_some_and(|t| t.failed.is_some()) {
-            return None;
+            return Err(unclean());
         }
         if let Some(Err(_)) = writer.settle().await {
-            return None;
+            return Err(unclean());
         }
         if !state.rbuf.is_empty() {
-            return None;
+            return Err(state.rbuf);
         }
-        let stream = reader.into_idle()?.reunite(writer.into_idle()?).ok()?;
-        Some((
+        let (Some(read), Some(write)) = (reader.into_idle(), writer.into_idle()) else {
+            return Err(unclean());
+        };
+        let stream = read.reunite(write).map_err(|_| unclean())?;
+        Ok((
             Backend {
                 stream,
                 tls: tls.map(|t| Box::new(t.conn)),
@@ -172,10 +178,16 @@ impl Client {
             let on_replica = att.on_replica;
             let addr = att.backend.addr;
             // Bytes that came while it was parked leave it unclean: a new one is attached.
-            let (mut backend, pool) = att.link.rejoin(att.backend).await.ok_or(Error::Backend {
-                addr,
-                source: std::io::ErrorKind::InvalidData.into(),
-            })?;
+            let (mut backend, pool) = match att.link.rejoin(att.backend).await {
+                Ok(joined) => joined,
+                Err(said) => {
+                    self.session.last_words.set(said.freeze());
+                    return Err(Error::Backend {
+                        addr,
+                        source: std::io::ErrorKind::InvalidData.into(),
+                    });
+                }
+            };
             self.set_up(&mut backend).await?;
             return Ok(checkout(backend, pool, on_replica));
         }

@@ -20,6 +20,7 @@ impl Client {
         if s.mode == PoolMode::Session || !s.login_from_cache() {
             self.login_on_backend().await?;
         }
+        self.adopt_backend_pid();
         let s = &mut self.session;
         encode::backend_key_data(&mut s.out, s.pid, secret);
         encode::ready_for_query(&mut s.out, TransactionStatus::Idle);
@@ -29,6 +30,25 @@ impl Client {
         self.perform()
             .await
             .map_err(|e| ErrorFields::fatal("08006", e.to_string()))
+    }
+
+    /// Session mode: the client is told the real pid of the primary backend that serves it,
+    /// as PostgreSQL would tell it. Not a replica's: `pg_terminate_backend` of it would run on
+    /// the primary and end someone else's backend.
+    fn adopt_backend_pid(&mut self) {
+        let s = &mut self.session;
+        let Some(att) = s.attached.as_ref() else {
+            return;
+        };
+        if s.mode != PoolMode::Session || att.on_replica {
+            return;
+        }
+        let real = att.backend.key.0;
+        if s.core.adopt_pid(s.pid, real) {
+            log::debug!("session={} is session={real}, its backend's pid", s.pid);
+            s.pid = real;
+            self.admission.pid = Some(real);
+        }
     }
 
     async fn login_on_backend(&mut self) -> Result<(), ErrorFields> {

@@ -111,7 +111,7 @@ impl<L> Session<L> {
 }
 
 /// Where the first FATAL (or PANIC) ErrorResponse of `batch` begins (its length if none).
-fn fatal_at(batch: &[u8]) -> usize {
+pub(super) fn fatal_at(batch: &[u8]) -> usize {
     let mut scan = FrameScan::new(batch, u32::MAX);
     for f in &mut scan {
         if f.tag() != BackendTag::ErrorResponse as u8 {

@@ -239,6 +239,11 @@ pub struct Session<L> {
     overrides: Vec<(String, String)>,
     /// `startup` with `overrides` laid over it: what every backend serving the client gets.
     gucs: Rc<Gucs>,
+    /// Session mode: whether the parked backend being taken up again is a replica.
+    rejoining: Option<bool>,
+    /// What a parked backend sent before it was found unusable (its server's FATAL, say).
+    /// (A cell: the shell sets it while it connects, holding the session shared.)
+    last_words: std::cell::Cell<Bytes>,
     /// Boxed, like `parked`: an idle session should not carry a backend's worth of room.
     attached: Option<Box<Attached<L>>>,
     /// A plain BEGIN answered by the proxy, sent with the block's first statement.
@@ -308,6 +313,8 @@ impl<L> Session<L> {
             attached: None,
             held_begin: None,
             parked: None,
+            rejoining: None,
+            last_words: Default::default(),
             statements: HashMap::new(),
             unnamed: Target::Primary,
             rule: start.rule,

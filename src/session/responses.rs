@@ -128,6 +128,7 @@ impl<L> Attached<L> {
         tracked: bool,
         view: &mut Rc<Vec<(String, String)>>,
         stats: &DbStats,
+        client_pid: u32,
     ) -> Result<Bytes, ProtocolError> {
         use BackendTag as B;
         let mut out = BytesMut::new();
@@ -179,6 +180,26 @@ impl<L> Attached<L> {
                     {
                         self.backend.params.set(name, value);
                         note_param(view, name, value);
+                    }
+                }
+                Some(B::NotificationResponse) => {
+                    if let Ok(BackendMessage::NotificationResponse {
+                        pid,
+                        channel,
+                        payload,
+                    }) = BackendMessage::parse(frame)
+                    {
+                        // A NOTIFY of the client's own: it carries the pid the client was given,
+                        // as PostgreSQL's carries the client's own backend's.
+                        if pid == self.backend.key.0 && pid != client_pid {
+                            if !changed {
+                                out.put_slice(rbuf.get(..at).unwrap_or_default());
+                                changed = true;
+                            }
+                            encode::notification_response(&mut out, client_pid, channel, payload);
+                            consumed = start.saturating_add(f.end());
+                            continue;
+                        }
                     }
                 }
                 _ => {}
@@ -297,7 +318,7 @@ impl<L> Session<L> {
             return Ok(());
         };
         let was_fenced = att.backend.fenced;
-        let batch = match att.take_responses(tracked, &mut self.view, &self.stats) {
+        let batch = match att.take_responses(tracked, &mut self.view, &self.stats, self.pid) {
             Ok(batch) => batch,
             Err(e) => return self.backend_lost(io::Error::new(io::ErrorKind::InvalidData, e)),
         };

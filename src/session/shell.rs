@@ -42,7 +42,7 @@ pub(super) struct Client {
     pub(super) tls: Option<Box<Sealed<rustls::ServerConnection>>>,
     pub(super) session: Session<Held>,
     /// Released last, when the client is dropped (also by a panic unwinding it).
-    pub(super) _admission: Admission,
+    pub(super) admission: Admission,
 }
 
 /// The buffer for the next client read. A client whose last read filled its room (it sends a
@@ -167,7 +167,7 @@ impl Client {
                     Pump::Attach { target, reuse } => {
                         self.perform_boxed().await?;
                         let got = Box::pin(self.connect(target, reuse, false)).await;
-                        self.session.attached(got);
+                        self.session.attached(got)?;
                     }
                 }
             }
@@ -262,7 +262,7 @@ impl Client {
             Action::Pool(held, state) => (held, state, None),
             Action::Reset(held, state, reset) => (held, state, Some(reset)),
         };
-        let Some((mut backend, pool)) = held.rejoin(state).await else {
+        let Ok((mut backend, pool)) = held.rejoin(state).await else {
             return;
         };
         let config = self.session.core.config();

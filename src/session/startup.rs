@@ -237,7 +237,7 @@ async fn session(
         writer: write,
         tls: link.tls.map(|conn| Box::new(super::io::Sealed::new(conn))),
         session: Session::new(core, start, card),
-        _admission: admission,
+        admission,
     };
     match client.login(secret).await {
         Ok(()) => Some(client),

@@ -37,7 +37,12 @@ fn a_cancel_request_sent_to_another_instance_reaches_the_query() {
     let second: std::net::SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
     let mut client = Raw::connect(first, "app", "app", &[]).unwrap();
     let (pid, secret) = client.key;
-    assert_eq!(pid >> 26, 1, "instance 1's id is in its pid: {pid:#x}");
+    assert_eq!(
+        (secret >> 25) & 0x1f,
+        1,
+        "instance 1's id is in its cancel key: {secret:#x}"
+    );
+    assert!(pid >= 1 << 30, "a made-up pid no process can have: {pid}");
     let sleeper = std::thread::spawn(move || client.query("SELECT pg_sleep(30)"));
     // Once the query runs on a backend, cancel it through the other instance.
     std::thread::sleep(Duration::from_millis(500));

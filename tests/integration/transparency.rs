@@ -365,3 +365,125 @@ fn a_backends_fatal_reaches_its_client_once_and_ends_the_connection() {
     );
     assert!(raw.recv().is_none(), "and the connection ends");
 }
+
+/// The pid of each NotificationResponse among `frames`.
+fn notify_pids(frames: &[Frame]) -> Vec<u32> {
+    use pgpilot_protocol::backend::BackendMessage;
+    frames
+        .iter()
+        .filter_map(|f| match BackendMessage::parse(&f.bytes) {
+            Ok(BackendMessage::NotificationResponse { pid, .. }) => Some(pid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// LISTEN, then NOTIFY from the same connection: the pids the notification carries. Each
+/// test has its channel: the tests run at once.
+fn own_notify(raw: &mut Raw, channel: &str) -> Vec<u32> {
+    raw.query(&format!("LISTEN {channel}")).unwrap();
+    let mut q = BytesMut::new();
+    encode::query(&mut q, format!("NOTIFY {channel}, 'hi'").as_bytes());
+    raw.send(&q);
+    notify_pids(&raw.until_ready())
+}
+
+/// Sends a CancelRequest for `key` to `addr`.
+fn cancel(addr: SocketAddr, key: (u32, u32)) {
+    use std::io::Write;
+    let mut req = BytesMut::new();
+    encode::cancel_request(&mut req, key.0, key.1);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&req).unwrap();
+}
+
+#[test]
+fn session_mode_clients_get_their_backends_real_pid() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(
+        c,
+        &Opts {
+            pool_mode: "session",
+            ..Opts::default()
+        },
+    );
+    for addr in [primary(c), proxy.addr()] {
+        let mut raw = Raw::connect(addr, "app", "app", &[]).unwrap();
+        let pid = raw.key.0;
+        // In a block: the primary runs it (a plain read may go to a replica).
+        raw.query("BEGIN").unwrap();
+        assert_eq!(
+            raw.query("SELECT pg_backend_pid()").unwrap(),
+            [pid.to_string()],
+            "{addr}"
+        );
+        raw.query("COMMIT").unwrap();
+        assert_eq!(
+            own_notify(&mut raw, "tp_session"),
+            [pid],
+            "{addr}: NOTIFY carries the client's pid"
+        );
+        // A cancel with the key the client was given reaches its query.
+        let key = raw.key;
+        let sleeper = std::thread::spawn(move || raw.query("SELECT pg_sleep(20)"));
+        std::thread::sleep(Duration::from_millis(500));
+        cancel(addr, key);
+        let (code, _, _) = sleeper.join().unwrap().unwrap_err();
+        assert_eq!(code, "57014", "{addr}: cancelled");
+    }
+    // pg_terminate_backend of the pid a client was given ends that client, as it would with
+    // PostgreSQL itself; with replicas, once the client next needs its primary (its reads
+    // meanwhile go on on a replica).
+    let alone = primary_only(c, "session");
+    for (proxy, read_first) in [(&alone, false), (&proxy, true)] {
+        let mut victim = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+        if read_first {
+            assert_eq!(victim.query("SELECT 1").unwrap(), ["1"]);
+        }
+        terminate(c, &victim.key.0.to_string());
+        let mut q = BytesMut::new();
+        encode::query(&mut q, b"CREATE TEMP TABLE tp_victim (v int)");
+        victim.send(&q);
+        let codes: Vec<String> = rest(&mut victim)
+            .iter()
+            .filter_map(error_of)
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            codes,
+            ["57P01"],
+            "the server's FATAL, once (read first: {read_first})"
+        );
+    }
+}
+
+#[test]
+fn transaction_mode_pids_are_no_process_and_notify_carries_them() {
+    let Some(c) = common::cluster() else { return };
+    let proxy = common::proxy(c, &Opts::default());
+    let mut raw = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    let pid = raw.key.0;
+    // Linux's pid_max is at most 2^22: no process, here or on any server, has this pid.
+    assert!(pid > 1 << 22, "{pid}");
+    let mut admin = common::direct(c, 0);
+    let ended: bool = admin
+        .query_one(&format!("SELECT pg_terminate_backend({pid})"), &[])
+        .unwrap()
+        .get(0);
+    assert!(!ended, "pg_terminate_backend of a made-up pid ends nothing");
+    // LISTEN pins the client; a notification from its own backend carries the client's pid.
+    assert_eq!(own_notify(&mut raw, "tp_transaction"), [pid]);
+    // From another client, the backend's real pid, as PostgreSQL sends it.
+    let mut other = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+    other.query("NOTIFY tp_transaction, 'there'").unwrap();
+    let mut q = BytesMut::new();
+    encode::query(&mut q, b"SELECT 1");
+    raw.send(&q);
+    // The notifying backend signalled at commit; the listening one sends it before its next
+    // ReadyForQuery at the latest.
+    let got = notify_pids(&raw.until_ready());
+    assert!(
+        got.len() == 1 && got[0] != pid && got[0] < 1 << 22,
+        "{got:?}"
+    );
+}

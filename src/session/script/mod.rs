@@ -165,7 +165,7 @@ impl Script {
                         },
                         None => self.checkout(target),
                     };
-                    self.session.attached(Ok(checkout));
+                    let _ = self.session.attached(Ok(checkout));
                 }
             }
             moved |= self.collect();
