@@ -103,7 +103,8 @@ impl<L> Session<L> {
             Some(F::Query) => self.local_deallocate(&unit),
             _ => None,
         };
-        let local = unit.refused || unit.over_limit || dealloc.is_some();
+        let local =
+            unit.refused || unit.over_limit || unit.duplicate.is_some() || dealloc.is_some();
         let owed = self
             .attached
             .as_ref()
@@ -116,6 +117,14 @@ impl<L> Session<L> {
             let e = ErrorFields::error(
                 "25006",
                 "a pgpilot:replica hint on a statement that may write is refused",
+            );
+            self.drop_unit(&unit, &e);
+            return Ok(None);
+        }
+        if let Some(name) = unit.duplicate.take() {
+            let e = ErrorFields::error(
+                "42P05",
+                format!("prepared statement \"{name}\" already exists"),
             );
             self.drop_unit(&unit, &e);
             return Ok(None);

@@ -36,6 +36,11 @@ pub(super) struct Unit {
     pub(super) refused: bool,
     /// It prepares a named statement beyond `routing.max_client_statements`: refused.
     pub(super) over_limit: bool,
+    /// It prepares a named statement under a name the client already uses for another text
+    /// (and closes none first): refused with 42P05, as PostgreSQL refuses it.
+    pub(super) duplicate: Option<Box<str>>,
+    /// A Close of a statement came earlier in the unit.
+    closes: bool,
     /// The session-level SETs / RESETs in it, to replay on the client's other backends.
     pub(super) changes: Vec<SettingChange>,
     /// The classifier (not a rule or read-your-writes) sent it to the primary.
@@ -124,6 +129,8 @@ impl<L> Session<L> {
             effect: SessionEffect::None,
             refused: false,
             over_limit: false,
+            duplicate: None,
+            closes: false,
             changes: Vec::new(),
             writes: false,
             replica_hint: false,
@@ -172,6 +179,14 @@ impl<L> Session<L> {
                         // Refused: the statement is never created.
                     } else if name.is_empty() {
                         self.unnamed = t;
+                    } else if !unit.closes
+                        && self.statements.get(name).is_some_and(|s| {
+                            // A unit is scanned again after it waited (for a backend, or for
+                            // answers owed before it): its own Parse is no duplicate.
+                            s.hash != Stmt::from_parse(body, name.len(), t, self.gucs.hash).hash
+                        })
+                    {
+                        unit.duplicate = Some(String::from_utf8_lossy(name).into());
                     } else if self.statements.len()
                         >= self.core.config().routing.max_client_statements
                         && !self.statements.contains_key(name)
@@ -185,6 +200,7 @@ impl<L> Session<L> {
                     target = join(target, t);
                 }
                 FrontendTag::Bind | FrontendTag::Describe | FrontendTag::Close => {
+                    unit.closes |= tag == FrontendTag::Close;
                     if let Some(t) = self.statement_route(tag, body).map_err(Error::Client)? {
                         target = join(target, t);
                     }

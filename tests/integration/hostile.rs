@@ -870,7 +870,8 @@ fn named_statements_beyond_the_limit_are_refused() {
     let e = prepare(&mut raw, "s4").unwrap_err();
     assert_eq!((e.0.as_str(), e.1.as_str()), ("53400", "ERROR"));
     assert_eq!(raw.query("SELECT 1").unwrap(), ["1"], "the session goes on");
-    // Preparing one it already has again is no new statement.
+    // Preparing one it already has again is no new statement (pgpilot accepts the same text
+    // under the same name; PostgreSQL would say 42P05).
     prepare(&mut raw, "s3").unwrap();
     assert_eq!(raw.run_prepared(b"s3").unwrap(), ["7"]);
     let mut out = BytesMut::new();

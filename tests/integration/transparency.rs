@@ -114,6 +114,14 @@ fn a_failed_parse_is_answered_at_once_and_leaves_no_statement() {
             // The name is free: preparing it again works.
             prepare(&mut raw, "bad", "SELECT $1::int + 1").unwrap();
             assert_eq!(execute(&mut raw, "bad", "1").unwrap(), ["2"]);
+            // A name in use for another text is refused, and the statement under it stays.
+            let again = prepare(&mut raw, "bad", "SELECT $1::int + 2");
+            assert_eq!(code(&again), "42P05", "{mode} {addr}");
+            assert_eq!(
+                execute(&mut raw, "bad", "1").unwrap(),
+                ["2"],
+                "{mode} {addr}"
+            );
         }
     }
 }
