@@ -11,7 +11,7 @@ use monoio::net::TcpStream;
 use pgpilot_protocol::backend::{Authentication, BackendMessage, BackendTag, TransactionStatus};
 use pgpilot_protocol::frame::split_frame;
 use pgpilot_protocol::scram::{
-    end_point_hash, md5_password, Binding, ScramClient, MECHANISM, MECHANISM_PLUS,
+    end_point_hash, md5_password, Binding, ScramClient, ScramKeys, MECHANISM, MECHANISM_PLUS,
 };
 use pgpilot_protocol::{encode, Frame};
 
@@ -35,6 +35,8 @@ pub struct Login<'a> {
     pub user: &'a str,
     /// Password, if the server asks for one.
     pub password: Option<&'a str>,
+    /// Without a password: the SCRAM keys a client of this role proved (pass-through).
+    pub keys: Option<&'a ScramKeys>,
     /// Database name.
     pub database: &'a str,
     /// `application_name` to log in with (the health checks name themselves; pooled
@@ -166,8 +168,12 @@ impl Backend {
                             None => (MECHANISM, Binding::None),
                         };
                         log::debug!("backend {}: SASL with {mechanism}", self.state.addr);
-                        let password = self.password(login)?.as_bytes();
-                        let (client, first) = ScramClient::with_binding(password, binding);
+                        let (client, first) = match (login.password, login.keys) {
+                            (None, Some(keys)) => ScramClient::with_keys(keys, binding),
+                            _ => {
+                                ScramClient::with_binding(self.password(login)?.as_bytes(), binding)
+                            }
+                        };
                         scram = Some(client);
                         encode::sasl_initial_response(&mut out, mechanism, &first);
                     }

@@ -125,6 +125,16 @@ impl fmt::Debug for User {
     }
 }
 
+/// How roles not in `[[users]]` are authenticated: their SCRAM verifier is read from the
+/// server, and pgpilot logs in to backends with the keys the client proved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthQuery {
+    /// The `[[users]]` entry the query runs as.
+    pub user: String,
+    /// SQL whose first column is the verifier; `$1` is the user name.
+    pub query: String,
+}
+
 /// `[pool]`: backend connection pools.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -248,6 +258,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[auth] method`.
     pub auth_method: AuthMethod,
+    /// `[auth] user` and `query`: roles not in `[[users]]` are looked up in the server.
+    pub auth_query: Option<AuthQuery>,
     /// `[[users]]` by name.
     pub users: HashMap<String, User>,
     /// Secrets for names not in `users`, so that unknown users go through the same exchange.
@@ -543,6 +555,22 @@ role = "primary"
         ))
         .unwrap_err();
         assert_eq!(e.key, "routing.write_functions");
+    }
+
+    #[test]
+    fn auth_query_needs_a_configured_user_scram_and_a_placeholder() {
+        let with = |auth: &str| parse(&format!("[auth]\n{auth}\n{MINIMAL}"));
+        let c = with("user = \"app\"").unwrap();
+        let aq = c.auth_query.as_ref().expect("looked up");
+        assert_eq!(aq.user, "app");
+        assert!(aq.query.contains("$1"));
+        assert!(parse(MINIMAL).unwrap().auth_query.is_none());
+        let e = with("user = \"nobody\"").unwrap_err();
+        assert_eq!(e.key, "auth.user");
+        let e = with("method = \"md5\"\nuser = \"app\"").unwrap_err();
+        assert_eq!(e.key, "auth.user");
+        let e = with("user = \"app\"\nquery = \"SELECT 1\"").unwrap_err();
+        assert_eq!(e.key, "auth.query");
     }
 
     #[test]

@@ -35,6 +35,7 @@
 //! - [`error`]: the daemon's error type.
 
 pub mod admin;
+pub mod auth_query;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;

@@ -13,6 +13,7 @@ use crate::config::TcpOptions;
 use crate::error::Error;
 use crate::permits::Permits;
 use crate::tls::BackendTls;
+use pgpilot_protocol::scram::ScramKeys;
 
 /// How a pool's new connections are made: socket options and TLS.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +46,8 @@ pub struct Pool {
     pub key: PoolKey,
     /// The password new connections log in with (a reload may change it).
     password: RefCell<Option<Rc<str>>>,
+    /// For a role looked up with `[auth] query`: the keys its latest client proved.
+    keys: RefCell<Option<Rc<ScramKeys>>>,
     /// Current address; idle connections to an older address are dropped.
     addr: Cell<Option<SocketAddr>>,
     idle: RefCell<Vec<Backend>>,
@@ -83,6 +86,7 @@ impl Pool {
         Pool {
             key,
             password: RefCell::new(password),
+            keys: RefCell::new(None),
             addr: Cell::new(addr),
             idle: RefCell::new(Vec::new()),
             permits: Permits::new(size),
@@ -92,6 +96,16 @@ impl Pool {
             max_lifetime: Cell::new(max_lifetime),
             dial: RefCell::new(dial),
             logins: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// New connections log in with the keys a client just proved (its role has no password in
+    /// the config). Keys proven against a new verifier (an `ALTER ROLE … PASSWORD`) replace
+    /// the old ones; connections already made stay.
+    pub fn prove_with(&self, keys: &Rc<ScramKeys>) {
+        let mut mine = self.keys.borrow_mut();
+        if mine.as_ref().is_none_or(|k| **k != **keys) {
+            *mine = Some(keys.clone());
         }
     }
 
@@ -142,10 +156,12 @@ impl Pool {
         let addr = self.addr.get().ok_or(Error::NoBackend)?;
         // Copies: a reload may change them while this connection is being made.
         let password = self.password.borrow().clone();
+        let keys = self.keys.borrow().clone();
         let dial = self.dial.borrow().clone();
         let login = Login {
             user: &self.key.user,
             password: password.as_deref(),
+            keys: keys.as_deref(),
             database: &self.key.database,
             application_name: None,
         };

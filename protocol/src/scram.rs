@@ -110,6 +110,24 @@ impl ScramSecret {
         }
     }
 
+    /// Reads a verifier as PostgreSQL stores it in `pg_authid.rolpassword`:
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64). `None` for
+    /// anything else (an MD5 hash, a plain password, NULL).
+    pub fn from_verifier(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let iterations: u32 = iterations.parse().ok().filter(|i| *i > 0)?;
+        let key = |b64: &str| -> Option<[u8; 32]> { B64.decode(b64).ok()?.try_into().ok() };
+        Some(ScramSecret {
+            iterations,
+            salt: B64.decode(salt).ok().filter(|s| !s.is_empty())?,
+            stored_key: key(stored)?,
+            server_key: key(server)?,
+        })
+    }
+
     /// A secret no password matches, with a salt chosen by the caller: lets the server run
     /// the whole exchange for an unknown user, so that a login does not reveal which users exist.
     pub fn impossible(salt: &[u8]) -> Self {
@@ -168,11 +186,29 @@ fn attr(msg: &str, key: u8) -> Option<&str> {
     attrs(msg).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
+/// What a client proved in a SCRAM exchange: enough to log in to a server holding the same
+/// verifier as that client (SCRAM pass-through), never the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    /// The verifier the client was checked against.
+    pub secret: ScramSecret,
+    /// HMAC(SaltedPassword, "Client Key"), recovered from the client's proof.
+    pub client_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramKeys { .. }")
+    }
+}
+
 /// The server side of one SCRAM-SHA-256 exchange.
 pub struct ScramServer<'s> {
     secret: Cow<'s, ScramSecret>,
     /// gs2 header, client-first-message-bare, server-first-message, full nonce.
     first: Option<(String, String, String, String)>,
+    /// The ClientKey of a proof that held.
+    proven: Option<[u8; 32]>,
 }
 
 impl<'s> ScramServer<'s> {
@@ -182,6 +218,7 @@ impl<'s> ScramServer<'s> {
         ScramServer {
             secret: secret.into(),
             first: None,
+            proven: None,
         }
     }
 
@@ -244,12 +281,26 @@ impl<'s> ScramServer<'s> {
         if proof.len() != 32 {
             return Err(ScramError::AuthFailed);
         }
-        let client_key: Vec<u8> = proof.iter().zip(signature).map(|(p, s)| p ^ s).collect();
-        if !ct_eq(&Sha256::digest(&client_key), &self.secret.stored_key) {
+        let mut client_key = [0u8; 32];
+        for ((k, p), s) in client_key.iter_mut().zip(&proof).zip(signature) {
+            *k = p ^ s;
+        }
+        if !ct_eq(&Sha256::digest(client_key), &self.secret.stored_key) {
             return Err(ScramError::AuthFailed);
         }
+        self.proven = Some(client_key);
         let server_signature = hmac(&self.secret.server_key, &[auth_message.as_bytes()]);
         Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+impl ScramServer<'_> {
+    /// After a proof held: what the client proved, for logging in on its behalf.
+    pub fn proven_keys(&self) -> Option<ScramKeys> {
+        Some(ScramKeys {
+            secret: self.secret.as_ref().clone(),
+            client_key: self.proven?,
+        })
     }
 }
 
@@ -269,9 +320,16 @@ pub enum Binding {
     EndPoint(Vec<u8>),
 }
 
+/// What the client side proves with.
+enum Credential {
+    Password(Vec<u8>),
+    /// A client's proven keys: the server must hold the verifier they were proven against.
+    Keys(Box<ScramKeys>),
+}
+
 /// The client side of one SCRAM-SHA-256 exchange (pgpilot logging in to a backend).
 pub struct ScramClient {
-    password: Vec<u8>,
+    credential: Credential,
     bare: String,
     nonce: String,
     /// The `c=` attribute: the gs2 header and the binding data, in base64.
@@ -287,6 +345,17 @@ impl ScramClient {
 
     /// Starts an exchange bound (or not) to the TLS channel.
     pub fn with_binding(password: &[u8], binding: Binding) -> (Self, Vec<u8>) {
+        Self::start(Credential::Password(password.to_vec()), binding)
+    }
+
+    /// Starts an exchange that proves a client's keys instead of a password (SCRAM
+    /// pass-through): it succeeds when the server's verifier is the one they were proven
+    /// against.
+    pub fn with_keys(keys: &ScramKeys, binding: Binding) -> (Self, Vec<u8>) {
+        Self::start(Credential::Keys(Box::new(keys.clone())), binding)
+    }
+
+    fn start(credential: Credential, binding: Binding) -> (Self, Vec<u8>) {
         let nonce = B64.encode(random_bytes::<18>());
         let bare = format!("n=,r={nonce}");
         let (gs2, data) = match binding {
@@ -298,7 +367,7 @@ impl ScramClient {
         let mut channel = gs2.as_bytes().to_vec();
         channel.extend_from_slice(&data);
         let client = ScramClient {
-            password: password.to_vec(),
+            credential,
             bare,
             nonce,
             channel: B64.encode(channel),
@@ -322,8 +391,22 @@ impl ScramClient {
             .and_then(|i| i.parse().ok())
             .filter(|i| (1..=10_000_000).contains(i))
             .ok_or(ScramError::Malformed("bad iteration count"))?;
-        let salted = salted_password(&self.password, &salt, iterations);
-        let client_key = hmac(&salted, &[b"Client Key"]);
+        let (client_key, server_key) = match &self.credential {
+            Credential::Password(password) => {
+                let salted = salted_password(password, &salt, iterations);
+                (
+                    hmac(&salted, &[b"Client Key"]),
+                    hmac(&salted, &[b"Server Key"]),
+                )
+            }
+            Credential::Keys(keys) => {
+                if keys.secret.salt != salt || keys.secret.iterations != iterations {
+                    // The password changed since the client proved it.
+                    return Err(ScramError::AuthFailed);
+                }
+                (keys.client_key, keys.secret.server_key)
+            }
+        };
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c={},r={nonce}", self.channel);
         let auth_message = format!("{},{msg},{without_proof}", self.bare);
@@ -333,7 +416,6 @@ impl ScramClient {
             .zip(signature)
             .map(|(k, s)| k ^ s)
             .collect();
-        let server_key = hmac(&salted, &[b"Server Key"]);
         self.expected_server_signature = Some(hmac(&server_key, &[auth_message.as_bytes()]));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
     }
@@ -489,6 +571,63 @@ mod tests {
     fn client_and_server_agree_on_the_right_password_only() {
         assert_eq!(exchange(b"app", b"app"), Ok(()));
         assert_eq!(exchange(b"app", b"ap"), Err(ScramError::AuthFailed));
+    }
+
+    /// One exchange of `client` against `secret`; what the client proved when it held.
+    fn run(
+        secret: &ScramSecret,
+        mut client: ScramClient,
+        first: Vec<u8>,
+    ) -> Result<ScramKeys, ScramError> {
+        let mut server = ScramServer::new(secret);
+        let server_first = server.handle_client_first(&first)?;
+        let client_final = client.handle_server_first(server_first.as_bytes())?;
+        let server_final = server.handle_client_final(&client_final)?;
+        client.verify_server_final(server_final.as_bytes())?;
+        Ok(server.proven_keys().expect("the proof held"))
+    }
+
+    #[test]
+    fn proven_keys_log_in_where_the_same_verifier_is_and_nowhere_else() {
+        let secret = ScramSecret::derive(b"s3cret", b"some salt", 4096);
+        let verifier = format!(
+            "SCRAM-SHA-256$4096:{}${}:{}",
+            B64.encode(&secret.salt),
+            B64.encode(secret.stored_key),
+            B64.encode(secret.server_key)
+        );
+        assert_eq!(
+            ScramSecret::from_verifier(&verifier).as_ref(),
+            Some(&secret)
+        );
+        for bad in [
+            "md5abc",
+            "SCRAM-SHA-256$0:c2FsdA==$AA==:AA==",
+            "",
+            "SCRAM-SHA-256$4096:$x:y",
+        ] {
+            assert!(ScramSecret::from_verifier(bad).is_none(), "{bad}");
+        }
+        let (client, first) = ScramClient::new(b"s3cret");
+        let keys = run(&secret, client, first).unwrap();
+        // The keys log in again, to any server that holds this verifier, bound or not.
+        for binding in [Binding::None, Binding::Unused] {
+            let (client, first) = ScramClient::with_keys(&keys, binding);
+            assert_eq!(run(&secret, client, first).map(|_| ()), Ok(()));
+        }
+        // A new password (a new salt, or the same salt and other keys) is refused.
+        let changed = ScramSecret::derive(b"other", b"another salt", 4096);
+        let (client, first) = ScramClient::with_keys(&keys, Binding::None);
+        assert_eq!(
+            run(&changed, client, first).map(|_| ()),
+            Err(ScramError::AuthFailed)
+        );
+        let same_salt = ScramSecret::derive(b"other", b"some salt", 4096);
+        let (client, first) = ScramClient::with_keys(&keys, Binding::None);
+        assert_eq!(
+            run(&same_salt, client, first).map(|_| ()),
+            Err(ScramError::AuthFailed)
+        );
     }
 
     #[test]

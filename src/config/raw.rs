@@ -123,14 +123,59 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 struct RawAuth {
     method: AuthMethod,
+    /// A `[[users]]` entry that looks up the verifiers of roles not in `[[users]]`.
+    user: Option<String>,
+    query: String,
 }
 
 impl Default for RawAuth {
     fn default() -> Self {
         RawAuth {
             method: AuthMethod::ScramSha256,
+            user: None,
+            query: DEFAULT_AUTH_QUERY.into(),
         }
     }
+}
+
+/// `[auth] query` unless set: the role's verifier, from the catalog only a superuser reads.
+pub const DEFAULT_AUTH_QUERY: &str =
+    "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+/// Checks `[auth] user` and `query`: the user is one of `[[users]]`, clients use SCRAM (the
+/// only method whose verifier lets pgpilot log in for them), and the query takes the name.
+fn validate_auth_query(
+    auth: &RawAuth,
+    names: &[String],
+    err: Problem<'_>,
+) -> Result<Option<super::AuthQuery>, ConfigError> {
+    let Some(user) = &auth.user else {
+        return Ok(None);
+    };
+    if !names.contains(user) {
+        return Err(err(
+            "auth.user",
+            format!("\"{user}\" is not one of [[users]], whose password it logs in with"),
+        ));
+    }
+    if auth.method != AuthMethod::ScramSha256 {
+        return Err(err(
+            "auth.user",
+            "looking up users needs auth.method = \"scram-sha-256\": the server's SCRAM \
+             verifier is all pgpilot learns of a password"
+                .into(),
+        ));
+    }
+    if !auth.query.contains("$1") {
+        return Err(err(
+            "auth.query",
+            "must contain $1, where the user name goes".into(),
+        ));
+    }
+    Ok(Some(super::AuthQuery {
+        user: user.clone(),
+        query: auth.query.clone(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +246,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, env: Env<'_>) -> Result<Conf
         path: path.to_owned(),
         server: validate_server(raw.server, &err)?,
         auth_method: raw.auth.method,
+        auth_query: validate_auth_query(&raw.auth, &names, &err)?,
         health: super::health::validate(raw.health, &names, &err)?,
         admin: super::admin::validate(raw.admin, &names, &err)?,
         metrics: super::admin::validate_metrics(raw.metrics, &err)?,

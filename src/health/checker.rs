@@ -142,6 +142,7 @@ async fn check_once(
             let disabled = crate::tls::BackendTls::disabled();
             let tls = config.backends.get(id).map_or(&disabled, |b| &b.tls);
             let login = Login {
+                keys: None,
                 user: &health.user,
                 password: config.user(&health.user).map(|u| u.password.as_str()),
                 database: &health.database,

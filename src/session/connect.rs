@@ -260,6 +260,9 @@ impl Client {
                 database: s.database.clone(),
             };
             let pool = core.pool(key);
+            if let Some(keys) = &s.keys {
+                pool.prove_with(keys);
+            }
             let wait = if s.impatient() {
                 Duration::ZERO
             } else {

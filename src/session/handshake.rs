@@ -43,6 +43,9 @@ pub enum Action {
     Close(BytesMut),
     /// The client is authenticated (AuthenticationOk has been sent): the session begins.
     Done(Startup),
+    /// Read this role's SCRAM verifier from the server (`[auth] query`), then call
+    /// [`Handshake::looked_up`] and step again.
+    LookUp { user: String, database: String },
 }
 
 /// What a successful handshake established.
@@ -53,6 +56,9 @@ pub struct Startup {
     pub gucs: Gucs,
     /// A `[[routing.rules]]` entry that sends all of the session's statements to one side.
     pub rule: Option<Target>,
+    /// A role looked up with `[auth] query`: the keys the client proved, for logging in to
+    /// backends on its behalf.
+    pub keys: Option<scram::ScramKeys>,
 }
 
 /// Where the handshake stands. Each variant holds what only it needs.
@@ -61,6 +67,8 @@ enum State<'c> {
     Startup { ssl_asked: bool, gss_asked: bool },
     /// The startup packet is in; waiting for the shell to count the client.
     Admitting(Box<Startup>, bool),
+    /// Waiting for the shell to read the role's verifier; `Some` once it has.
+    LookingUp(Box<Startup>, Option<Option<ScramSecret>>),
     /// MD5: the salt is sent, the password message is due.
     Md5(Box<Startup>, [u8; 4]),
     /// SCRAM: mechanisms offered, the SASLInitialResponse is due.
@@ -142,6 +150,14 @@ impl<'c> Handshake<'c> {
     }
 
     /// The shell's answer to [`Action::Admit`].
+    /// The outcome of [`Action::LookUp`]: the role's verifier, `None` when the server has
+    /// none pgpilot can use (no such role, no SCRAM verifier, the lookup failed).
+    pub fn looked_up(&mut self, secret: Option<ScramSecret>) {
+        if let State::LookingUp(_, found) = &mut self.state {
+            *found = Some(secret);
+        }
+    }
+
     pub fn admitted(&mut self, ok: bool) {
         if let State::Admitting(_, answer) = &mut self.state {
             *answer = ok;
@@ -157,6 +173,23 @@ impl<'c> Handshake<'c> {
                     gss_asked,
                 } => self.on_startup(ssl_asked, gss_asked),
                 State::Admitting(st, ok) => self.on_admitted(st, ok),
+                State::LookingUp(st, None) => {
+                    let ask = Action::LookUp {
+                        user: st.user.clone(),
+                        database: st.database.clone(),
+                    };
+                    self.state = State::LookingUp(st, None);
+                    return ask;
+                }
+                State::LookingUp(st, Some(found)) => {
+                    // No verifier: the whole exchange against a mock one, as for any unknown
+                    // role, so a probe cannot tell which roles exist.
+                    let secret =
+                        found.unwrap_or_else(|| self.config.mock_auth.secret(st.user.as_bytes()));
+                    encode::auth_sasl(&mut self.out, &[scram::MECHANISM]);
+                    self.state = State::SaslInitial(st, Cow::Owned(secret));
+                    Ok(None)
+                }
                 State::Md5(st, salt) => self.on_md5(st, salt),
                 State::SaslInitial(st, secret) => self.on_sasl_initial(st, secret),
                 State::SaslFinal(st, server) => self.on_sasl_final(st, server),
@@ -325,6 +358,7 @@ impl<'c> Handshake<'c> {
             database: database.to_owned(),
             gucs,
             rule,
+            keys: None,
         })
     }
 
@@ -355,6 +389,10 @@ impl<'c> Handshake<'c> {
                 // the same way as a wrong password (PostgreSQL's mock authentication).
                 let secret = match known {
                     Some(u) => Cow::Borrowed(&u.scram),
+                    None if self.config.auth_query.is_some() => {
+                        self.state = State::LookingUp(st, None);
+                        return Ok(None);
+                    }
                     None => Cow::Owned(self.config.mock_auth.secret(st.user.as_bytes())),
                 };
                 encode::auth_sasl(&mut self.out, &[scram::MECHANISM]);
@@ -422,6 +460,11 @@ impl<'c> Handshake<'c> {
         match server.handle_client_final(frame.body()) {
             Ok(fin) => {
                 encode::auth_sasl_final(&mut self.out, fin.as_bytes());
+                let mut st = st;
+                if self.config.user(&st.user).is_none() {
+                    // Looked up: pgpilot logs in to backends with what the client proved.
+                    st.keys = server.proven_keys();
+                }
                 self.authenticated(st);
                 Ok(None)
             }
@@ -495,6 +538,8 @@ mod tests {
         Done(String, String),
         /// `S` sent, TLS taken as up.
         StartTls,
+        /// The verifier of this role asked for (and, for `dyn`, found: password `dyn`).
+        LookUp(String),
     }
 
     fn describe(bytes: &[u8]) -> Vec<String> {
@@ -539,6 +584,12 @@ mod tests {
                     assert_eq!(b.as_ref(), b"S");
                     hs.tls_started();
                     (Seen::StartTls, false)
+                }
+                Action::LookUp { user, .. } => {
+                    let found =
+                        (user == "dyn").then(|| ScramSecret::derive(b"dyn", b"dyn salt", 4096));
+                    hs.looked_up(found);
+                    (Seen::LookUp(user), false)
                 }
             };
             seen.push(s);
@@ -797,6 +848,50 @@ mod tests {
             feed(&mut hs, &p(b"c=biws,r=other,p=AAAA")),
             [closed(&["E08P01"])]
         );
+    }
+
+    #[test]
+    fn roles_not_in_the_config_are_looked_up_and_their_keys_kept() {
+        let text = "[auth]\nuser = \"app\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+                    [[backends]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        for (user, password, ok) in [
+            ("dyn", "dyn", true),
+            ("dyn", "nope", false),
+            ("ghost", "x", false),
+        ] {
+            let mut hs = Handshake::new(&config);
+            let first = feed(&mut hs, &startup_packet(&[("user", user)]));
+            assert_eq!(
+                first,
+                [
+                    Seen::Admit,
+                    Seen::LookUp(user.into()),
+                    sent(&["RSasl"]),
+                    Seen::Read
+                ],
+                "{user}"
+            );
+            let (mut client, first) = ScramClient::new(password.as_bytes());
+            let server = server_first(&mut hs, &first);
+            let fin = client.handle_server_first(&server).unwrap();
+            if !ok {
+                let got = feed(&mut hs, &p(&fin));
+                assert_eq!(got, [closed(&["E28P01"])], "{user}/{password}");
+                continue;
+            }
+            hs.input.extend_from_slice(&p(&fin));
+            assert!(matches!(hs.step(), Action::Send(_)), "SASLFinal and Ok");
+            let Action::Done(st) = hs.step() else {
+                panic!("done")
+            };
+            let keys = st.keys.expect("the proven keys");
+            assert_eq!(keys.secret, ScramSecret::derive(b"dyn", b"dyn salt", 4096));
+        }
+        // A user in the config is never looked up, and keeps no keys.
+        let mut hs = Handshake::new(&config);
+        let first = feed(&mut hs, &startup_packet(&[("user", "app")]));
+        assert_eq!(first, [Seen::Admit, sent(&["RSasl"]), Seen::Read]);
     }
 
     #[test]

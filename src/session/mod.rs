@@ -49,6 +49,7 @@ use crate::backend::Wire;
 use crate::config::PoolMode;
 use crate::core::Core;
 
+pub(crate) use params::quote_literal;
 pub use params::Gucs;
 pub use shell::run;
 use statements::{Slot, Stmt};
@@ -109,6 +110,7 @@ impl<L> Attached<L> {
     fn is_idle(&self) -> bool {
         self.pending == 0
             && self.hidden == 0
+            && self.after.is_empty()
             && self.outbox.is_empty()
             && self.streaming == 0
             && !self.unsynced
@@ -212,6 +214,8 @@ pub struct Start {
     pub gucs: Gucs,
     /// A `[[routing.rules]]` entry for this user or database.
     pub rule: Option<Target>,
+    /// What the client proved, when its role was looked up (`[auth] query`).
+    pub keys: Option<Rc<pgpilot_protocol::scram::ScramKeys>>,
     /// Bytes the client sent after its startup packet.
     pub input: BytesMut,
 }
@@ -255,6 +259,8 @@ pub struct Session<L> {
     /// Route of the unnamed statement.
     unnamed: Target,
     /// A `[[routing.rules]]` entry sends all of this session's statements here.
+    /// What the client proved, when its role was looked up: backends are logged in with it.
+    keys: Option<Rc<pgpilot_protocol::scram::ScramKeys>>,
     rule: Option<Target>,
     /// State that cannot move (LISTEN, temp tables, …) holds the client on its backend.
     pinned: bool,
@@ -318,6 +324,7 @@ impl<L> Session<L> {
             statements: HashMap::new(),
             unnamed: Target::Primary,
             rule: start.rule,
+            keys: start.keys,
             pinned: false,
             read_only_default: false,
             last_write: None,

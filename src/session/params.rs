@@ -111,7 +111,7 @@ pub fn set_sql<'a>(settings: impl Iterator<Item = &'a (String, String)>) -> Stri
 }
 
 /// A string literal that means the same whatever `standard_conforming_strings` says.
-fn quote_literal(s: &str) -> String {
+pub(crate) fn quote_literal(s: &str) -> String {
     let quoted = s.replace('\'', "''");
     if s.contains('\\') {
         format!("E'{}'", quoted.replace('\\', "\\\\"))

@@ -198,7 +198,12 @@ impl<L> Session<L> {
     /// The unit waits while the shell attaches a backend for it.
     fn attach_for(&mut self, unit: super::Unit, begin: Option<bytes::Bytes>) -> Pump<L> {
         let target = unit.target;
-        let parses = self.only_named_parses(&unit).filter(|&n| n > 0);
+        // Not behind a held BEGIN: the client has been told its block began.
+        let parses = begin
+            .is_none()
+            .then(|| self.only_named_parses(&unit))
+            .flatten()
+            .filter(|&n| n > 0);
         self.intake = Intake::Attaching(Box::new(Waiting {
             unit,
             begin,

@@ -330,6 +330,8 @@ impl<L> Session<L> {
             self.statements.retain(|_, s| s.hash != hash);
         }
         self.settle_changes();
+        // Before the backend is judged idle: its answers, swallowed, come after the batch's.
+        self.send_after();
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
@@ -369,7 +371,6 @@ impl<L> Session<L> {
         );
         self.pass_on(batch);
         self.answer_fakes();
-        self.send_after();
         if self.mode == PoolMode::Transaction && idle && !self.pinned {
             self.release();
         }
@@ -444,7 +445,6 @@ impl<L> Session<L> {
             return;
         };
         att.backend.applied = if resets { u64::MAX } else { self.gucs.hash };
-        self.send_after();
     }
 
     /// Sends the proxy's own pending work once the backend owes nothing before it: its

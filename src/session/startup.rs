@@ -181,6 +181,9 @@ async fn drive(
                 return None;
             }
             Action::Done(st) => return Some(st),
+            Action::LookUp { user, database } => {
+                hs.looked_up(crate::auth_query::look_up(core, &user, &database).await)
+            }
         }
     }
 }
@@ -227,6 +230,7 @@ async fn session(
         database: st.database.into(),
         gucs: st.gucs,
         rule: st.rule,
+        keys: st.keys.map(Rc::new),
         input,
     };
     let (read, write) = link.stream.into_split();

@@ -85,6 +85,15 @@ fn code(a: &Answer) -> &str {
     a.as_ref().err().map_or("", |e| e.0.as_str())
 }
 
+/// The `(SQLSTATE, severity)` of each ErrorResponse among `frames`.
+fn told(frames: &[Frame]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter_map(error_of)
+        .map(|(code, severity, _)| (code, severity))
+        .collect()
+}
+
 /// Every message until the connection closes (at most 50).
 fn rest(raw: &mut Raw) -> Vec<Frame> {
     std::iter::from_fn(|| raw.recv()).take(50).collect()
@@ -311,13 +320,6 @@ fn a_pooled_connection_that_died_is_never_handed_out() {
 #[test]
 fn a_backends_fatal_reaches_its_client_once_and_ends_the_connection() {
     let Some(c) = common::cluster() else { return };
-    let told = |frames: &[Frame]| -> Vec<(String, String)> {
-        frames
-            .iter()
-            .filter_map(error_of)
-            .map(|(code, severity, _)| (code, severity))
-            .collect()
-    };
     let fatal = vec![("57P01".to_owned(), "FATAL".to_owned())];
     // Its backend ended under a session-mode client: the server's FATAL, nothing invented.
     let proxy = primary_only(c, "session");
@@ -452,14 +454,9 @@ fn session_mode_clients_get_their_backends_real_pid() {
         let mut q = BytesMut::new();
         encode::query(&mut q, b"CREATE TEMP TABLE tp_victim (v int)");
         victim.send(&q);
-        let codes: Vec<String> = rest(&mut victim)
-            .iter()
-            .filter_map(error_of)
-            .map(|e| e.0)
-            .collect();
         assert_eq!(
-            codes,
-            ["57P01"],
+            told(&rest(&mut victim)),
+            [("57P01".to_owned(), "FATAL".to_owned())],
             "the server's FATAL, once (read first: {read_first})"
         );
     }
@@ -493,5 +490,79 @@ fn transaction_mode_pids_are_no_process_and_notify_carries_them() {
     assert!(
         got.len() == 1 && got[0] != pid && got[0] < 1 << 22,
         "{got:?}"
+    );
+}
+
+#[test]
+fn roles_not_in_the_config_log_in_with_the_servers_own_password() {
+    let Some(c) = common::cluster() else { return };
+    common::direct(c, 0)
+        .batch_execute(
+            "DO $$ BEGIN \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tp_auth') THEN \
+                 CREATE ROLE tp_auth SUPERUSER LOGIN PASSWORD 'tp_auth_pw'; END IF; \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tp_dyn') THEN \
+                 CREATE ROLE tp_dyn LOGIN; END IF; \
+             END $$; ALTER ROLE tp_dyn PASSWORD 'first'",
+        )
+        .unwrap();
+    // The role's verifier on every server, so that replicas log it in too.
+    let replayed = || {
+        let verifier = |i: usize| {
+            common::direct(c, i)
+                .query_one(
+                    "SELECT rolpassword FROM pg_authid WHERE rolname = 'tp_dyn'",
+                    &[],
+                )
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+        };
+        let want = verifier(0);
+        assert!(want
+            .as_deref()
+            .is_some_and(|v| v.starts_with("SCRAM-SHA-256$")));
+        for i in 1..c.ports.len() {
+            let seen = common::eventually(Duration::from_secs(20), || verifier(i) == want);
+            assert!(seen, "replica {i} has the new password");
+        }
+    };
+    replayed();
+    let text = common::config_text(c, &Opts::default())
+        .replace("[auth]\n", "[auth]\nuser = \"tp_auth\"\n")
+        + "\n[[users]]\nname = \"tp_auth\"\npassword = \"tp_auth_pw\"\n";
+    let config = pgpilot::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+    let proxy = pgpilot::Proxy::start(config).unwrap();
+    let who = |password: &str| -> Result<Vec<String>, String> {
+        let mut raw = Raw::connect(proxy.addr(), "tp_dyn", password, &[]).map_err(|e| e.0)?;
+        let mut seen = Vec::new();
+        // Reads (on replicas) and a block (on the primary): every backend logs in as the role.
+        for sql in ["SELECT current_user", "SELECT session_user"] {
+            seen.extend(raw.query(sql).unwrap());
+        }
+        raw.query("BEGIN").unwrap();
+        seen.extend(raw.query("SELECT current_user").unwrap());
+        raw.query("COMMIT").unwrap();
+        Ok(seen)
+    };
+    for _ in 0..3 {
+        assert_eq!(who("first").unwrap(), ["tp_dyn", "tp_dyn", "tp_dyn"]);
+    }
+    assert_eq!(who("wrong"), Err("28P01".to_owned()), "a wrong password");
+    let ghost = Raw::connect(proxy.addr(), "tp_ghost", "x", &[]).err();
+    assert_eq!(
+        ghost.map(|e| e.0),
+        Some("28P01".to_owned()),
+        "an unknown role, as PostgreSQL says"
+    );
+    // ALTER ROLE … PASSWORD takes effect through the proxy at the next login.
+    common::direct(c, 0)
+        .batch_execute("ALTER ROLE tp_dyn PASSWORD 'second'")
+        .unwrap();
+    replayed();
+    assert_eq!(who("second").unwrap(), ["tp_dyn", "tp_dyn", "tp_dyn"]);
+    assert_eq!(
+        who("first"),
+        Err("28P01".to_owned()),
+        "the old password is gone"
     );
 }

@@ -76,6 +76,7 @@ impl Script {
             database,
             gucs: Gucs::default(),
             rule: None,
+            keys: None,
             input: BytesMut::new(),
         };
         Script {
