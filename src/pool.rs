@@ -125,17 +125,30 @@ impl Pool {
 
     /// A clean connection within `wait`: an idle one, or a new one if capacity allows.
     pub async fn checkout(&self, wait: Duration) -> Result<Backend, Error> {
-        self.checkout_as(wait, true).await
+        self.checkout_as(wait, wait, true).await
+    }
+
+    /// A clean connection if the pool has room now (`PoolTimeout` otherwise); a new one may
+    /// take `wait` to make.
+    pub async fn checkout_free(&self, wait: Duration) -> Result<Backend, Error> {
+        self.checkout_as(Duration::ZERO, wait, true).await
     }
 
     /// A new connection within `wait`, never an idle one (which carries what other clients
     /// left on it).
     pub async fn checkout_new(&self, wait: Duration) -> Result<Backend, Error> {
-        self.checkout_as(wait, false).await
+        self.checkout_as(wait, wait, false).await
     }
 
-    async fn checkout_as(&self, wait: Duration, reuse: bool) -> Result<Backend, Error> {
-        let deadline = Instant::now() + wait;
+    /// Waits `wait` at most for room in the pool, and a new connection may take until
+    /// `connect_wait` after the start.
+    async fn checkout_as(
+        &self,
+        wait: Duration,
+        connect_wait: Duration,
+        reuse: bool,
+    ) -> Result<Backend, Error> {
+        let deadline = Instant::now() + connect_wait;
         let Some(permit) = self.permits.acquire(wait).await else {
             log::debug!(
                 "pool {:?}: no permit within {wait:?} ({} idle, {} waiting)",

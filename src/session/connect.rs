@@ -263,16 +263,14 @@ impl Client {
             if let Some(keys) = &s.keys {
                 pool.prove_with(keys);
             }
-            let wait = if s.impatient() {
-                Duration::ZERO
-            } else {
-                core.config().pool.checkout_timeout
-            };
+            let wait = core.config().pool.checkout_timeout;
             let checkout_result = {
                 // Shown as waiting (SHOW CLIENTS, SHOW POOLS) until a connection is had.
                 let _waiting = Waiting::start(&s.card, &s.stats);
                 if fresh {
                     pool.checkout_new(wait).await
+                } else if s.impatient() {
+                    pool.checkout_free(wait).await
                 } else {
                     pool.checkout(wait).await
                 }

@@ -110,6 +110,11 @@ fn a_failed_parse_is_answered_at_once_and_leaves_no_statement() {
                 ..Opts::default()
             },
         );
+        // Another client holds a primary connection in a transaction: the Parse needs a new
+        // one, made in full even though a lone Parse takes only a backend that is free at once.
+        let mut blocker = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
+        blocker.query("BEGIN").unwrap();
+        blocker.query("SELECT txid_current()").unwrap();
         for addr in [primary(c), proxy.addr()] {
             let mut raw = Raw::connect(addr, "app", "app", &[]).unwrap();
             let bad = prepare(&mut raw, "bad", "SELEC 1");
