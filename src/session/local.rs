@@ -14,10 +14,9 @@ use bytes::BytesMut;
 
 use super::login::intern_code;
 use super::relay::Held;
-use super::statements::close_statement;
+use super::statements::{close_statement, forget};
 use super::unit::Unit;
 use super::{Intake, Session};
-use crate::backend::Has;
 use crate::config::PoolMode;
 use crate::error::Error;
 
@@ -141,13 +140,16 @@ impl<L> Session<L> {
         let mut work = BytesMut::new();
         let tag: &[u8] = match which {
             Deallocate::Name(name) => {
-                let gone = self.statements.remove(name.as_slice()).map(|s| s.hash);
-                let shared = |h: u64| self.statements.values().any(|s| s.hash == h);
-                if let (Some(h), Some(att)) = (gone, self.attached.as_mut()) {
-                    if !shared(h) && att.backend.prepared.has(h) != Has::No {
-                        att.backend.prepared.remove(h);
-                        close_statement(&mut work, h);
-                        encode::sync(&mut work);
+                match self.attached.as_mut() {
+                    Some(att) => {
+                        let prepared = &mut att.backend.prepared;
+                        if let Some(h) = forget(&mut self.statements, &name, prepared) {
+                            close_statement(&mut work, h);
+                            encode::sync(&mut work);
+                        }
+                    }
+                    None => {
+                        self.statements.remove(name.as_slice());
                     }
                 }
                 b"DEALLOCATE"

@@ -147,23 +147,24 @@ impl<L> Session<L> {
         if self.mode == PoolMode::Transaction && self.attached.is_none() {
             match self.hold_begin(&mut unit) {
                 Held::Answered => return Ok(None),
-                Held::Attach(begin) => return Ok(Some(self.attach_for(unit, Some(begin)))),
+                // Not behind a held BEGIN: the client has been told its block began.
+                Held::Attach(begin) => return Ok(Some(self.attach_for(unit, Some(begin), None))),
                 Held::No => {}
             }
         }
         let Some(att) = self.attached.as_ref() else {
-            if self.only_named_parses(&unit) == Some(0) {
+            let parses = self.only_named_parses(&unit);
+            if parses == Some(0) {
                 // A lone Sync: nothing to run. A Parse goes to a backend, even PQprepare's lone
                 // one, so that its errors are the client's answer to it; but only to one that is
                 // free at once: a client that drives several connections from one thread (pgbench
                 // -M prepared) blocks in PQprepare while its other connections hold every
                 // backend, and waiting would hang them all. With none free, it is answered here
                 // and the statement is checked where it first runs.
-                let _ = self.cbuf.split_to(unit.len);
-                encode::ready_for_query(&mut self.out, TransactionStatus::Idle);
+                self.answer_parses(&unit, 0);
                 return Ok(None);
             }
-            return Ok(Some(self.attach_for(unit, None)));
+            return Ok(Some(self.attach_for(unit, None, parses)));
         };
         let free = !mid_unit && !self.pinned && att.status == TransactionStatus::Idle;
         let must_move = free && att.on_replica && unit.target == Target::Primary;
@@ -196,14 +197,14 @@ impl<L> Session<L> {
     }
 
     /// The unit waits while the shell attaches a backend for it.
-    fn attach_for(&mut self, unit: super::Unit, begin: Option<bytes::Bytes>) -> Pump<L> {
+    /// `parses`: the unit is PQprepare's Parse + Sync of that many named statements.
+    fn attach_for(
+        &mut self,
+        unit: super::Unit,
+        begin: Option<bytes::Bytes>,
+        parses: Option<usize>,
+    ) -> Pump<L> {
         let target = unit.target;
-        // Not behind a held BEGIN: the client has been told its block began.
-        let parses = begin
-            .is_none()
-            .then(|| self.only_named_parses(&unit))
-            .flatten()
-            .filter(|&n| n > 0);
         self.intake = Intake::Attaching(Box::new(Waiting {
             unit,
             begin,

@@ -32,17 +32,26 @@ impl Stmt {
     /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
     /// the meaning of the same text (search_path) from sharing a backend statement.
     pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
-        // Past the name's NUL; `name_len` is under `body.len()`, so the sum cannot saturate.
-        let rest = body.get(name_len.saturating_add(1)..).unwrap_or_default();
-        let mut h = DefaultHasher::new();
-        scope.hash(&mut h);
-        rest.hash(&mut h);
         Stmt {
-            hash: h.finish(),
-            body: Bytes::copy_from_slice(rest),
+            hash: Self::hash_of(body, name_len, scope),
+            body: Bytes::copy_from_slice(after_name(body, name_len)),
             target,
         }
     }
+
+    /// The hash [`Stmt::from_parse`] gives the same Parse body, without copying it.
+    pub fn hash_of(body: &[u8], name_len: usize, scope: u64) -> u64 {
+        let mut h = DefaultHasher::new();
+        scope.hash(&mut h);
+        after_name(body, name_len).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A Parse body past its statement name's NUL: query, NUL, parameter types. `name_len` is
+/// under `body.len()`, so the sum cannot saturate.
+fn after_name(body: &[u8], name_len: usize) -> &[u8] {
+    body.get(name_len.saturating_add(1)..).unwrap_or_default()
 }
 
 /// What the client expects in response to one message sent on its behalf, in order.
@@ -135,16 +144,19 @@ impl Rewrite<'_> {
     /// Makes sure the backend has `stmt` as its text means now, adding a hidden Parse to `out`
     /// if not.
     fn ensure(&mut self, stmt: &Stmt, out: &mut BytesMut) {
-        if *self.skipping || self.prepared.has(stmt.hash) == Has::Fresh {
+        if *self.skipping {
             return;
         }
-        self.prepare(stmt, out, false);
+        match self.prepared.has(stmt.hash) {
+            Has::Fresh => {}
+            had => self.prepare(stmt, had, out, false),
+        }
     }
 
-    /// Sends a Parse under the shared name, closing first the backend's older copy, if any,
-    /// and the least recently used statement when the backend has too many.
-    fn prepare(&mut self, stmt: &Stmt, out: &mut BytesMut, visible: bool) {
-        if self.prepared.has(stmt.hash) != Has::No {
+    /// Sends a Parse under the shared name, closing first the backend's older copy, if it
+    /// `had` one, and the least recently used statement when the backend has too many.
+    fn prepare(&mut self, stmt: &Stmt, had: Has, out: &mut BytesMut, visible: bool) {
+        if had != Has::No {
             self.close(stmt.hash, out, false);
         }
         if let Some(evicted) = self.prepared.insert(stmt.hash, self.cap) {
@@ -243,7 +255,8 @@ impl Rewrite<'_> {
             return false;
         }
         client_parsed(stmt.hash);
-        self.prepare(stmt, out, true);
+        let had = self.prepared.has(stmt.hash);
+        self.prepare(stmt, had, out, true);
         false
     }
 
@@ -292,14 +305,9 @@ impl Rewrite<'_> {
                 // Skipped after an error: PostgreSQL closes nothing and answers nothing.
                 return false;
             }
-            let hash = stmts.remove(name).map(|s| s.hash);
-            match hash {
-                Some(h)
-                    if !stmts.values().any(|s| s.hash == h) && self.prepared.has(h) != Has::No =>
-                {
-                    self.close(h, out, true)
-                }
-                _ => self.push(Slot::Fake(BackendTag::CloseComplete)),
+            match forget(stmts, name, self.prepared) {
+                Some(h) => self.close(h, out, true),
+                None => self.push(Slot::Fake(BackendTag::CloseComplete)),
             }
             return false;
         }
@@ -316,6 +324,22 @@ impl Rewrite<'_> {
         self.push(Slot::Pass(FrontendTag::Describe));
         false
     }
+}
+
+/// The client closes its statement `name` (Close, DEALLOCATE): the name is forgotten, and
+/// the backend statement it named is returned, and no longer counted as the backend's, when
+/// the backend has it and none of the client's other names shares it: the caller closes it.
+pub(super) fn forget(
+    stmts: &mut HashMap<Bytes, Stmt>,
+    name: &[u8],
+    prepared: &mut Prepared,
+) -> Option<u64> {
+    let hash = stmts.remove(name)?.hash;
+    if stmts.values().any(|s| s.hash == hash) || prepared.has(hash) == Has::No {
+        return None;
+    }
+    prepared.remove(hash);
+    Some(hash)
 }
 
 /// A Close of the shared statement `hash`.

@@ -179,23 +179,23 @@ impl<L> Session<L> {
                         // Refused: the statement is never created.
                     } else if name.is_empty() {
                         self.unnamed = t;
-                    } else if !unit.closes
-                        && self.statements.get(name).is_some_and(|s| {
-                            // A unit is scanned again after it waited (for a backend, or for
-                            // answers owed before it): its own Parse is no duplicate.
-                            s.hash != Stmt::from_parse(body, name.len(), t, self.gucs.hash).hash
-                        })
-                    {
-                        unit.duplicate = Some(String::from_utf8_lossy(name).into());
-                    } else if self.statements.len()
-                        >= self.core.config().routing.max_client_statements
-                        && !self.statements.contains_key(name)
-                    {
-                        unit.over_limit = true;
                     } else {
-                        let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
-                        self.statements
-                            .insert(bytes::Bytes::copy_from_slice(name), stmt);
+                        let hash = Stmt::hash_of(body, name.len(), self.gucs.hash);
+                        let limit = self.core.config().routing.max_client_statements;
+                        match self.statements.get(name) {
+                            // A unit is scanned again after it waited (for a backend, or for
+                            // answers owed before it): its own Parse is recorded already.
+                            Some(s) if s.hash == hash => {}
+                            Some(_) if !unit.closes => {
+                                unit.duplicate = Some(String::from_utf8_lossy(name).into());
+                            }
+                            None if self.statements.len() >= limit => unit.over_limit = true,
+                            _ => {
+                                let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
+                                self.statements
+                                    .insert(bytes::Bytes::copy_from_slice(name), stmt);
+                            }
+                        }
                     }
                     target = join(target, t);
                 }
