@@ -30,6 +30,7 @@ mod params;
 mod relay;
 mod responses;
 pub mod script;
+mod settle;
 mod shell;
 mod startup;
 mod statements;
