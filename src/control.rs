@@ -173,7 +173,7 @@ pub enum ControlMsg {
     /// A session's connection to backend `id`, meant for the primary, refused a write as
     /// read-only and could not prove it reaches a primary.
     Fenced { id: usize },
-    /// SIGHUP: read the config file again (today: the certificate and key shown to clients).
+    /// SIGHUP or the console's RELOAD: read the config file again and apply it.
     Reload,
     /// The admin console asks what the control plane sees (backends, events).
     Describe(Mailbox<crate::admin::PlaneReport>),

@@ -3,7 +3,8 @@
 //! transaction through pgpilot A; a second pgpilot B starts on the same address (SO_REUSEPORT),
 //! then A gets SIGTERM. A closes its listeners at once (the kernel moves the connections queued
 //! on them to B's), finishes the startups it had accepted, and exits 0; no pgbench client sees
-//! a refused or reset connection.
+//! a refused or reset connection. Then B gets a real SIGHUP (a weight changed in its file) and
+//! the console's SHUTDOWN.
 
 use std::process::Command;
 
@@ -34,7 +35,20 @@ kill -TERM $A
 wait $A; echo "old exited $?"
 wait $LOAD; echo "pgbench exited $?"
 cat "$D/pgbench.out"
-kill -TERM $B; wait $B; echo "new exited $?"
+# A real SIGHUP: replica2's weight 1 -> 3 in the file, read back from B's console.
+sed -i '/^name = "replica2"$/,/^weight = / s/^weight = 1$/weight = 3/' "$D/p.toml"
+kill -HUP $B
+for _ in $(seq 1 50); do
+  PGPASSWORD=admin psql -X -Atq -h 127.0.0.1 -p 18432 -U admin -d pgpilot -c 'SHOW BACKENDS' \
+    > "$D/backends.out" 2>&1
+  grep -q '^replica2|\([^|]*|\)\{4\}3|' "$D/backends.out" && break
+  sleep 0.1
+done
+sed 's/^/after SIGHUP: /' "$D/backends.out"
+grep -m1 'event=reload ' "$D/b.log"
+# The console's SHUTDOWN ends B as SIGTERM does.
+PGPASSWORD=admin psql -X -q -h 127.0.0.1 -p 18432 -U admin -d pgpilot -c 'SHUTDOWN'
+wait $B; echo "new exited $?"
 "#;
 
 #[test]
@@ -54,8 +68,16 @@ fn a_new_process_takes_over_and_no_connecting_client_is_refused_or_reset() {
     );
     assert!(
         text.contains("new exited 0"),
-        "the new process serves and stops:\n{text}"
+        "the new process serves, and stops on the console's SHUTDOWN:\n{text}"
     );
+    // SIGHUP to the running binary: the file's new weight is in force, and the reload is an
+    // event in its log.
+    let weight = text
+        .lines()
+        .find_map(|l| l.strip_prefix("after SIGHUP: replica2|"))
+        .and_then(|row| row.split('|').nth(4));
+    assert_eq!(weight, Some("3"), "replica2's weight after SIGHUP:\n{text}");
+    assert!(text.contains("event=reload "), "{text}");
     assert!(
         text.contains("pgbench exited 0"),
         "no pgbench client aborted:\n{text}"
