@@ -12,9 +12,9 @@
 # 5,000 clients, and with pools of 100, PgBouncer against pgpilot; then TLS on both sides (the
 # servers switched to ssl = on, PgBouncer with client_tls_sslmode and server_tls_sslmode =
 # require, pgpilot with tls.client_mode and tls.backend_mode = require, every client on TLS):
-# select and idle. --tls-only runs just that part. Everything it starts is stopped on exit. Not
+# select, select beside TLS logins churning, and idle. --tls-only runs just that part. Everything it starts is stopped on exit. Not
 # part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when missing) and
-# takes about 25 minutes (--quick: under 3).
+# takes about 30 minutes (--quick: under 4).
 set -euo pipefail
 
 QUICK=0
@@ -271,6 +271,24 @@ tls_runs() {
   run select-tls --target "direct=127.0.0.1:$PRIMARY" --target "pgbouncer=127.0.0.1:$pgb_port" \
     --target "pgpilot=127.0.0.1:$pilot_port" --target "pgpilot-primary=127.0.0.1:$pilotp_port" \
     --workload select --clients "$CLIENTS"
+  # TLS handshakes beside a select load, round by round: pgpilot's select over TLS alone, then
+  # while 4 more clients open a new TLS connection (SCRAM login, one query) as fast as they can.
+  mkdir -p "$OUT/handshakes"
+  local r churn churn_s
+  churn_s=$(awk "BEGIN { print $DURATION + $WARMUP + 1 }")
+  local one=(--rounds 1 --threads 1 --tls-ca "$tls/ca.crt" --target "pgpilot=127.0.0.1:$pilot_port")
+  echo "== handshakes" >&2
+  for r in $(seq 1 "$ROUNDS"); do
+    "$LOADTEST" "${one[@]}" --pid "pgpilot=$pilot_pid" --duration "$DURATION" --warmup "$WARMUP" \
+      --workload select --clients "$CLIENTS" --json >"$OUT/handshakes/alone-$r.json" 2>>"$OUT/handshakes.log"
+    "$LOADTEST" "${one[@]}" --duration "$churn_s" --warmup 0 --workload churn --clients 4 --json \
+      >"$OUT/handshakes/churn-$r.json" 2>>"$OUT/handshakes.log" &
+    churn=$!
+    sleep 0.5
+    "$LOADTEST" "${one[@]}" --pid "pgpilot=$pilot_pid" --duration "$DURATION" --warmup "$WARMUP" \
+      --workload select --clients "$CLIENTS" --json >"$OUT/handshakes/beside-$r.json" 2>>"$OUT/handshakes.log"
+    wait "$churn"
+  done
   # Memory per idle TLS client: the session state each proxy keeps for it.
   run idle-tls --target "pgbouncer=127.0.0.1:$pgb_port" --target "pgpilot=127.0.0.1:$pilot_port" \
     --workload idle --clients "$IDLE_CLIENTS" --warmup $((IDLE_CLIENTS / 250 + 2)) --duration 2 --rounds 1

@@ -45,6 +45,28 @@ def main(d):
                 f"{fmt(x_pgb, '.2f')} | {r['p99_ms']:.2f} | {fmt(cpu, '.4f')} | "
                 f"{r['errors']} | {fmt(rss, '.0f')} |"
             )
+    handshakes(os.path.join(d, "handshakes"))
+
+
+def handshakes(d):
+    """pgpilot's select over TLS alone and beside TLS logins churning, round by round."""
+    if not os.path.isdir(d):
+        return
+    print()
+    print("| round | select TPS alone | p99 ms | max ms | beside TLS logins: TPS | p99 ms | max ms | TLS logins / s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    r = 1
+    while os.path.exists(os.path.join(d, f"beside-{r}.json")):
+        alone, beside, churn = (
+            json.load(open(os.path.join(d, f"{kind}-{r}.json")))["results"][0]
+            for kind in ("alone", "beside", "churn")
+        )
+        print(
+            f"| {r} | {alone['tps']:.0f} | {alone['p99_ms']:.2f} | {alone['max_ms']:.1f} | "
+            f"{beside['tps']:.0f} | {beside['p99_ms']:.2f} | {beside['max_ms']:.1f} | "
+            f"{churn['tps']:.0f} |"
+        )
+        r += 1
 
 
 if __name__ == "__main__":
