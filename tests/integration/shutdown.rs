@@ -1,5 +1,6 @@
 //! Shutdown (what SIGTERM asks for): no new clients; a transaction under way may finish within
-//! `shutdown_timeout_ms`; idle sessions, and then the rest, get FATAL 57P01.
+//! `shutdown_timeout_ms`; idle sessions, and then the rest, get FATAL 57P01. The console's SHUTDOWN
+//! does the same.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +8,17 @@ use std::time::Duration;
 use pgpilot::control::ControlMsg;
 use pgpilot::{Config, Proxy};
 
+use crate::admin::{console, ADMIN};
 use crate::common::{self, Opts};
 use crate::health::join_within;
 use crate::raw::{error_of, Raw};
 
 fn proxy_with_timeout(c: &common::Cluster, ms: u64) -> Proxy {
-    let text = common::config_text(c, &Opts::default()).replace(
+    let opts = Opts {
+        extra: ADMIN,
+        ..Opts::default()
+    };
+    let text = common::config_text(c, &opts).replace(
         "startup_timeout_ms = 5000\n",
         &format!("startup_timeout_ms = 5000\nshutdown_timeout_ms = {ms}\n"),
     );
@@ -74,7 +80,9 @@ fn after_shutdown_timeout_ms_a_session_in_a_transaction_is_ended_too() {
     let mut stuck = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     stuck.query("BEGIN").unwrap();
     stuck.query("SELECT 1").unwrap();
-    let _ = proxy.control().send(ControlMsg::Shutdown);
+    // The console's SHUTDOWN, through a client library: as SIGTERM.
+    let answer = console(&proxy, "pgbouncer").simple_query("SHUTDOWN");
+    assert!(answer.is_ok(), "SHUTDOWN is answered: {answer:?}");
     // It does nothing more; the grace runs out and it is told.
     assert_eq!(told(&mut stuck), Some(("57P01".into(), "FATAL".into())));
     assert!(stuck.recv().is_none(), "closed after the FATAL");
