@@ -1,7 +1,8 @@
 //! The daemon's startup and authentication state machine (`session::handshake`) fed arbitrary
 //! client bytes in arbitrary pieces, under each auth method. It must never panic, never loop
 //! without asking for input, never send more than a handshake's worth of bytes, and stay over
-//! once it has closed or finished.
+//! once it has closed or finished. One config looks up roles it does not list (`[auth] user`),
+//! as auth_query does, and finds a verifier for names of odd length.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -9,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use pgpilot::session::handshake::{Action, Handshake};
 use pgpilot::Config;
+use pgpilot_protocol::scram::ScramSecret;
 
 /// A handshake sends a few small messages; anything near this means something runs away.
 const MAX_SENT: usize = 64 * 1024;
@@ -18,11 +20,18 @@ const MAX_STEPS_PER_READ: usize = 64;
 fn config(method: usize) -> &'static Config {
     static CONFIGS: OnceLock<Vec<Arc<Config>>> = OnceLock::new();
     let configs = CONFIGS.get_or_init(|| {
-        ["scram-sha-256", "md5", "trust"]
+        // The last one looks up roles it does not list, logging in to the server as app.
+        let methods = [
+            ("scram-sha-256", ""),
+            ("md5", ""),
+            ("trust", ""),
+            ("scram-sha-256", "user = \"app\"\n"),
+        ];
+        methods
             .iter()
-            .map(|m| {
+            .map(|(m, lookup)| {
                 let text = format!(
-                    "[auth]\nmethod = \"{m}\"\n\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
+                    "[auth]\nmethod = \"{m}\"\n{lookup}\n[[users]]\nname = \"app\"\npassword = \"app\"\n\n\
                      [[backends]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n"
                 );
                 Config::parse(&text, std::path::Path::new("fuzz.toml")).expect("a valid config")
@@ -30,6 +39,14 @@ fn config(method: usize) -> &'static Config {
             .collect()
     });
     &configs[method % configs.len()]
+}
+
+/// The verifier a lookup finds: derived once (PBKDF2 is slow), cloned for every lookup.
+fn looked_up() -> ScramSecret {
+    static SECRET: OnceLock<ScramSecret> = OnceLock::new();
+    SECRET
+        .get_or_init(|| ScramSecret::derive(b"dyn", b"fuzz salt", 4096))
+        .clone()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -61,8 +78,8 @@ fuzz_target!(|data: &[u8]| {
                 None => return,
             },
             Action::Admit => hs.admitted(admit),
-            // The fuzz config looks no user up; were it to, no verifier is found.
-            Action::LookUp { .. } => hs.looked_up(None),
+            // What the server answers for a role pgpilot does not list.
+            Action::LookUp { user, .. } => hs.looked_up((user.len() % 2 == 1).then(looked_up)),
             // The fuzz config offers no TLS; were it to, the shell would run the handshake.
             Action::StartTls(answer) => {
                 assert_eq!(answer.as_ref(), b"S");
