@@ -122,6 +122,11 @@ fn parse_params(mut input: &[u8]) -> Option<Vec<(&str, &str)>> {
             [] => return None,
             _ => {
                 let (rest, name) = cstr_utf8(input).ok()?;
+                // An empty name ends the list for PostgreSQL: anything after it is a layout
+                // error there, not a parameter.
+                if name.is_empty() {
+                    return None;
+                }
                 let (rest, value) = cstr_utf8(rest).ok()?;
                 params.push((name, value));
                 input = rest;
@@ -158,8 +163,17 @@ mod tests {
     }
 
     #[test]
-    fn a_parameter_list_without_its_terminator_is_postgres_layout_error() {
-        for params in [&b"user\0app"[..], b"user\0app\0", b"user\0", b""] {
+    fn a_parameter_list_without_its_terminator_or_with_an_empty_name_is_postgres_layout_error() {
+        // Also an empty name before the end: PostgreSQL takes it as the terminator.
+        let cases = [
+            &b"user\0app"[..],
+            b"user\0app\0",
+            b"user\0",
+            b"",
+            b"\0x\0\0",
+            b"user\0app\0\0database\0db\0\0",
+        ];
+        for params in cases {
             let mut wire = ((8 + params.len()) as u32).to_be_bytes().to_vec();
             wire.extend_from_slice(&0x0003_0000u32.to_be_bytes());
             wire.extend_from_slice(params);

@@ -329,6 +329,13 @@ fn startup_and_protocol_violations_are_answered_as_postgres_answers() {
             ],
         ),
         (
+            "an empty startup parameter name before the end",
+            vec![
+                Step::Send(untagged(196_608, b"user\0app\0\0database\0app\0\0")),
+                Step::Frames,
+            ],
+        ),
+        (
             "startup packet without user",
             vec![Step::Send(startup(&[("database", "app")])), Step::Frames],
         ),
