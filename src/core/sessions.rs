@@ -3,6 +3,7 @@
 //! (`[peers]`) that owns the session.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
@@ -139,15 +140,24 @@ impl Drop for Starting {
     }
 }
 
+/// How long a cancel may take to reach its backend or peer instance: one to an address that
+/// does not answer would otherwise hold its socket for the kernel's SYN retries (about two
+/// minutes), and CancelRequests come from anyone who can connect.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn send_cancel(t: CancelTarget) {
     let mut buf = BytesMut::new();
     encode::cancel_request(&mut buf, t.pid, t.secret);
-    match TcpStream::connect_addr(t.addr).await {
-        Ok(mut s) => {
-            if let (Err(e), _) = s.write_all(buf).await {
-                log::warn!("cancel request to {}: {e}", t.addr);
-            }
-        }
-        Err(e) => log::warn!("cancel request to {}: {e}", t.addr),
+    let send = async {
+        let mut s = TcpStream::connect_addr(t.addr).await?;
+        s.write_all(buf).await.0.map(drop)
+    };
+    match monoio::time::timeout(CANCEL_TIMEOUT, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("cancel request to {}: {e}", t.addr),
+        Err(_) => log::warn!(
+            "cancel request to {}: not sent within {CANCEL_TIMEOUT:?}",
+            t.addr
+        ),
     }
 }
