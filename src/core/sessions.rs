@@ -161,3 +161,52 @@ async fn send_cancel(t: CancelTarget) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpStream as StdStream};
+    use std::time::Instant;
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::*;
+
+    /// A listener that never accepts, its queue full, drops every further SYN: a cancel sent
+    /// there gives up after CANCEL_TIMEOUT instead of the kernel's two minutes of retries.
+    #[test]
+    fn a_cancel_to_an_address_that_does_not_answer_gives_up() {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&any.into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        // Connect until one does not complete: the accept queue is full from then on.
+        let mut held = Vec::new();
+        let full =
+            (0..16).any(
+                |_| match StdStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                    Ok(s) => {
+                        held.push(s);
+                        false
+                    }
+                    Err(_) => true,
+                },
+            );
+        assert!(full, "the listener's queue never filled");
+        let started = Instant::now();
+        crate::worker::block_on(send_cancel(CancelTarget {
+            addr,
+            pid: 1,
+            secret: 2,
+        }));
+        let took = started.elapsed();
+        assert!(
+            took >= CANCEL_TIMEOUT - Duration::from_millis(100),
+            "the cancel did not wait for an answer ({took:?}): the address was not silent"
+        );
+        assert!(
+            took < CANCEL_TIMEOUT + Duration::from_secs(3),
+            "the cancel took {took:?}"
+        );
+    }
+}
