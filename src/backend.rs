@@ -96,6 +96,7 @@ impl Backend {
             },
             state: Wire::new(backend_id, addr),
         };
+        b.state.local = b.stream.local_addr().ok();
         if tls.mode != SslMode::Disable {
             b.tls = b.negotiate(tls).await?.map(Box::new);
             b.state.encrypted = b.tls.is_some();

@@ -280,7 +280,7 @@ impl Pool {
                 database: self.key.database.to_string(),
                 client: None,
                 addr: b.state.addr,
-                local: b.stream.local_addr().ok(),
+                local: b.state.local,
                 connected: b.state.connected,
                 request: Some(wall - now.saturating_duration_since(b.conn.idle_since)),
                 remote_pid: b.state.key.0,

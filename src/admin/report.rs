@@ -35,8 +35,8 @@ pub struct ClientCard {
     /// KILL ended its database: the session ends at once.
     pub killed: Cell<bool>,
     /// The backend connection serving it now: its backend, when it was made, whether it is
-    /// encrypted (the address and server pid are in `cancel`).
-    pub server: Cell<Option<(usize, SystemTime, bool)>>,
+    /// encrypted, its local address (the address and server pid are in `cancel`).
+    pub server: Cell<Option<(usize, SystemTime, bool, Option<SocketAddr>)>>,
     /// Pinned to its backend: since when, and by what.
     pub pinned: std::cell::RefCell<Option<(SystemTime, Box<str>)>>,
 }
@@ -86,14 +86,14 @@ impl ClientCard {
     /// The backend connection serving it now, as SHOW SERVERS shows it.
     pub fn server(&self, pid: u32) -> Option<ServerFigures> {
         let target = self.cancel.get()?;
-        let (backend_id, connected, encrypted) = self.server.get()?;
+        let (backend_id, connected, encrypted, local) = self.server.get()?;
         Some(ServerFigures {
             backend_id,
             user: self.user.to_string(),
             database: self.database.to_string(),
             client: Some(pid),
             addr: target.addr,
-            local: None,
+            local,
             connected,
             request: self
                 .request

@@ -28,9 +28,11 @@ pub struct Wire {
     /// A primary connection that answered a write with 25006 (read-only) and never said it is
     /// no standby: it runs no more work once the statement in hand is done, and is closed.
     pub fenced: bool,
-    /// When the connection was made, and whether it is encrypted (SHOW SERVERS).
+    /// When the connection was made, whether it is encrypted, and its local address, read
+    /// once when it was made (SHOW SERVERS).
     pub connected: std::time::SystemTime,
     pub encrypted: bool,
+    pub local: Option<SocketAddr>,
 }
 
 impl Wire {
@@ -47,6 +49,7 @@ impl Wire {
             fenced: false,
             connected: std::time::SystemTime::now(),
             encrypted: false,
+            local: None,
         }
     }
 }

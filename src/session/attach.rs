@@ -120,9 +120,12 @@ impl<L> Session<L> {
             on_replica,
         } = checkout;
         let (pid, secret) = backend.key;
-        self.card
-            .server
-            .set(Some((backend.id, backend.connected, backend.encrypted)));
+        self.card.server.set(Some((
+            backend.id,
+            backend.connected,
+            backend.encrypted,
+            backend.local,
+        )));
         self.card.cancel.set(Some(CancelTarget {
             addr: backend.addr,
             pid,

@@ -134,7 +134,16 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
     for app in &mut apps {
         app.simple_query("SELECT 1").unwrap();
     }
-    apps[0].simple_query("BEGIN; SELECT 1").unwrap();
+    // The port of the backend connection it holds, as the server sees it.
+    let held_port = (apps[0]
+        .simple_query("BEGIN; SELECT inet_client_port()")
+        .unwrap())
+    .into_iter()
+    .find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+    .expect("the backend connection's port");
     let mut console = console(&proxy, "pgbouncer");
 
     let pools = show(&mut console, "SHOW POOLS");
@@ -184,6 +193,14 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
         .expect("the client it serves");
     assert_eq!(cell(&clients, holder, "link"), server_ptr);
     assert_eq!(cell(&servers, active[0], "type"), "S");
+    assert_eq!(
+        (
+            cell(&servers, active[0], "local_addr"),
+            cell(&servers, active[0], "local_port")
+        ),
+        ("127.0.0.1", held_port.as_str()),
+        "the active connection's own end"
+    );
     let idle = servers
         .1
         .iter()
