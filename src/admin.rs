@@ -23,7 +23,7 @@ use crate::core::Core;
 use command::{Command, Show};
 pub use report::{
     BackendFigures, ClientCard, ClientFigures, CoreReport, EventRecord, PlaneReport, PoolFigures,
-    ServerFigures, Waiting,
+    ServerFigures, Serving, Waiting,
 };
 pub use show::{is_console, utc_seconds};
 pub use stats::{CoreStats, DbStats, Totals};

@@ -11,6 +11,19 @@ use crate::config::Role;
 use crate::control::Status;
 use crate::core::CancelTarget;
 
+/// What a client's card says of the backend connection serving it, for SHOW SERVERS.
+#[derive(Clone, Copy)]
+pub struct Serving {
+    /// Its backend's id in the cluster state.
+    pub backend_id: usize,
+    /// When it was made.
+    pub connected: SystemTime,
+    /// Whether it is encrypted.
+    pub encrypted: bool,
+    /// Its local address.
+    pub local: Option<SocketAddr>,
+}
+
 /// One session as the console shows it, shared between the session and its core's registry.
 pub struct ClientCard {
     /// The backend query to cancel on CancelRequest (while one is attached).
@@ -34,9 +47,8 @@ pub struct ClientCard {
     pub waker: std::cell::RefCell<Option<std::task::Waker>>,
     /// KILL ended its database: the session ends at once.
     pub killed: Cell<bool>,
-    /// The backend connection serving it now: its backend, when it was made, whether it is
-    /// encrypted, its local address (the address and server pid are in `cancel`).
-    pub server: Cell<Option<(usize, SystemTime, bool, Option<SocketAddr>)>>,
+    /// The backend connection serving it now (its address and server pid are in `cancel`).
+    pub server: Cell<Option<Serving>>,
     /// Pinned to its backend: since when, and by what.
     pub pinned: std::cell::RefCell<Option<(SystemTime, Box<str>)>>,
 }
@@ -86,7 +98,12 @@ impl ClientCard {
     /// The backend connection serving it now, as SHOW SERVERS shows it.
     pub fn server(&self, pid: u32) -> Option<ServerFigures> {
         let target = self.cancel.get()?;
-        let (backend_id, connected, encrypted, local) = self.server.get()?;
+        let Serving {
+            backend_id,
+            connected,
+            encrypted,
+            local,
+        } = self.server.get()?;
         Some(ServerFigures {
             backend_id,
             user: self.user.to_string(),

@@ -8,6 +8,7 @@ use pgpilot_protocol::frame::FrameScan;
 
 use super::responses::note_param;
 use super::{Action, Attached, Checkout, Intake, Pump, Reset, Session, Waiting};
+use crate::admin::Serving;
 use crate::config::PoolMode;
 use crate::core::CancelTarget;
 use crate::error::Error;
@@ -120,12 +121,12 @@ impl<L> Session<L> {
             on_replica,
         } = checkout;
         let (pid, secret) = backend.key;
-        self.card.server.set(Some((
-            backend.id,
-            backend.connected,
-            backend.encrypted,
-            backend.local,
-        )));
+        self.card.server.set(Some(Serving {
+            backend_id: backend.id,
+            connected: backend.connected,
+            encrypted: backend.encrypted,
+            local: backend.local,
+        }));
         self.card.cancel.set(Some(CancelTarget {
             addr: backend.addr,
             pid,
