@@ -12,9 +12,9 @@
 # 5,000 clients, and with pools of 100, PgBouncer against pgpilot; then TLS on both sides (the
 # servers switched to ssl = on, PgBouncer with client_tls_sslmode and server_tls_sslmode =
 # require, pgpilot with tls.client_mode and tls.backend_mode = require, every client on TLS):
-# select, select beside TLS logins churning, and idle. --tls-only runs just that part. Everything it starts is stopped on exit. Not
-# part of CI: it needs the pgbouncer and pgpool2 Debian packages (installed when missing) and
-# takes about 30 minutes (--quick: under 4).
+# select, select beside TLS logins churning, and idle. --tls-only runs just that part.
+# Everything it starts is stopped on exit. Not part of CI: it needs the pgbouncer and pgpool2
+# Debian packages (installed when missing) and takes about 30 minutes (--quick: under 4).
 set -euo pipefail
 
 QUICK=0

@@ -28,18 +28,19 @@ pub(super) struct Stmt {
 }
 
 impl Stmt {
-    /// Builds the record of a Parse body whose statement name is `name_len` bytes long.
-    /// `scope` (the client's startup-parameter hash) keeps clients whose settings could change
-    /// the meaning of the same text (search_path) from sharing a backend statement.
-    pub fn from_parse(body: &[u8], name_len: usize, target: Target, scope: u64) -> Stmt {
+    /// Builds the record of a Parse body whose statement name is `name_len` bytes long;
+    /// `hash` is its [`Stmt::hash_of`].
+    pub fn from_parse(body: &[u8], name_len: usize, target: Target, hash: u64) -> Stmt {
         Stmt {
-            hash: Self::hash_of(body, name_len, scope),
+            hash,
             body: Bytes::copy_from_slice(after_name(body, name_len)),
             target,
         }
     }
 
-    /// The hash [`Stmt::from_parse`] gives the same Parse body, without copying it.
+    /// What identifies a Parse body's statement: its text and parameter types, and `scope`
+    /// (the client's startup-parameter hash), which keeps clients whose settings could change
+    /// the meaning of the same text (search_path) from sharing a backend statement.
     pub fn hash_of(body: &[u8], name_len: usize, scope: u64) -> u64 {
         let mut h = DefaultHasher::new();
         scope.hash(&mut h);
@@ -522,7 +523,12 @@ mod tests {
         let parse_body = frames(&unit)[0].1.clone();
         stmts.insert(
             Bytes::from_static(b"s1"),
-            Stmt::from_parse(&parse_body, 2, Target::Replica, 0),
+            Stmt::from_parse(
+                &parse_body,
+                2,
+                Target::Replica,
+                Stmt::hash_of(&parse_body, 2, 0),
+            ),
         );
         let hash = stmts[&b"s1"[..]].hash;
         let sent = frames(&be.rewrite(unit.freeze(), &mut stmts));
@@ -585,7 +591,7 @@ mod tests {
         encode::sync(&mut p);
         let body = frames(&p)[0].1.clone();
         let record = |stmts: &mut HashMap<Bytes, Stmt>| {
-            let stmt = Stmt::from_parse(&body, 1, Target::Primary, 0);
+            let stmt = Stmt::from_parse(&body, 1, Target::Primary, Stmt::hash_of(&body, 1, 0));
             let hash = stmt.hash;
             stmts.insert(Bytes::from_static(b"s"), stmt);
             hash
@@ -633,7 +639,7 @@ mod tests {
         let body = frames(&p)[0].1.clone();
         stmts.insert(
             Bytes::from_static(b"s2"),
-            Stmt::from_parse(&body, 2, Target::Primary, 0),
+            Stmt::from_parse(&body, 2, Target::Primary, Stmt::hash_of(&body, 2, 0)),
         );
         let mut be = Fake::default();
         let mut unit = BytesMut::new();

@@ -191,7 +191,7 @@ impl<L> Session<L> {
                             }
                             None if self.statements.len() >= limit => unit.over_limit = true,
                             _ => {
-                                let stmt = Stmt::from_parse(body, name.len(), t, self.gucs.hash);
+                                let stmt = Stmt::from_parse(body, name.len(), t, hash);
                                 self.statements
                                     .insert(bytes::Bytes::copy_from_slice(name), stmt);
                             }

@@ -134,7 +134,8 @@ fn the_console_answers_pgbouncers_commands_with_figures_from_every_core() {
     for app in &mut apps {
         app.simple_query("SELECT 1").unwrap();
     }
-    // The port of the backend connection it holds, as the server sees it.
+    // The port of the backend connection it holds, as the server sees it; one query, as the
+    // statistics below count.
     let held_port = (apps[0]
         .simple_query("BEGIN; SELECT inet_client_port()")
         .unwrap())

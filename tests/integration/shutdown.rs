@@ -80,9 +80,9 @@ fn after_shutdown_timeout_ms_a_session_in_a_transaction_is_ended_too() {
     let mut stuck = Raw::connect(proxy.addr(), "app", "app", &[]).unwrap();
     stuck.query("BEGIN").unwrap();
     stuck.query("SELECT 1").unwrap();
-    // The console's SHUTDOWN, through a client library: as SIGTERM.
-    // The console session is ended with the rest right after its answer; when the FATAL comes
-    // in the same read as the answer, the client library reports the FATAL instead.
+    // The console's SHUTDOWN through a client library, as SIGTERM. The console session is
+    // ended with the rest right after its answer; when the FATAL comes in the same read as the
+    // answer, the client library reports the FATAL instead.
     match console(&proxy, "pgbouncer").simple_query("SHUTDOWN") {
         Ok(_) => {}
         Err(e) => assert_eq!(
